@@ -1,0 +1,28 @@
+// Bundles the CLI and the library with esbuild: one ESM file per entry plus shared chunks
+// that load on demand, so `hybridbox --version` reads little more than commander.
+import { build } from 'esbuild';
+import { readFileSync, rmSync, mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+
+const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
+rmSync('dist/chunks', { recursive: true, force: true });
+mkdirSync('dist', { recursive: true });
+await build({
+  entryPoints: { cli: 'src/cli/index.ts', index: 'src/index.ts' },
+  outdir: 'dist',
+  chunkNames: 'chunks/[name]-[hash]',
+  bundle: true,
+  splitting: true,
+  format: 'esm',
+  platform: 'node',
+  target: 'node20',
+  // Native addon: loaded from node_modules at run time.
+  external: ['better-sqlite3'],
+  define: { __HYBRIDBOX_VERSION__: JSON.stringify(pkg.version) },
+  // Some bundled CommonJS dependencies call require(): give ESM output one.
+  banner: { js: "import { createRequire as __hbxCreateRequire } from 'node:module'; const require = __hbxCreateRequire(import.meta.url);" },
+  sourcemap: 'linked',
+  logLevel: 'warning',
+});
+execFileSync('chmod', ['+x', 'dist/cli.js']);
+execFileSync('bash', ['src/runtimes/container/shim/build.sh', 'dist/hbx-shim'], { stdio: 'inherit' });

@@ -1,0 +1,584 @@
+import { customAlphabet } from 'nanoid';
+import { createReadStream, existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { NameConflictError, RuntimeError, SandboxNotFoundError, StateError } from '../errors.js';
+import { probeHost } from '../host/probe.js';
+import type { HostInfo, HostLoad } from '../host/types.js';
+import { ImageStore, buildBusyboxImage } from '../images/index.js';
+import { BridgeNetwork } from '../network/index.js';
+import type { Backend, ExitStatus } from '../runtimes/backend.js';
+import { BackendRegistry, type BackendOptions } from '../runtimes/registry.js';
+import { place, type Placement } from '../scheduler/index.js';
+import { validateForHost, validateSpec, type WorkloadSpec, type WorkloadSpecInput } from '../spec/index.js';
+import { StateStore, type SandboxRecord } from '../store/index.js';
+import { packageRoot, stateRoot } from '../util/paths.js';
+import { isSameProcessAlive, processStartTime, sleep } from '../util/proc.js';
+
+const newId = customAlphabet('0123456789abcdefghijklmnopqrstuvwxyz', 12);
+
+export interface HybridboxOptions extends BackendOptions {
+  /** State directory (default /var/lib/hybridbox, or HYBRIDBOX_ROOT). */
+  root?: string;
+  /** Host description; probed when absent. */
+  host?: HostInfo;
+}
+
+export interface RunOptions {
+  /** Called with each chunk of the workload's output as it arrives. */
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  /** How much of each stream the result keeps (default 1 MiB); the rest is counted, not kept. */
+  maxBufferBytes?: number;
+  /** Remove the sandbox after it exits (like `--rm`). */
+  remove?: boolean;
+}
+
+/** Everything about one finished run, in one object (after execa's result). */
+export interface RunResult {
+  id: string;
+  name: string;
+  backend: string;
+  placement: Placement;
+  exitCode: number | null;
+  signal: string | null;
+  timedOut: boolean;
+  oomKilled: boolean;
+  /** From the call until the result was ready. */
+  durationMs: number;
+  /** From the call until the sandbox's first process existed. */
+  startupMs: number | null;
+  stdout: string;
+  stderr: string;
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+  peakMemoryBytes: number | null;
+  cpuTimeMs: number | null;
+}
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  durationMs: number;
+}
+
+export interface SandboxInfo {
+  id: string;
+  name: string;
+  backend: string;
+  image: string;
+  state: SandboxRecord['state'];
+  command: string[] | null;
+  createdAtMs: number;
+  startedAtMs: number | null;
+  finishedAtMs: number | null;
+  exitCode: number | null;
+  signal: string | null;
+  oomKilled: boolean;
+  timedOut: boolean;
+  stateReason: string | null;
+  ip: string | null;
+}
+
+const DEFAULT_MAX_BUFFER = 1024 * 1024;
+
+class Capture {
+  private chunks: Buffer[] = [];
+  private kept = 0;
+  truncated = false;
+  constructor(private readonly max: number) {}
+  push(c: Buffer): void {
+    if (this.kept >= this.max) {
+      this.truncated = true;
+      return;
+    }
+    const part = c.length + this.kept > this.max ? c.subarray(0, this.max - this.kept) : c;
+    if (part.length < c.length) this.truncated = true;
+    this.chunks.push(part);
+    this.kept += part.length;
+  }
+  text(): string {
+    return Buffer.concat(this.chunks).toString('utf8');
+  }
+}
+
+function toInfo(rec: SandboxRecord): SandboxInfo {
+  const spec = rec.spec as WorkloadSpec;
+  return {
+    id: rec.id,
+    name: rec.name,
+    backend: rec.backend,
+    image: rec.image,
+    state: rec.state,
+    command: spec.command ?? null,
+    createdAtMs: rec.createdAtMs,
+    startedAtMs: rec.startedAtMs,
+    finishedAtMs: rec.finishedAtMs,
+    exitCode: rec.exitCode,
+    signal: rec.signal,
+    oomKilled: rec.oomKilled,
+    timedOut: rec.timedOut,
+    stateReason: rec.stateReason,
+    ip: rec.state === 'running' ? ((rec.runtime.ip as string | undefined) ?? null) : null,
+  };
+}
+
+/**
+ * The library API: every CLI verb is one call here. The CLI only parses flags and prints.
+ *
+ *   const hb = await Hybridbox.open();
+ *   const r = await hb.run({ image: 'busybox', command: ['echo', 'hi'] });
+ */
+export class Hybridbox {
+  readonly images: ImageStore;
+  private readonly backends: BackendRegistry;
+  private readonly network: BridgeNetwork;
+
+  private constructor(
+    readonly root: string,
+    readonly host: HostInfo,
+    readonly store: StateStore,
+    options: BackendOptions,
+  ) {
+    this.images = new ImageStore(root);
+    this.network = new BridgeNetwork(store);
+    this.backends = new BackendRegistry(host, store, this.network, options);
+  }
+
+  static async open(options: HybridboxOptions = {}): Promise<Hybridbox> {
+    const root = options.root ?? stateRoot();
+    mkdirSync(root, { recursive: true, mode: 0o711 });
+    const host = options.host ?? (await probeHost({ cacheDir: join(root, 'cache') }));
+    return new Hybridbox(root, host, new StateStore(root), options);
+  }
+
+  close(): void {
+    this.store.close();
+  }
+
+  /** Builds the base images that are missing (busybox from the host's busybox-static). */
+  async ensureBaseImages(): Promise<void> {
+    if (!this.images.has('busybox')) await buildBusyboxImage(this.images);
+  }
+
+  /** Validates a spec against the schema and this host; throws a one-line SpecError. */
+  validate(input: WorkloadSpecInput | unknown): WorkloadSpec {
+    const spec = validateSpec(input);
+    validateForHost(spec, {
+      hostCpus: this.host.cpus,
+      hostMemoryMiB: Math.floor(this.host.memTotalBytes / 1048576),
+      imageExists: (ref) => this.images.has(ref),
+      knownImages: () => this.images.list(),
+      nameTaken: (name) => this.store.nameTaken(name),
+      pathExists: (p) => existsSync(p),
+    });
+    return spec;
+  }
+
+  private load(): HostLoad {
+    const running = { container: 0, microvm: 0, vm: 0 };
+    let committedMemoryMiB = 0;
+    for (const r of this.store.list()) {
+      if (r.state !== 'running') continue;
+      running[r.backend]++;
+      committedMemoryMiB += (r.spec as WorkloadSpec).resources.memoryMiB ?? 0;
+    }
+    return { running, committedMemoryMiB };
+  }
+
+  /** The scheduler's decision for a spec, without running anything. */
+  place(input: WorkloadSpecInput | unknown): Placement {
+    return this.decide(this.validate(input));
+  }
+
+  private decide(spec: WorkloadSpec): Placement {
+    return place(spec, this.host, this.load(), this.backends.descriptors());
+  }
+
+  private backendOf(rec: SandboxRecord): Backend {
+    return this.backends.get(rec.backend);
+  }
+
+  private owner(): { ownerPid: number; ownerStartTime: number | null } {
+    return { ownerPid: process.pid, ownerStartTime: processStartTime(process.pid) };
+  }
+
+  /** Validates, places, records and prepares a sandbox; nothing runs yet. */
+  async create(input: WorkloadSpecInput | unknown): Promise<SandboxInfo> {
+    return toInfo(await this.createRecord(input));
+  }
+
+  private async createRecord(input: WorkloadSpecInput | unknown): Promise<SandboxRecord> {
+    const spec = this.validate(input);
+    const placement = this.decide(spec);
+    const image = this.images.resolve(spec.image);
+    const id = newId();
+    const rec: SandboxRecord = {
+      id,
+      name: spec.name ?? `sb-${id.slice(0, 8)}`,
+      backend: placement.backend,
+      image: image.ref,
+      state: 'created',
+      spec,
+      placement,
+      runtime: {},
+      createdAtMs: Date.now(),
+      startedAtMs: null,
+      finishedAtMs: null,
+      exitCode: null,
+      signal: null,
+      oomKilled: false,
+      timedOut: false,
+      stateReason: null,
+      // Until create finishes, this process owns the record: a crash here is reconciled.
+      ...this.owner(),
+    };
+    this.store.tx(() => {
+      const taken = this.store.nameTaken(rec.name);
+      if (taken) throw new NameConflictError(rec.name, taken);
+      this.store.insert(rec);
+    });
+    const dir = this.sandboxDir(id);
+    try {
+      rec.runtime = await this.backendOf(rec).create({ id, name: rec.name, spec, image, dir });
+    } catch (e) {
+      this.store.delete(id);
+      rmSync(dir, { recursive: true, force: true });
+      throw e;
+    }
+    this.store.update(id, { runtime: rec.runtime, ownerPid: null, ownerStartTime: null });
+    rec.ownerPid = rec.ownerStartTime = null;
+    return rec;
+  }
+
+  private sandboxDir(id: string): string {
+    return join(this.root, 'sandboxes', id);
+  }
+
+  /** Runs a workload in the foreground and returns when it has exited. */
+  async run(input: WorkloadSpecInput | unknown, opts: RunOptions = {}): Promise<RunResult> {
+    const t0 = performance.now();
+    const t0Epoch = Date.now();
+    const rec = await this.createRecord(input);
+    const spec = rec.spec as WorkloadSpec;
+    const backend = this.backendOf(rec);
+    const out = new Capture(opts.maxBufferBytes ?? DEFAULT_MAX_BUFFER);
+    const err = new Capture(opts.maxBufferBytes ?? DEFAULT_MAX_BUFFER);
+    const owner = this.owner();
+    this.store.update(rec.id, { state: 'running', startedAtMs: Date.now(), ...owner });
+    Object.assign(rec, owner);
+    let timedOut = false;
+    let timer: NodeJS.Timeout | undefined;
+    let status: ExitStatus;
+    try {
+      const attached = await backend.runAttached(rec, {
+        onStdout: (c) => {
+          out.push(c);
+          opts.onStdout?.(c);
+        },
+        onStderr: (c) => {
+          err.push(c);
+          opts.onStderr?.(c);
+        },
+      });
+      if (spec.timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          timedOut = true;
+          void backend.signal(rec, 'KILL');
+        }, spec.timeoutMs);
+      }
+      status = await attached.exited;
+    } catch (e) {
+      await this.finalize(rec, null, e instanceof Error ? e.message : String(e));
+      if (opts.remove) await this.removeRecord(rec);
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+    await this.finalize(rec, { ...status, timedOut });
+    if (opts.remove) await this.removeRecord(rec);
+    return {
+      id: rec.id,
+      name: rec.name,
+      backend: rec.backend,
+      placement: rec.placement as Placement,
+      exitCode: status.exitCode,
+      signal: status.signal,
+      timedOut,
+      oomKilled: status.oomKilled,
+      durationMs: Math.round((performance.now() - t0) * 10) / 10,
+      startupMs: status.startedAtMs === null ? null : Math.max(0, Math.round((status.startedAtMs - t0Epoch) * 10) / 10),
+      stdout: out.text(),
+      stderr: err.text(),
+      stdoutTruncated: out.truncated,
+      stderrTruncated: err.truncated,
+      peakMemoryBytes: status.peakMemoryBytes,
+      cpuTimeMs: status.cpuTimeMs,
+    };
+  }
+
+  /** Records how a sandbox ended and releases everything its run held. */
+  private async finalize(rec: SandboxRecord, status: (ExitStatus & { timedOut?: boolean }) | null, failure?: string): Promise<void> {
+    this.store.update(rec.id, {
+      state: status ? 'exited' : 'crashed',
+      finishedAtMs: Date.now(),
+      exitCode: status?.exitCode ?? null,
+      signal: status?.signal ?? null,
+      oomKilled: status?.oomKilled ?? false,
+      timedOut: status?.timedOut ?? false,
+      stateReason: failure ?? (status?.oomKilled ? 'killed by the kernel: out of memory (memory limit reached)' : status?.timedOut ? 'killed: timeout reached' : null),
+      ownerPid: null,
+      ownerStartTime: null,
+    });
+    await this.backendOf(rec).teardown(rec);
+  }
+
+  /** Creates and starts a sandbox that keeps running after this process exits. */
+  async runDetached(input: WorkloadSpecInput | unknown): Promise<SandboxInfo> {
+    const rec = await this.createRecord(input);
+    return this.startRecord(rec);
+  }
+
+  async start(ref: string): Promise<SandboxInfo> {
+    const rec = await this.get(ref);
+    if (rec.state === 'running') throw new StateError(`sandbox ${rec.name} is already running`);
+    if (rec.state !== 'created') {
+      throw new StateError(`sandbox ${rec.name} has ${rec.state}; only a created sandbox can be started: run a new one, or remove it with \`hybridbox rm ${rec.name}\``);
+    }
+    return this.startRecord(rec);
+  }
+
+  private async startRecord(rec: SandboxRecord): Promise<SandboxInfo> {
+    const backend = this.backendOf(rec);
+    this.store.update(rec.id, { state: 'running', startedAtMs: Date.now(), ...this.owner() });
+    try {
+      await backend.startDetached(rec, this.reapCommand(rec.id));
+    } catch (e) {
+      await this.finalize(rec, null, e instanceof Error ? e.message : String(e));
+      throw e;
+    }
+    // From now on the monitor (whose exit hook reaps the sandbox) owns it, not this process.
+    this.store.update(rec.id, { ownerPid: null, ownerStartTime: null });
+    return toInfo(this.store.get(rec.id)!);
+  }
+
+  /** The command a detached sandbox's monitor runs when the workload exits. */
+  private reapCommand(id: string): string {
+    const cli = join(packageRoot(), 'dist', 'cli.js');
+    const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+    return `HYBRIDBOX_ROOT=${q(this.root)} exec ${q(process.execPath)} ${q(cli)} internal reap ${id} >/dev/null 2>&1`;
+  }
+
+  /** Records the exit of a detached sandbox and releases its resources (run by its monitor). */
+  async reap(id: string): Promise<void> {
+    const rec = this.store.get(id);
+    if (!rec) {
+      await this.backends.get('container').teardown({ id, runtime: {} });
+      return;
+    }
+    if (rec.state !== 'running') return;
+    const status = await this.backendOf(rec).collectExit(rec);
+    await this.finalize(rec, status, status ? undefined : 'the sandbox exited without recording a status');
+  }
+
+  private async get(ref: string): Promise<SandboxRecord> {
+    const rec = this.store.find(ref);
+    if (!rec) throw new SandboxNotFoundError(ref);
+    return this.reconcile(rec);
+  }
+
+  /**
+   * Brings a record in line with the host: a sandbox marked running whose processes and
+   * owner are gone (a killed CLI, a killed monitor) is recorded as ended and cleaned up.
+   */
+  private async reconcile(rec: SandboxRecord): Promise<SandboxRecord> {
+    if (rec.state !== 'running' && rec.state !== 'created') return rec;
+    if (rec.ownerPid !== null && isSameProcessAlive(rec.ownerPid, rec.ownerStartTime)) return rec;
+    const backend = this.backendOf(rec);
+    if (rec.state === 'created') {
+      if (rec.ownerPid !== null) {
+        // Its creator died half-way: nothing of it can be trusted.
+        await backend.teardown(rec);
+        rmSync(this.sandboxDir(rec.id), { recursive: true, force: true });
+        this.store.delete(rec.id);
+        throw new SandboxNotFoundError(rec.name);
+      }
+      return rec;
+    }
+    // Still running without an owner: a detached sandbox whose monitor died. `stop` still works.
+    if (await backend.isAlive(rec)) return rec;
+    // Give a monitor that is finishing a moment to write its exit record.
+    let status = await backend.collectExit(rec);
+    if (!status && rec.ownerPid === null) {
+      await sleep(50);
+      status = await backend.collectExit(rec);
+    }
+    const fresh = this.store.get(rec.id);
+    if (!fresh || fresh.state !== 'running') return fresh ?? rec;
+    await this.finalize(rec, status, status ? undefined : 'its supervising process died before the workload exited');
+    return this.store.get(rec.id)!;
+  }
+
+  /** All sandboxes (running only unless `all`), reconciled with the host first. */
+  async list(opts: { all?: boolean } = {}): Promise<SandboxInfo[]> {
+    await this.cleanupOrphans();
+    const out: SandboxInfo[] = [];
+    for (const r of this.store.list()) {
+      let rec: SandboxRecord = r;
+      try {
+        rec = await this.reconcile(r);
+      } catch (e) {
+        if (e instanceof SandboxNotFoundError) continue;
+        throw e;
+      }
+      if (opts.all || rec.state === 'running') out.push(toInfo(rec));
+    }
+    return out;
+  }
+
+  async inspect(ref: string): Promise<Record<string, unknown>> {
+    const rec = await this.get(ref);
+    return { ...toInfo(rec), spec: rec.spec, placement: rec.placement, backendDetails: await this.backendOf(rec).describe(rec) };
+  }
+
+  /** Stops a running sandbox: SIGTERM, then SIGKILL after `graceMs`. */
+  async stop(ref: string, opts: { graceMs?: number } = {}): Promise<SandboxInfo> {
+    let rec = await this.get(ref);
+    if (rec.state !== 'running') return toInfo(rec);
+    const backend = this.backendOf(rec);
+    await backend.signal(rec, 'TERM');
+    if (!(await this.waitDead(rec, opts.graceMs ?? 10_000))) {
+      await backend.signal(rec, 'KILL');
+      await this.waitDead(rec, 10_000);
+    }
+    rec = await this.settle(rec);
+    return toInfo(rec);
+  }
+
+  private async waitDead(rec: SandboxRecord, ms: number): Promise<boolean> {
+    const backend = this.backendOf(rec);
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline) {
+      if (!(await backend.isAlive(rec))) return true;
+      await sleep(10);
+    }
+    return !(await backend.isAlive(rec));
+  }
+
+  /** After the processes are gone: wait briefly for the owner's own bookkeeping, then reconcile. */
+  private async settle(rec: SandboxRecord): Promise<SandboxRecord> {
+    const deadline = Date.now() + 3000;
+    while (Date.now() < deadline) {
+      const fresh = this.store.get(rec.id);
+      if (!fresh || fresh.state !== 'running') return fresh ?? rec;
+      if (await this.backendOf(rec).collectExit(fresh)) break;
+      await sleep(10);
+    }
+    const fresh = this.store.get(rec.id);
+    if (fresh && fresh.state === 'running') {
+      const status = await this.backendOf(fresh).collectExit(fresh);
+      await this.finalize(fresh, status, status ? undefined : 'stopped');
+    }
+    return this.store.get(rec.id) ?? rec;
+  }
+
+  /** Removes a sandbox and everything it holds on the host. `force` stops a running one first. */
+  async remove(ref: string, opts: { force?: boolean } = {}): Promise<void> {
+    const rec = await this.get(ref);
+    if (rec.state === 'running') {
+      if (!opts.force) throw new StateError(`sandbox ${rec.name} is running; stop it first (\`hybridbox stop ${rec.name}\`) or use \`hybridbox rm -f\``);
+      await this.backendOf(rec).signal(rec, 'KILL');
+      await this.waitDead(rec, 10_000);
+    }
+    await this.removeRecord(rec);
+  }
+
+  private async removeRecord(rec: SandboxRecord): Promise<void> {
+    await this.backendOf(rec).teardown(rec);
+    rmSync(this.sandboxDir(rec.id), { recursive: true, force: true });
+    this.store.delete(rec.id);
+  }
+
+  /** Runs a further command in a running sandbox. */
+  async exec(ref: string, argv: string[], opts: { env?: Record<string, string>; workdir?: string; user?: string; onStdout?: (c: Buffer) => void; onStderr?: (c: Buffer) => void; stdin?: NodeJS.ReadableStream } = {}): Promise<ExecResult> {
+    const t0 = performance.now();
+    const rec = await this.get(ref);
+    if (rec.state !== 'running') throw new StateError(`sandbox ${rec.name} is ${rec.state}, not running; start it with \`hybridbox start ${rec.name}\``);
+    if (argv.length === 0 || !argv[0]) throw new StateError('exec needs a command: hybridbox exec SANDBOX -- COMMAND [ARGS...]');
+    const out = new Capture(DEFAULT_MAX_BUFFER);
+    const err = new Capture(DEFAULT_MAX_BUFFER);
+    const exitCode = await this.backendOf(rec).exec(rec, argv, {
+      env: opts.env,
+      workdir: opts.workdir,
+      user: opts.user,
+      stdin: opts.stdin ?? null,
+      sink: {
+        onStdout: (c) => {
+          out.push(c);
+          opts.onStdout?.(c);
+        },
+        onStderr: (c) => {
+          err.push(c);
+          opts.onStderr?.(c);
+        },
+      },
+    });
+    return { exitCode, stdout: out.text(), stderr: err.text(), durationMs: Math.round(performance.now() - t0) };
+  }
+
+  /**
+   * Streams a detached sandbox's logs. With `follow`, keeps reading until the sandbox has
+   * ended (or `signal` aborts).
+   */
+  async logs(ref: string, opts: { follow?: boolean; onStdout: (c: Buffer) => void; onStderr: (c: Buffer) => void; signal?: AbortSignal }): Promise<void> {
+    let rec = await this.get(ref);
+    const paths = this.backendOf(rec).logPaths(rec);
+    const offsets = { stdout: 0, stderr: 0 };
+    const drain = async (): Promise<void> => {
+      for (const k of ['stdout', 'stderr'] as const) {
+        const p = paths[k];
+        if (!existsSync(p)) continue;
+        const size = statSync(p).size;
+        if (size <= offsets[k]) continue;
+        await new Promise<void>((resolve, reject) => {
+          const s = createReadStream(p, { start: offsets[k], end: size - 1 });
+          s.on('data', (c) => (k === 'stdout' ? opts.onStdout : opts.onStderr)(c as Buffer));
+          s.on('end', resolve);
+          s.on('error', reject);
+        });
+        offsets[k] = size;
+      }
+    };
+    await drain();
+    while (opts.follow && !opts.signal?.aborted) {
+      rec = await this.reconcile(this.store.get(rec.id) ?? rec);
+      if (rec.state !== 'running' && rec.state !== 'created') break;
+      await sleep(100);
+      await drain();
+    }
+    await drain();
+  }
+
+  /**
+   * Removes what a crash left behind: sandbox directories of this state root that have no
+   * record (a process killed between creating and recording, or half-way through removal),
+   * with the host resources (cgroups, namespaces, leases) named after them.
+   */
+  async cleanupOrphans(): Promise<string[]> {
+    let dirs: string[] = [];
+    try {
+      dirs = readdirSync(join(this.root, 'sandboxes'));
+    } catch {
+      return [];
+    }
+    const known = new Set(this.store.list().map((r) => r.id));
+    const orphans = dirs.filter((id) => !known.has(id));
+    for (const id of orphans) {
+      await this.backends.get('container').teardown({ id, runtime: { dir: this.sandboxDir(id) } });
+      rmSync(this.sandboxDir(id), { recursive: true, force: true });
+    }
+    return orphans;
+  }
+}
+
+export { RuntimeError };

@@ -1,0 +1,270 @@
+import type { Command } from 'commander';
+import os from 'node:os';
+import { Hybridbox, type RunResult, type SandboxInfo } from '../api/hybridbox.js';
+import { HybridboxError } from '../errors.js';
+import { formatHostInfo } from '../host/format.js';
+import { formatPlacement } from '../scheduler/index.js';
+import { parseDuration, specFromFlags, type CliRunFlags } from '../spec/index.js';
+
+type Opts = Record<string, unknown>;
+type Handler = (cmd: Command, args: unknown[], opts: Opts) => Promise<void>;
+
+const open = (opts: Opts): Promise<Hybridbox> => Hybridbox.open({ ociRuntime: opts.runtime as 'crun' | 'runc' });
+
+function out(text: string): void {
+  process.stdout.write(text.endsWith('\n') ? text : text + '\n');
+}
+
+function json(value: unknown): void {
+  out(JSON.stringify(value, null, 2));
+}
+
+function runFlags(opts: Opts): CliRunFlags {
+  return {
+    file: opts.file as string | undefined,
+    name: opts.name as string | undefined,
+    env: opts.env as string[] | undefined,
+    workdir: opts.workdir as string | undefined,
+    user: opts.user as string | undefined,
+    cpus: opts.cpus as string | undefined,
+    memory: opts.memory as string | undefined,
+    pids: opts.pids as string | undefined,
+    ioWeight: opts.ioWeight as string | undefined,
+    network: opts.network as string | undefined,
+    volume: opts.volume as string[] | undefined,
+    isolation: opts.isolation as string | undefined,
+    trust: opts.trust as string | undefined,
+    startupBudget: opts.startupBudget as string | undefined,
+    timeout: opts.timeout as string | undefined,
+    ownKernel: opts.ownKernel as boolean | undefined,
+  };
+}
+
+function specInput(args: unknown[], opts: Opts) {
+  const [image, command = []] = args as [string | undefined, string[] | undefined];
+  // `run IMAGE -- CMD` reaches us with the separator still in place (pass-through options).
+  return specFromFlags(runFlags(opts), { image, command: command[0] === '--' ? command.slice(1) : command });
+}
+
+/** The exit code a shell would show for a finished workload. */
+function shellExitCode(r: { exitCode: number | null; signal: string | null }): number {
+  if (r.exitCode !== null) return r.exitCode;
+  return 128 + (r.signal ? (os.constants.signals[r.signal as NodeJS.Signals] ?? 9) : 1);
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+}
+
+function ago(ms: number | null): string {
+  if (ms === null) return '-';
+  const s = Math.round((Date.now() - ms) / 1000);
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.round(s / 60)}m ago`;
+  return `${Math.round(s / 3600)}h ago`;
+}
+
+function status(s: SandboxInfo): string {
+  if (s.state === 'exited') {
+    const how = s.oomKilled ? ' (OOM)' : s.timedOut ? ' (timeout)' : '';
+    return `exited ${s.exitCode ?? s.signal ?? '?'}${how}`;
+  }
+  return s.state;
+}
+
+export const commands: Record<string, Handler> = {
+  async info(_cmd, _args, opts) {
+    const { probeHost } = await import('../host/probe.js');
+    const info = await probeHost({});
+    if (opts.json) json(info);
+    else out(formatHostInfo(info));
+  },
+
+  async setup(_cmd, _args, opts) {
+    const hb = await open(opts);
+    try {
+      await hb.ensureBaseImages();
+      out(`images: ${hb.images.list().join(', ')}`);
+    } finally {
+      hb.close();
+    }
+  },
+
+  async place(_cmd, args, opts) {
+    const hb = await open(opts);
+    try {
+      const p = hb.place(specInput(args, opts));
+      if (opts.json) json(p);
+      else out(formatPlacement(p));
+    } finally {
+      hb.close();
+    }
+  },
+
+  async run(_cmd, args, opts) {
+    const hb = await open(opts);
+    try {
+      const input = specInput(args, opts);
+      if (opts.detach) {
+        const info = await hb.runDetached(input);
+        if (opts.json) json(info);
+        else out(info.id);
+        return;
+      }
+      const stream = !opts.json;
+      const r: RunResult = await hb.run(input, {
+        remove: !!opts.rm,
+        onStdout: stream ? (c) => process.stdout.write(c) : undefined,
+        onStderr: stream ? (c) => process.stderr.write(c) : undefined,
+      });
+      if (opts.json) json(r);
+      else if (r.oomKilled) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: out of memory (limit reached)\n`);
+      else if (r.timedOut) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: timeout reached\n`);
+      process.exitCode = shellExitCode(r);
+    } finally {
+      hb.close();
+    }
+  },
+
+  async create(_cmd, args, opts) {
+    const hb = await open(opts);
+    try {
+      out((await hb.create(specInput(args, opts))).id);
+    } finally {
+      hb.close();
+    }
+  },
+
+  async start(_cmd, args, opts) {
+    const hb = await open(opts);
+    try {
+      for (const ref of args[0] as string[]) out((await hb.start(ref)).id);
+    } finally {
+      hb.close();
+    }
+  },
+
+  async stop(_cmd, args, opts) {
+    const hb = await open(opts);
+    try {
+      const graceMs = parseDuration(String(opts.time), 'time');
+      for (const ref of args[0] as string[]) out((await hb.stop(ref, { graceMs })).id);
+    } finally {
+      hb.close();
+    }
+  },
+
+  async rm(_cmd, args, opts) {
+    const hb = await open(opts);
+    try {
+      let failed: unknown;
+      for (const ref of args[0] as string[]) {
+        try {
+          await hb.remove(ref, { force: !!opts.force });
+          out(ref);
+        } catch (e) {
+          if (!(e instanceof HybridboxError)) throw e;
+          process.stderr.write(`hybridbox: ${e.message}\n`);
+          failed = e;
+        }
+      }
+      if (failed) process.exitCode = 125;
+    } finally {
+      hb.close();
+    }
+  },
+
+  async ps(_cmd, _args, opts) {
+    const hb = await open(opts);
+    try {
+      const list = await hb.list({ all: !!opts.all });
+      if (opts.json) return json(list);
+      const rows = [['ID', 'NAME', 'BACKEND', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS', 'IP']];
+      for (const s of list) {
+        const cmd = (s.command ?? []).join(' ');
+        rows.push([s.id, s.name, s.backend, s.image, cmd.length > 24 ? cmd.slice(0, 21) + '...' : cmd, ago(s.createdAtMs), status(s), s.ip ?? '-']);
+      }
+      out(table(rows));
+    } finally {
+      hb.close();
+    }
+  },
+
+  async logs(_cmd, args, opts) {
+    const hb = await open(opts);
+    try {
+      const ac = new AbortController();
+      process.once('SIGINT', () => ac.abort());
+      await hb.logs(args[0] as string, {
+        follow: !!opts.follow,
+        signal: ac.signal,
+        onStdout: (c) => process.stdout.write(c),
+        onStderr: (c) => process.stderr.write(c),
+      });
+    } finally {
+      hb.close();
+    }
+  },
+
+  async exec(_cmd, args, opts) {
+    const hb = await open(opts);
+    try {
+      const env: Record<string, string> = {};
+      for (const kv of (opts.env as string[] | undefined) ?? []) {
+        const i = kv.indexOf('=');
+        if (i <= 0) throw new HybridboxError(`env: "${kv}" is not valid; allowed: KEY=VALUE`);
+        env[kv.slice(0, i)] = kv.slice(i + 1);
+      }
+      const argv = args[1] as string[];
+      const r = await hb.exec(args[0] as string, argv[0] === '--' ? argv.slice(1) : argv, {
+        env,
+        workdir: opts.workdir as string | undefined,
+        user: opts.user as string | undefined,
+        stdin: opts.interactive ? process.stdin : undefined,
+        onStdout: (c) => process.stdout.write(c),
+        onStderr: (c) => process.stderr.write(c),
+      });
+      process.exitCode = r.exitCode;
+    } finally {
+      hb.close();
+    }
+  },
+
+  async inspect(_cmd, args, opts) {
+    const hb = await open(opts);
+    try {
+      json(await hb.inspect(args[0] as string));
+    } finally {
+      hb.close();
+    }
+  },
+
+  async images(_cmd, _args, opts) {
+    const hb = await open(opts);
+    try {
+      const list = hb.images.list().map((ref) => {
+        const img = hb.images.resolve(ref);
+        return { ref, digest: img.digest, rootfs: img.rootfs };
+      });
+      if (opts.json) return json(list);
+      out(table([['IMAGE', 'DIGEST'], ...list.map((i) => [i.ref, i.digest.slice(0, 19)])]));
+    } finally {
+      hb.close();
+    }
+  },
+
+  async demo(_cmd, _args, opts) {
+    const { runDemo } = await import('./demo.js');
+    await runDemo(opts.runtime as 'crun' | 'runc');
+  },
+
+  async reap(_cmd, args, opts) {
+    const hb = await open(opts);
+    try {
+      await hb.reap(args[0] as string);
+    } finally {
+      hb.close();
+    }
+  },
+};

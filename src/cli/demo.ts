@@ -1,0 +1,74 @@
+import { Hybridbox, type RunResult } from '../api/hybridbox.js';
+import { formatHostInfo } from '../host/format.js';
+import { formatPlacement } from '../scheduler/index.js';
+
+// A short guided tour of what hybridbox does on this host, with real sandboxes.
+
+const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
+const say = (s = ''): void => void process.stdout.write(s + '\n');
+const step = (n: number, title: string): void => say(`\n${bold(`── ${n}. ${title} ${'─'.repeat(Math.max(0, 60 - title.length))}`)}`);
+const indent = (s: string): string => s.trimEnd().split('\n').map((l) => `   ${l}`).join('\n');
+const mib = (b: number | null): string => (b === null ? '?' : `${(b / 1048576).toFixed(1)} MiB`);
+
+function outcome(r: RunResult): string {
+  return `exit ${r.exitCode}${r.signal ? ` (${r.signal})` : ''}, oomKilled=${r.oomKilled}, timedOut=${r.timedOut}, startup ${r.startupMs} ms, total ${r.durationMs} ms, peak memory ${mib(r.peakMemoryBytes)}`;
+}
+
+export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<void> {
+  const hb = await Hybridbox.open({ ociRuntime });
+  const made: string[] = [];
+  try {
+    await hb.ensureBaseImages();
+
+    step(1, 'The host, as hybridbox sees it');
+    say(indent(formatHostInfo(hb.host)));
+
+    step(2, 'Placement: where would each workload run, and why?');
+    say('   A trusted build step that must start within 500 ms:');
+    say(indent(formatPlacement(hb.place({ image: 'busybox', command: ['make'], startupBudgetMs: 500 }))));
+    say('\n   Untrusted code from a user:');
+    say(indent(formatPlacement(hb.place({ image: 'busybox', command: ['./submission'], trust: 'untrusted' }))));
+
+    step(3, 'A container: its own PID tree, hostname, root filesystem, network');
+    const tour = await hb.run({
+      image: 'busybox',
+      name: `demo-tour-${process.pid}`,
+      command: ['sh', '-c', 'echo "hostname: $(hostname)"; echo "processes:"; ps -o pid,user,args; echo "network devices: $(ls /sys/class/net | tr "\\n" " ")"; echo "root fs: $(head -1 /proc/mounts)"'],
+    }, { remove: true });
+    say(indent(tour.stdout));
+    say(`   -> ${outcome(tour)}`);
+
+    step(4, 'Limits hold for the whole group: memory');
+    say('   memory limit 32 MiB, the workload tries to hold 200 MiB:');
+    const oom = await hb.run({
+      image: 'busybox',
+      command: ['sh', '-c', 'x=$(head -c 200000000 /dev/zero | tr "\\000" a); echo survived'],
+      resources: { memoryMiB: 32 },
+    }, { remove: true });
+    say(`   -> ${outcome(oom)}`);
+
+    step(5, 'Limits hold for the whole group: a fork bomb');
+    say('   pids limit 64, a fork bomb runs for 3 s; the host keeps answering:');
+    const t0 = Date.now();
+    const bomb = await hb.run({
+      image: 'busybox',
+      command: ['sh', '-c', 'bomb() { bomb | bomb & }; bomb; sleep 1; echo "processes in the sandbox: $(ls -d /proc/[0-9]* | wc -l)"'],
+      resources: { pids: 64 },
+      timeoutMs: 3000,
+    }, { remove: true });
+    say(indent(bomb.stdout.split('\n').filter((l) => l.startsWith('processes')).join('\n') || '(no output)'));
+    say(`   -> ${outcome(bomb)}; wall ${Date.now() - t0} ms`);
+
+    step(6, 'Two sandboxes on the hbx0 bridge reach each other (and nothing else)');
+    const server = await hb.runDetached({ image: 'busybox', name: `demo-server-${process.pid}`, command: ['sleep', '60'], network: 'bridge' });
+    made.push(server.id);
+    say(`   sandbox ${server.name} runs detached at ${server.ip}`);
+    const ping = await hb.run({ image: 'busybox', command: ['sh', '-c', `ip -4 -o addr show eth0 | awk '{print "client address: "$4}'; ping -c 2 -W 2 ${server.ip} | tail -2; ip route`], network: 'bridge' }, { remove: true });
+    say(indent(ping.stdout));
+    say(`   -> ${outcome(ping)}`);
+  } finally {
+    for (const id of made) await hb.remove(id, { force: true }).catch(() => undefined);
+    hb.close();
+  }
+  say(`\n${bold('Done.')} Every sandbox of this tour has been removed.`);
+}

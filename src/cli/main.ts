@@ -1,0 +1,102 @@
+import { Command, Option } from 'commander';
+import { VERSION } from './version.js';
+
+// The CLI is a thin layer over the library API (src/api). This entry point loads nothing
+// heavy: each command imports what it needs when it runs, so `hybridbox --version` costs
+// about as much as starting Node.
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+/** Flags that describe a workload: shared by run, create and place. */
+function withRunOptions(cmd: Command): Command {
+  return cmd
+    .option('-f, --file <path>', 'workload spec file (YAML or JSON); flags override its fields')
+    .option('--name <name>', 'sandbox name (unique)')
+    .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect)
+    .option('-w, --workdir <dir>', 'working directory inside the sandbox')
+    .option('-u, --user <uid[:gid]>', 'user to run as')
+    .option('--cpus <n>', 'CPU quota in CPUs, fractional (0.5 = half a core)')
+    .option('-m, --memory <size>', 'memory limit for the whole sandbox (256m, 1g)')
+    .option('--pids <n>', 'maximum number of processes')
+    .option('--io-weight <n>', 'relative IO weight, 10-1000 (where the host supports it)')
+    .addOption(new Option('--network <mode>', 'network: none (loopback only) or bridge').choices(['none', 'bridge']))
+    .option('-v, --volume <host:guest[:ro]>', 'bind a host directory (repeatable)', collect)
+    .option('--isolation <level>', 'auto | container | microvm | vm')
+    .option('--trust <level>', 'trusted | untrusted (untrusted: user namespace, strict seccomp)')
+    .option('--startup-budget <duration>', 'longest acceptable startup (500ms, 2s): rules out slower backends')
+    .option('--timeout <duration>', 'kill the workload after this long (10s, 1m)')
+    .option('--own-kernel', 'the workload needs a kernel of its own');
+}
+
+export function buildProgram(): Command {
+  const program = new Command('hybridbox')
+    .description('Sandboxes as containers or virtual machines, placed by one scheduler that explains itself')
+    .version(VERSION, '-V, --version')
+    .addOption(new Option('--runtime <name>', 'OCI runtime for container sandboxes').choices(['crun', 'runc']).default('crun'))
+    .showHelpAfterError('(run `hybridbox help <command>` for usage)')
+    .enablePositionalOptions();
+
+  const action =
+    (name: string) =>
+    async (...args: unknown[]): Promise<void> => {
+      const { commands } = await import('./commands.js');
+      const cmd = args[args.length - 1] as Command;
+      await commands[name]!(cmd, args.slice(0, -2), cmd.optsWithGlobals());
+    };
+
+  program.command('info').description("show the host's capabilities as hybridbox sees them").option('--json', 'machine-readable output').action(action('info'));
+  program.command('setup').description('check the host and build the base images').action(action('setup'));
+
+  withRunOptions(program.command('place').description('show where a workload would run, and why, without running it'))
+    .argument('[image]', 'image name')
+    .argument('[command...]', 'command and arguments')
+    .option('--json', 'machine-readable output')
+    .passThroughOptions()
+    .action(action('place'));
+
+  withRunOptions(program.command('run').description('run a workload in a new sandbox'))
+    .argument('[image]', 'image name')
+    .argument('[command...]', 'command and arguments')
+    .option('-d, --detach', 'run in the background and print the sandbox id')
+    .option('--rm', 'remove the sandbox when it exits')
+    .option('--json', 'print one result object instead of streaming output')
+    .passThroughOptions()
+    .action(action('run'));
+
+  withRunOptions(program.command('create').description('create a sandbox without starting it'))
+    .argument('[image]', 'image name')
+    .argument('[command...]', 'command and arguments')
+    .passThroughOptions()
+    .action(action('create'));
+
+  program.command('start').description('start a created sandbox in the background').argument('<sandbox...>').action(action('start'));
+  program
+    .command('stop')
+    .description('stop sandboxes: SIGTERM, then SIGKILL after a grace period')
+    .argument('<sandbox...>')
+    .option('-t, --time <duration>', 'grace period before SIGKILL', '10s')
+    .action(action('stop'));
+  program.command('rm').description('remove sandboxes').argument('<sandbox...>').option('-f, --force', 'stop running sandboxes first').action(action('rm'));
+  program.command('ps').description('list sandboxes').option('-a, --all', 'include sandboxes that are not running').option('--json', 'machine-readable output').action(action('ps'));
+  program.command('logs').description("print a sandbox's output").argument('<sandbox>').option('-f, --follow', 'keep printing until the sandbox ends').action(action('logs'));
+  program
+    .command('exec')
+    .description('run a command in a running sandbox')
+    .argument('<sandbox>')
+    .argument('<command...>')
+    .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect)
+    .option('-w, --workdir <dir>', 'working directory')
+    .option('-u, --user <uid[:gid]>', 'user')
+    .option('-i, --interactive', 'pass standard input through')
+    .passThroughOptions()
+    .action(action('exec'));
+  program.command('inspect').description('show everything about a sandbox').argument('<sandbox>').action(action('inspect'));
+  program.command('images').description('list local images').option('--json', 'machine-readable output').action(action('images'));
+  program.command('demo').description('a guided tour: placement, a container run, limits holding, networking').action(action('demo'));
+
+  const internal = program.command('internal', { hidden: true });
+  internal.command('reap').argument('<id>').action(action('reap'));
+  return program;
+}

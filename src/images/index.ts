@@ -1,0 +1,3 @@
+export { ImageStore, normalizeRef } from './store.js';
+export type { Image, ImageConfig } from './store.js';
+export { buildBusyboxImage, treeDigest } from './busybox.js';

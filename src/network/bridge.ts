@@ -1,0 +1,144 @@
+import { execa } from 'execa';
+import { existsSync, readdirSync } from 'node:fs';
+import { HostError, SpecError } from '../errors.js';
+import type { StateStore } from '../store/index.js';
+
+export interface BridgeConfig {
+  /** Bridge device name on the host. */
+  name: string;
+  /** IPv4 subnet in CIDR form; the bridge takes the first address, sandboxes the rest. */
+  subnet: string;
+}
+
+export const DEFAULT_BRIDGE: BridgeConfig = {
+  name: process.env.HYBRIDBOX_BRIDGE ?? 'hbx0',
+  subnet: process.env.HYBRIDBOX_SUBNET ?? '10.89.0.0/24',
+};
+
+export interface Attachment {
+  /** Path of the sandbox's network namespace, for the OCI `linux.namespaces[].path`. */
+  netnsPath: string;
+  netnsName: string;
+  hostVeth: string;
+  ip: string;
+  prefix: number;
+  gateway: string;
+}
+
+const LEASE_KIND = 'ipv4';
+
+function ipToInt(ip: string): number {
+  return ip.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+}
+function intToIp(n: number): string {
+  return [24, 16, 8, 0].map((s) => (n >>> s) & 255).join('.');
+}
+
+export function parseSubnet(cidr: string): { base: number; prefix: number; size: number } {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr);
+  const prefix = m ? Number(m[5]) : NaN;
+  if (!m || m.slice(1, 5).some((o) => Number(o) > 255) || !(prefix >= 16 && prefix <= 29)) {
+    throw new SpecError('HYBRIDBOX_SUBNET', cidr, 'allowed: an IPv4 CIDR with a prefix from /16 to /29, e.g. 10.89.0.0/24');
+  }
+  const size = 2 ** (32 - prefix);
+  const base = ipToInt(m.slice(1, 5).join('.')) & ~(size - 1) >>> 0;
+  return { base: base >>> 0, prefix, size };
+}
+
+/** Names derived from the sandbox id: interface names are capped at 15 characters. */
+export function netnsName(sandboxId: string): string {
+  return `hbx-${sandboxId}`;
+}
+function vethName(sandboxId: string): string {
+  return `hv${sandboxId.slice(0, 12)}`;
+}
+
+async function ip(args: string[], input?: string): Promise<void> {
+  const r = await execa('ip', args, { input, reject: false });
+  if (r.exitCode !== 0) throw new HostError(`ip ${args.join(' ')} failed: ${(r.stderr || r.stdout).trim().split('\n')[0]}`);
+}
+
+/**
+ * The host side of `--network bridge`: one Linux bridge with an address, no NAT and no
+ * route out, so sandboxes reach each other and the host and nothing else.
+ */
+export class BridgeNetwork {
+  readonly subnet: ReturnType<typeof parseSubnet>;
+  constructor(
+    private readonly store: StateStore,
+    readonly config: BridgeConfig = DEFAULT_BRIDGE,
+  ) {
+    this.subnet = parseSubnet(config.subnet);
+  }
+
+  get gateway(): string {
+    return intToIp(this.subnet.base + 1);
+  }
+
+  async ensureBridge(): Promise<void> {
+    if (existsSync(`/sys/class/net/${this.config.name}`)) return;
+    const r = await execa('ip', ['-b', '-'], {
+      input: [
+        `link add ${this.config.name} type bridge`,
+        `addr add ${this.gateway}/${this.subnet.prefix} dev ${this.config.name}`,
+        `link set ${this.config.name} up`,
+      ].join('\n'),
+      reject: false,
+    });
+    // Another process may have created it between the check and now.
+    if (r.exitCode !== 0 && !existsSync(`/sys/class/net/${this.config.name}`)) {
+      throw new HostError(`cannot create bridge ${this.config.name}: ${r.stderr.trim().split('\n')[0]}`);
+    }
+  }
+
+  /** Leases an address atomically: concurrent CLI processes never get the same one. */
+  allocate(sandboxId: string): string {
+    const { base, size } = this.subnet;
+    const candidates = function* () {
+      for (let i = 2; i < size - 1; i++) yield intToIp(base + i);
+    };
+    const got = this.store.tx(() => this.store.lease(LEASE_KIND, sandboxId, candidates()));
+    if (!got) throw new HostError(`no free address left in ${this.config.subnet}; remove sandboxes or set HYBRIDBOX_SUBNET to a larger subnet`);
+    return got;
+  }
+
+  release(sandboxId: string): void {
+    this.store.releaseLeases(sandboxId, LEASE_KIND);
+  }
+
+  /** Creates the sandbox's network namespace with a veth on the bridge and its address. */
+  async attach(sandboxId: string, address: string): Promise<Attachment> {
+    await this.ensureBridge();
+    const ns = netnsName(sandboxId);
+    const veth = vethName(sandboxId);
+    try {
+      await ip(['-b', '-'], [`netns add ${ns}`, `link add ${veth} type veth peer name eth0 netns ${ns}`, `link set ${veth} master ${this.config.name} up`].join('\n'));
+      await ip(['-n', ns, '-b', '-'], [`addr add ${address}/${this.subnet.prefix} dev eth0`, 'link set eth0 up', 'link set lo up'].join('\n'));
+      // Unprivileged ICMP sockets, so `ping` works in the sandbox without CAP_NET_RAW.
+      await ip(['netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv4.ping_group_range=0 2147483647']);
+    } catch (e) {
+      await this.detach(sandboxId);
+      throw e;
+    }
+    return { netnsPath: `/run/netns/${ns}`, netnsName: ns, hostVeth: veth, ip: address, prefix: this.subnet.prefix, gateway: this.gateway };
+  }
+
+  /** Removes the namespace (its veth pair goes with it). Safe to call when nothing exists. */
+  async detach(sandboxId: string): Promise<void> {
+    const ns = netnsName(sandboxId);
+    if (existsSync(`/run/netns/${ns}`)) await execa('ip', ['netns', 'del', ns], { reject: false });
+    const veth = vethName(sandboxId);
+    if (existsSync(`/sys/class/net/${veth}`)) await execa('ip', ['link', 'del', veth], { reject: false });
+  }
+
+  /** Sandbox ids that own a network namespace on this host (for orphan clean-up). */
+  static existingNamespaces(): string[] {
+    try {
+      return readdirSync('/run/netns')
+        .filter((n) => n.startsWith('hbx-'))
+        .map((n) => n.slice(4));
+    } catch {
+      return [];
+    }
+  }
+}

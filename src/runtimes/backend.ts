@@ -1,0 +1,75 @@
+import type { BackendDescriptor } from './descriptor.js';
+import type { Image } from '../images/index.js';
+import type { WorkloadSpec } from '../spec/schema.js';
+import type { SandboxRecord } from '../store/index.js';
+import type { HostInfo } from '../host/types.js';
+
+/** Where a running workload's output goes when the caller is attached. */
+export interface OutputSink {
+  onStdout(chunk: Buffer): void;
+  onStderr(chunk: Buffer): void;
+}
+
+/** How a workload ended, as far as the backend can tell. */
+export interface ExitStatus {
+  /** When the sandbox's first process existed (epoch ms), if the backend can tell. */
+  startedAtMs: number | null;
+  exitCode: number | null;
+  signal: string | null;
+  oomKilled: boolean;
+  peakMemoryBytes: number | null;
+  cpuTimeMs: number | null;
+}
+
+export interface AttachedRun {
+  /** Resolves when the workload has exited and the backend has collected its status. */
+  exited: Promise<ExitStatus>;
+}
+
+export interface ExecOptions {
+  env?: Record<string, string>;
+  workdir?: string;
+  user?: string;
+  sink: OutputSink;
+  stdin?: NodeJS.ReadableStream | null;
+}
+
+/** Everything a backend gets to create a sandbox. */
+export interface CreateContext {
+  id: string;
+  name: string;
+  spec: WorkloadSpec;
+  image: Image;
+  /** Directory owned by this sandbox; removed by the caller after `destroy`. */
+  dir: string;
+}
+
+/**
+ * One interface for every kind of sandbox (after Incus's instance drivers): the API layer
+ * and the CLI hold a Backend and never ask which one. Backend-specific details live in the
+ * record's `runtime` object, which only the backend reads.
+ */
+export interface Backend {
+  readonly descriptor: BackendDescriptor;
+  /** Prepares the sandbox (nothing runs yet); returns the details to store in `runtime`. */
+  create(ctx: CreateContext): Promise<Record<string, unknown>>;
+  /** Starts the workload with output streamed to `sink`; the sandbox dies with this process. */
+  runAttached(rec: SandboxRecord, sink: OutputSink): Promise<AttachedRun>;
+  /** Starts the workload under a monitor that outlives this process; output goes to logs. */
+  startDetached(rec: SandboxRecord, onExitCommand: string): Promise<void>;
+  /** Runs another command inside a running sandbox; resolves with its exit code. */
+  exec(rec: SandboxRecord, argv: string[], opts: ExecOptions): Promise<number>;
+  signal(rec: SandboxRecord, signal: 'TERM' | 'KILL'): Promise<void>;
+  /** Whether any process of the sandbox is alive, checked against the host, not the database. */
+  isAlive(rec: SandboxRecord): Promise<boolean>;
+  /** For a detached sandbox that has exited: its status, or null if it never recorded one. */
+  collectExit(rec: SandboxRecord): Promise<ExitStatus | null>;
+  /** Paths of the stdout and stderr logs of a detached sandbox. */
+  logPaths(rec: SandboxRecord): { stdout: string; stderr: string };
+  /** Releases what a run holds (processes, cgroups, network). Idempotent; safe after a crash. */
+  teardown(rec: { id: string; runtime: Record<string, unknown> }): Promise<void>;
+  /** Backend-specific details for `inspect` (for containers: the OCI config). */
+  describe(rec: SandboxRecord): Promise<Record<string, unknown>>;
+}
+
+export type BackendFactory = (host: HostInfo) => Backend;

@@ -1,0 +1,378 @@
+import { execa } from 'execa';
+import { spawn } from 'node:child_process';
+import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { HostError, RuntimeError } from '../../errors.js';
+import type { HostInfo } from '../../host/types.js';
+import type { WorkloadSpec } from '../../spec/index.js';
+import type { BridgeNetwork } from '../../network/index.js';
+import type { StateStore, SandboxRecord } from '../../store/index.js';
+import { packageRoot } from '../../util/paths.js';
+import { sleep } from '../../util/proc.js';
+import type { AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, OutputSink } from '../backend.js';
+import type { BackendDescriptor } from '../descriptor.js';
+import { cgroupCaps, hostOomKills, isUnified, leafPath, readUsage, removeCgroups, sandboxPids } from './cgroups.js';
+import { buildOciConfig } from './oci-config.js';
+
+export type OciRuntimeName = 'crun' | 'runc';
+
+export const containerDescriptor: BackendDescriptor = {
+  kind: 'container',
+  summary: 'Linux container: namespaces + cgroups on the host kernel, driven through the OCI runtime spec (crun)',
+  traits: { ownKernel: false, hardwareIsolation: false, fullMachine: false, defaultStartupMs: { median: 60, p95: 120 } },
+  unavailableReason(host: HostInfo): string | null {
+    if (!host.isRoot) return 'container sandboxes need root on this host (rootless crun on cgroup v1 would apply no limits)';
+    if (!host.tools.crun && !host.tools.runc) return 'neither crun nor runc is installed (apt-get install crun)';
+    if (!host.tools.tini) return 'tini is not installed (apt-get install tini)';
+    if (!host.features.overlayfs) return 'the kernel has no overlayfs';
+    return null;
+  },
+};
+
+/** What the container backend keeps in a sandbox record's `runtime` object. */
+interface ContainerRuntime {
+  ociRuntime: OciRuntimeName;
+  dir: string;
+  imageRootfs: string;
+  ip: string | null;
+  netnsPath: string | null;
+  uidBase: number | null;
+}
+
+const UID_BASE = 100_000;
+const UID_RANGE = 65_536;
+const UID_SLOTS = 4096;
+
+function files(dir: string) {
+  return {
+    config: join(dir, 'config.json'),
+    rootfs: join(dir, 'rootfs'),
+    upper: join(dir, 'upper'),
+    work: join(dir, 'work'),
+    pid: join(dir, 'pid'),
+    exit: join(dir, 'exit.json'),
+    stdout: join(dir, 'stdout.log'),
+    stderr: join(dir, 'stderr.log'),
+    oomBase: join(dir, 'oom-kills-at-start'),
+  };
+}
+
+/**
+ * Containers on crun (or runc). Every runtime call goes through hbx-shim, which gives the
+ * runtime a private mount namespace: there the per-sandbox overlay is mounted (so no mount
+ * can outlive the sandbox on the host) and, on cgroup-v1 hybrid hosts, the cgroup2 mount is
+ * hidden so that crun uses the v1 controllers without touching the host's configuration.
+ */
+export class ContainerBackend implements Backend {
+  readonly descriptor = containerDescriptor;
+  private readonly shim: string;
+  private readonly initBinary: string;
+  private readonly runtimePath: string;
+
+  constructor(
+    host: HostInfo,
+    private readonly store: StateStore,
+    private readonly network: BridgeNetwork,
+    readonly ociRuntime: OciRuntimeName = 'crun',
+  ) {
+    const tool = host.tools[ociRuntime];
+    if (!tool) throw new HostError(`${ociRuntime} is not installed; install it with \`apt-get install ${ociRuntime}\``);
+    this.runtimePath = tool.path;
+    this.initBinary = existsSync('/usr/bin/tini-static') ? '/usr/bin/tini-static' : (host.tools.tini?.path ?? '/usr/bin/tini');
+    this.shim = process.env.HYBRIDBOX_SHIM ?? join(packageRoot(), 'dist', 'hbx-shim');
+    if (!existsSync(this.shim)) throw new HostError(`${this.shim} is missing; run \`npm run setup\` to build it`);
+  }
+
+  private rt(rec: { runtime: Record<string, unknown> }): ContainerRuntime {
+    return rec.runtime as unknown as ContainerRuntime;
+  }
+
+  /** Options that set up the runtime's private mount namespace. */
+  private nsArgs(): string[] {
+    const a = ['--private-mounts'];
+    if (!isUnified()) a.push('--mask-dir', '/sys/fs/cgroup/unified');
+    a.push('--ro-self', this.runtimePath);
+    return a;
+  }
+
+  async create(ctx: CreateContext): Promise<Record<string, unknown>> {
+    const f = files(ctx.dir);
+    mkdirSync(ctx.dir, { recursive: true, mode: 0o711 });
+    // The upper layer's root becomes the sandbox's "/": it must be readable by a mapped root.
+    mkdirSync(f.upper, { mode: 0o755 });
+    mkdirSync(f.rootfs, { mode: 0o755 });
+    mkdirSync(f.work, { mode: 0o700 });
+    let uidBase: number | null = null;
+    let ip: string | null = null;
+    let netnsPath: string | null = null;
+    try {
+      if (ctx.spec.trust === 'untrusted') {
+        const slot = this.store.tx(() =>
+          this.store.lease('uid-range', ctx.id, (function* () {
+            for (let s = 0; s < UID_SLOTS; s++) yield String(s);
+          })()),
+        );
+        if (slot === null) throw new HostError('no free user-namespace uid range left; remove some untrusted sandboxes');
+        uidBase = UID_BASE + Number(slot) * UID_RANGE;
+      }
+      if (ctx.spec.network === 'bridge') {
+        ip = this.network.allocate(ctx.id);
+        netnsPath = (await this.network.attach(ctx.id, ip)).netnsPath;
+      }
+      const config = buildOciConfig({
+        id: ctx.id,
+        hostname: ctx.name,
+        spec: ctx.spec,
+        image: ctx.image,
+        rootfs: f.rootfs,
+        cgroupsPath: leafPath(ctx.id),
+        initBinary: this.initBinary,
+        netnsPath,
+        userns: uidBase === null ? null : { hostId: uidBase, size: UID_RANGE },
+        cgroupCaps: cgroupCaps(),
+      });
+      writeFileSync(f.config, JSON.stringify(config, null, 1));
+      prepareMountTargets(config, ctx.image.rootfs, f.upper, uidBase ?? 0);
+    } catch (e) {
+      await this.teardown({ id: ctx.id, runtime: {} });
+      rmSync(ctx.dir, { recursive: true, force: true });
+      throw e;
+    }
+    const rt: ContainerRuntime = { ociRuntime: this.ociRuntime, dir: ctx.dir, imageRootfs: ctx.image.rootfs, ip, netnsPath, uidBase };
+    return rt as unknown as Record<string, unknown>;
+  }
+
+  private runArgs(rec: SandboxRecord): string[] {
+    const rt = this.rt(rec);
+    const f = files(rt.dir);
+    // A re-start begins from a clean slate: stale pid and exit files would mislead the waiters.
+    rmSync(f.pid, { force: true });
+    rmSync(f.exit, { force: true });
+    writeFileSync(f.oomBase, String(hostOomKills()));
+    return [...this.nsArgs(), '--overlay', rt.imageRootfs, f.upper, f.work, f.rootfs];
+  }
+
+  private runtimeRun(rec: SandboxRecord): string[] {
+    const f = files(this.rt(rec).dir);
+    return [this.runtimePath, 'run', '--bundle', this.rt(rec).dir, '--pid-file', f.pid, rec.id];
+  }
+
+  async runAttached(rec: SandboxRecord, sink: OutputSink): Promise<AttachedRun> {
+    const args = [...this.runArgs(rec), '--pdeathsig', 'KILL', '--', ...this.runtimeRun(rec)];
+    const child = spawn(this.shim, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.on('data', (c: Buffer) => sink.onStdout(c));
+    let shimErr = '';
+    child.stderr.on('data', (c: Buffer) => {
+      sink.onStderr(c);
+      if (shimErr.length < 8192) shimErr += c.toString();
+    });
+    const exited = new Promise<ExitStatus>((resolve, reject) => {
+      child.on('error', (e) => reject(new RuntimeError(`cannot start ${this.shim}: ${e.message}`)));
+      child.on('close', (code, sig) => {
+        try {
+          resolve(this.finish(rec, code, sig, shimErr));
+        } catch (e) {
+          reject(e);
+        }
+      });
+    });
+    return { exited };
+  }
+
+  /** Turns the runtime's exit into an ExitStatus, or an error when the container never started. */
+  private finish(rec: SandboxRecord, code: number | null, signal: string | null, stderr: string): ExitStatus {
+    const f = files(this.rt(rec).dir);
+    if (!existsSync(f.pid)) {
+      const line = stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${code}`;
+      throw new RuntimeError(`${this.ociRuntime} could not start sandbox ${rec.id}: ${line}`, stderr);
+    }
+    // tini reports a workload killed by signal N as exit code 128+N, like a shell does.
+    const bySignal = code !== null && code > 128 && code < 128 + 65;
+    const memoryMiB = (rec.spec as WorkloadSpec).resources.memoryMiB;
+    let oomBase: number | null = null;
+    try {
+      oomBase = Number(readFileSync(f.oomBase, 'utf8'));
+    } catch {
+      /* not recorded */
+    }
+    const usage = readUsage(rec.id, {
+      killedBySigkill: code === 137 || signal === 'SIGKILL',
+      limitBytes: memoryMiB === undefined ? null : memoryMiB * 1048576,
+      hostOomKillsAtStart: oomBase,
+    });
+    return {
+      startedAtMs: this.startedAtMs(rec),
+      exitCode: code,
+      signal: signal ?? (bySignal ? signalName(code - 128) : null),
+      oomKilled: usage.oomKilled,
+      peakMemoryBytes: usage.peakMemoryBytes,
+      cpuTimeMs: usage.cpuTimeMs,
+    };
+  }
+
+  async startDetached(rec: SandboxRecord, onExitCommand: string): Promise<void> {
+    const f = files(this.rt(rec).dir);
+    const args = [
+      ...this.runArgs(rec),
+      '--stdin-null', '--stdout', f.stdout, '--stderr', f.stderr,
+      '--exit-file', f.exit, '--on-exit', onExitCommand,
+      '--', ...this.runtimeRun(rec),
+    ];
+    const child = spawn(this.shim, args, { stdio: 'ignore', detached: true });
+    child.unref();
+    // Started = the runtime wrote the pid file; failed = the monitor recorded an exit first.
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
+      if (existsSync(f.pid)) return;
+      if (existsSync(f.exit)) {
+        const err = existsSync(f.stderr) ? readFileSync(f.stderr, 'utf8') : '';
+        const line = err.trim().split('\n').filter(Boolean).pop() ?? 'no output';
+        throw new RuntimeError(`${this.ociRuntime} could not start sandbox ${rec.id}: ${line}`, err);
+      }
+      await sleep(2);
+    }
+    throw new RuntimeError(`sandbox ${rec.id} did not start within 30 s`);
+  }
+
+  async exec(rec: SandboxRecord, argv: string[], opts: ExecOptions): Promise<number> {
+    const a = [this.runtimePath, 'exec'];
+    if (opts.workdir) a.push('--cwd', opts.workdir);
+    if (opts.user) a.push('--user', opts.user);
+    for (const [k, v] of Object.entries(opts.env ?? {})) a.push('--env', `${k}=${v}`);
+    a.push(rec.id, ...argv);
+    const child = spawn(this.shim, [...this.nsArgs(), '--pdeathsig', 'KILL', '--', ...a], {
+      stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    });
+    if (opts.stdin && child.stdin) opts.stdin.pipe(child.stdin);
+    child.stdout!.on('data', (c: Buffer) => opts.sink.onStdout(c));
+    child.stderr!.on('data', (c: Buffer) => opts.sink.onStderr(c));
+    return new Promise((resolve, reject) => {
+      child.on('error', reject);
+      child.on('close', (code, sig) => resolve(code ?? 128 + (sig ? signalNumber(sig) : 0)));
+    });
+  }
+
+  private initPid(rec: { id: string; runtime: Record<string, unknown> }): number | null {
+    const dir = this.rt(rec).dir;
+    if (!dir) return null;
+    try {
+      const pid = Number(readFileSync(files(dir).pid, 'utf8').trim());
+      // The pid may have been reused since: only trust it while it is in our cgroup.
+      return pid > 0 && sandboxPids(rec.id).includes(pid) ? pid : null;
+    } catch {
+      return null;
+    }
+  }
+
+  async signal(rec: SandboxRecord, signal: 'TERM' | 'KILL'): Promise<void> {
+    const pid = this.initPid(rec);
+    if (pid !== null) {
+      try {
+        // SIGKILL to PID 1 of a pid namespace ends every process in it.
+        process.kill(pid, `SIG${signal}`);
+      } catch {
+        /* already gone */
+      }
+    }
+  }
+
+  async isAlive(rec: SandboxRecord): Promise<boolean> {
+    return sandboxPids(rec.id).length > 0;
+  }
+
+  async collectExit(rec: SandboxRecord): Promise<ExitStatus | null> {
+    const f = files(this.rt(rec).dir);
+    let raw: { exitCode: number | null; signal: string | null };
+    try {
+      raw = JSON.parse(readFileSync(f.exit, 'utf8'));
+    } catch {
+      return null;
+    }
+    if (!existsSync(f.pid)) return null;
+    return this.finish(rec, raw.exitCode, raw.signal, '');
+  }
+
+  logPaths(rec: SandboxRecord): { stdout: string; stderr: string } {
+    const f = files(this.rt(rec).dir);
+    return { stdout: f.stdout, stderr: f.stderr };
+  }
+
+  private startedAtMs(rec: SandboxRecord): number | null {
+    try {
+      return statSync(files(this.rt(rec).dir).pid).mtimeMs;
+    } catch {
+      return null;
+    }
+  }
+
+  async teardown(rec: { id: string; runtime: Record<string, unknown> }): Promise<void> {
+    // Kill what is left; PID 1's death takes the pid namespace with it.
+    for (let i = 0; i < 200 && sandboxPids(rec.id).length > 0; i++) {
+      for (const pid of sandboxPids(rec.id)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+      await sleep(5);
+    }
+    const runtimes: OciRuntimeName[] = ['crun', 'runc'];
+    for (const r of runtimes) {
+      if (existsSync(`/run/${r}/${rec.id}`)) {
+        const path = r === this.ociRuntime ? this.runtimePath : r;
+        await execa(this.shim, [...this.nsArgs(), '--', path, 'delete', '--force', rec.id], { reject: false });
+        rmSync(`/run/${r}/${rec.id}`, { recursive: true, force: true });
+      }
+    }
+    const left = removeCgroups(rec.id);
+    await this.network.detach(rec.id);
+    this.store.releaseLeases(rec.id);
+    if (left.length) throw new HostError(`could not remove cgroup ${left[0]} of sandbox ${rec.id}`);
+  }
+
+  async describe(rec: SandboxRecord): Promise<Record<string, unknown>> {
+    const rt = this.rt(rec);
+    let config: unknown = null;
+    try {
+      config = JSON.parse(readFileSync(files(rt.dir).config, 'utf8'));
+    } catch {
+      /* removed */
+    }
+    return { ociRuntime: rt.ociRuntime, bundle: rt.dir, ip: rt.ip, userNamespaceBase: rt.uidBase, cgroup: leafPath(rec.id), ociConfig: config };
+  }
+
+
+}
+
+/**
+ * Creates missing mount targets and the working directory in the sandbox's upper layer,
+ * as root on the host. The runtime would create them itself, but inside a user namespace
+ * container root cannot write into directories owned by host root.
+ */
+function prepareMountTargets(config: Record<string, unknown>, lower: string, upper: string, idShift: number): void {
+  const mounts = config.mounts as { destination: string; source: string; type: string }[];
+  const proc = (config.process as { cwd: string; user: { uid: number; gid: number } });
+  const missing = (p: string): boolean => !existsSync(join(lower, p)) && !existsSync(join(upper, p));
+  for (const m of mounts) {
+    if (!missing(m.destination)) continue;
+    const isFile = m.type === 'bind' && existsSync(m.source) && !statSync(m.source).isDirectory();
+    const target = join(upper, m.destination);
+    mkdirSync(isFile ? dirname(target) : target, { recursive: true, mode: 0o755 });
+    if (isFile) writeFileSync(target, '', { mode: 0o755 });
+  }
+  if (missing(proc.cwd)) {
+    const dir = join(upper, proc.cwd);
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    chownSync(dir, idShift + proc.user.uid, idShift + proc.user.gid);
+  }
+}
+
+const SIGNALS = ['', 'HUP', 'INT', 'QUIT', 'ILL', 'TRAP', 'ABRT', 'BUS', 'FPE', 'KILL', 'USR1', 'SEGV', 'USR2', 'PIPE', 'ALRM', 'TERM'];
+function signalName(n: number): string {
+  return SIGNALS[n] ? `SIG${SIGNALS[n]}` : `SIG${n}`;
+}
+function signalNumber(sig: string): number {
+  const i = SIGNALS.indexOf(sig.replace(/^SIG/, ''));
+  return i > 0 ? i : 0;
+}

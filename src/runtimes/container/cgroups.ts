@@ -1,0 +1,198 @@
+import { existsSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+/**
+ * Sandbox cgroups live at /hybridbox/<id>/ctr in every hierarchy. The runtime creates and
+ * removes the leaf `ctr`; the parent /hybridbox/<id> outlives it, and because memory
+ * accounting and OOM events are hierarchical, the parent still holds the peak memory and
+ * the OOM-kill count after the runtime has removed the leaf.
+ */
+export const CGROUP_PARENT = '/hybridbox';
+export const leafPath = (id: string): string => `${CGROUP_PARENT}/${id}/ctr`;
+const sandboxPath = (id: string): string => `${CGROUP_PARENT}/${id}`;
+
+export interface CgroupMount {
+  path: string;
+  type: 'cgroup' | 'cgroup2';
+  /** v1 controllers (or name=...) on this hierarchy; empty for cgroup2. */
+  controllers: string[];
+}
+
+let mountsCache: CgroupMount[] | undefined;
+
+export function cgroupMounts(): CgroupMount[] {
+  if (mountsCache) return mountsCache;
+  const out: CgroupMount[] = [];
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const sep = line.indexOf(' - ');
+    if (sep < 0) continue;
+    const [fstype, , superOpts = ''] = line.slice(sep + 3).split(' ');
+    if (fstype !== 'cgroup' && fstype !== 'cgroup2') continue;
+    const mountPoint = line.slice(0, sep).split(' ')[4]!;
+    const controllers =
+      fstype === 'cgroup' ? superOpts.split(',').filter((o) => !['rw', 'ro', 'relatime', 'nosuid', 'nodev', 'noexec'].includes(o) && !o.startsWith('release_agent')) : [];
+    out.push({ path: mountPoint, type: fstype, controllers });
+  }
+  return (mountsCache = out);
+}
+
+/** True when the runtime will see cgroup v2 only (pure v2 host). On hybrid hosts the shim hides cgroup2. */
+export function isUnified(): boolean {
+  return cgroupMounts().some((m) => m.type === 'cgroup2' && m.path === '/sys/fs/cgroup');
+}
+
+function controllerDir(controller: string): string | null {
+  const mounts = cgroupMounts();
+  if (isUnified()) return '/sys/fs/cgroup';
+  const m = mounts.find((x) => x.type === 'cgroup' && x.controllers.includes(controller));
+  return m ? m.path : null;
+}
+
+function readNumber(path: string): number | null {
+  try {
+    const n = Number(readFileSync(path, 'utf8').trim());
+    return Number.isFinite(n) ? n : null;
+  } catch {
+    return null;
+  }
+}
+
+function readKeyed(path: string, key: string): number | null {
+  try {
+    for (const line of readFileSync(path, 'utf8').split('\n')) {
+      const [k, v] = line.split(/\s+/);
+      if (k === key) return Number(v);
+    }
+  } catch {
+    /* absent */
+  }
+  return null;
+}
+
+export interface CgroupCaps {
+  /** cgroup v2 only: limits go into config.json for the runtime to apply on the leaf. */
+  unified: boolean;
+  ioWeight: boolean;
+  memorySwap: boolean;
+}
+
+/** Which optional limits this host's kernel can enforce (the runtime fails if asked for a missing file). */
+export function cgroupCaps(): CgroupCaps {
+  if (isUnified()) {
+    const ctl = readFileSync('/sys/fs/cgroup/cgroup.controllers', 'utf8');
+    const has = (c: string): boolean => ctl.split(/\s+/).includes(c);
+    return { unified: true, ioWeight: has('io'), memorySwap: has('memory') };
+  }
+  const blkio = controllerDir('blkio');
+  const mem = controllerDir('memory');
+  return {
+    unified: false,
+    ioWeight: !!blkio && (existsSync(join(blkio, 'blkio.weight')) || existsSync(join(blkio, 'blkio.bfq.weight'))),
+    memorySwap: !!mem && existsSync(join(mem, 'memory.memsw.limit_in_bytes')),
+  };
+}
+
+/** The host-wide count of OOM kills (/proc/vmstat), for the v1 OOM test in readUsage. */
+export function hostOomKills(): number {
+  try {
+    const m = /^oom_kill (\d+)$/m.exec(readFileSync('/proc/vmstat', 'utf8'));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+export interface CgroupUsage {
+  peakMemoryBytes: number | null;
+  /** v2: the parent's hierarchical OOM-kill count. v1: see readUsage. */
+  oomKilled: boolean;
+  cpuTimeMs: number | null;
+}
+
+/**
+ * Reads the sandbox's hierarchical counters from its parent cgroup, after the runtime has
+ * removed the leaf. cgroup v2 propagates OOM events to ancestors, so the parent's count is
+ * exact. cgroup v1 counts an OOM kill only in the victim's own (removed) leaf; there the
+ * verdict is: killed by SIGKILL, the group's peak usage reached its limit, and the host's
+ * OOM-kill count rose during the run.
+ */
+export function readUsage(id: string, v1?: { killedBySigkill: boolean; limitBytes: number | null; hostOomKillsAtStart: number | null }): CgroupUsage {
+  const p = sandboxPath(id);
+  if (isUnified()) {
+    const dir = join('/sys/fs/cgroup', p);
+    const usec = readKeyed(join(dir, 'cpu.stat'), 'usage_usec');
+    return {
+      peakMemoryBytes: readNumber(join(dir, 'memory.peak')),
+      oomKilled: (readKeyed(join(dir, 'memory.events'), 'oom_kill') ?? 0) > 0,
+      cpuTimeMs: usec === null ? null : Math.round(usec / 1000),
+    };
+  }
+  const mem = controllerDir('memory');
+  const acct = controllerDir('cpuacct');
+  const ns = acct ? readNumber(join(acct, p, 'cpuacct.usage')) : null;
+  const peak = mem ? readNumber(join(mem, p, 'memory.max_usage_in_bytes')) : null;
+  const atLimit = peak !== null && v1?.limitBytes != null && peak >= v1.limitBytes - 256 * 1024;
+  const hostOom = v1?.hostOomKillsAtStart != null && hostOomKills() > v1.hostOomKillsAtStart;
+  return {
+    peakMemoryBytes: peak,
+    oomKilled: !!v1?.killedBySigkill && atLimit && hostOom,
+    cpuTimeMs: ns === null ? null : Math.round(ns / 1e6),
+  };
+}
+
+/** Pids in the sandbox's cgroup, read from one hierarchy that every runtime populates. */
+export function sandboxPids(id: string): number[] {
+  const base = isUnified() ? '/sys/fs/cgroup' : controllerDir('pids') ?? controllerDir('memory');
+  if (!base) return [];
+  const pids: number[] = [];
+  const walk = (dir: string): void => {
+    try {
+      for (const l of readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n')) if (l) pids.push(Number(l));
+      for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) walk(join(dir, e.name));
+    } catch {
+      /* gone */
+    }
+  };
+  walk(join(base, sandboxPath(id)));
+  return pids;
+}
+
+/** Removes the sandbox's cgroups in every hierarchy, deepest first. Returns what could not be removed. */
+export function removeCgroups(id: string): string[] {
+  const left: string[] = [];
+  for (const m of cgroupMounts()) {
+    const top = join(m.path, sandboxPath(id));
+    if (!existsSync(top)) continue;
+    const dirs: string[] = [];
+    const walk = (d: string): void => {
+      dirs.push(d);
+      try {
+        for (const e of readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) walk(join(d, e.name));
+      } catch {
+        /* gone */
+      }
+    };
+    walk(top);
+    for (const d of dirs.reverse()) {
+      try {
+        rmdirSync(d);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') left.push(d);
+      }
+    }
+  }
+  return left;
+}
+
+/** Sandbox ids that have a cgroup in any hierarchy. */
+export function cgroupSandboxIds(): string[] {
+  const ids = new Set<string>();
+  for (const m of cgroupMounts()) {
+    try {
+      for (const e of readdirSync(join(m.path, CGROUP_PARENT), { withFileTypes: true })) if (e.isDirectory()) ids.add(e.name);
+    } catch {
+      /* no parent here */
+    }
+  }
+  return [...ids];
+}

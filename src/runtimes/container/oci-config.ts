@@ -1,0 +1,169 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { SpecError } from '../../errors.js';
+import type { Image } from '../../images/index.js';
+import type { WorkloadSpec } from '../../spec/schema.js';
+import type { CgroupCaps } from './cgroups.js';
+import { seccompProfile } from './seccomp.js';
+
+/** Where the init (tini) is bind-mounted inside every container. */
+export const INIT_PATH = '/.hbx/init';
+
+export interface OciInputs {
+  id: string;
+  hostname: string;
+  spec: WorkloadSpec;
+  image: Image;
+  /** The mount point of the per-sandbox overlay (absolute). */
+  rootfs: string;
+  cgroupsPath: string;
+  initBinary: string;
+  /** Network namespace to join (bridge mode); a fresh one with only loopback otherwise. */
+  netnsPath: string | null;
+  /** Host uid/gid that container root maps to (user namespace), or null for none. */
+  userns: { hostId: number; size: number } | null;
+  cgroupCaps: CgroupCaps;
+}
+
+const DEFAULT_CAPS = [
+  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL', 'CAP_SETGID',
+  'CAP_SETUID', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_NET_RAW', 'CAP_SYS_CHROOT', 'CAP_AUDIT_WRITE', 'CAP_SETFCAP',
+];
+const UNTRUSTED_CAPS = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL', 'CAP_SETGID', 'CAP_SETUID', 'CAP_NET_BIND_SERVICE'];
+
+const MASKED_PATHS = [
+  '/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list',
+  '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware', '/sys/devices/virtual/powercap', '/sys/kernel/debug',
+];
+const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+
+// Character devices a process may use; everything else is denied by the devices cgroup.
+const ALLOWED_DEVICES: [number, number][] = [
+  [1, 3], [1, 5], [1, 7], [1, 8], [1, 9], [5, 0], [5, 1], [5, 2], [136, -1],
+];
+
+function resolveUser(spec: WorkloadSpec, image: Image): { uid: number; gid: number } {
+  const user = spec.user === '0:0' && image.config.user ? image.config.user : spec.user;
+  const [u = '0', g] = user.split(':');
+  const lookup = (file: string, name: string, field: 'user' | 'group'): number => {
+    if (/^\d+$/.test(name)) return Number(name);
+    let text = '';
+    try {
+      text = readFileSync(join(image.rootfs, 'etc', file), 'utf8');
+    } catch {
+      /* no such file in the image */
+    }
+    for (const line of text.split('\n')) {
+      const parts = line.split(':');
+      if (parts[0] === name) return Number(parts[2]);
+    }
+    throw new SpecError('user', user, `allowed: a numeric uid[:gid], or a ${field} listed in the image's /etc/${file}`);
+  };
+  const uid = lookup('passwd', u, 'user');
+  let gid = uid;
+  if (g !== undefined) gid = lookup('group', g, 'group');
+  else if (!/^\d+$/.test(u)) {
+    const line = readFileSync(join(image.rootfs, 'etc/passwd'), 'utf8').split('\n').find((l) => l.startsWith(`${u}:`));
+    gid = Number(line?.split(':')[3] ?? uid);
+  }
+  return { uid, gid };
+}
+
+/** The argv that runs inside: the spec's command, else the image's default. */
+export function effectiveCommand(spec: WorkloadSpec, image: Image): string[] {
+  return spec.command ?? image.config.cmd;
+}
+
+/** Builds an OCI runtime-spec config.json for one sandbox. Pure apart from reading the image's passwd. */
+export function buildOciConfig(i: OciInputs): Record<string, unknown> {
+  const { spec, image } = i;
+  const untrusted = spec.trust === 'untrusted';
+  const env = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...image.config.env, HOSTNAME: i.hostname, ...spec.env };
+  const caps = untrusted ? UNTRUSTED_CAPS : DEFAULT_CAPS;
+  const { uid, gid } = resolveUser(spec, image);
+  const r = spec.resources;
+
+  const mounts: Record<string, unknown>[] = [
+    { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+    { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+    { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
+    { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+    { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+    // In a user namespace sysfs cannot be mounted fresh for a netns the namespace does not
+    // own, so it is bind-mounted read-only instead.
+    untrusted
+      ? { destination: '/sys', type: 'none', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', 'ro'] }
+      : { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+    { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
+    { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=1777', 'size=262144k'] },
+    { destination: INIT_PATH, type: 'bind', source: i.initBinary, options: ['bind', 'ro', 'nosuid', 'nodev'] },
+    ...spec.volumes.map((v) => ({
+      destination: v.guestPath,
+      type: 'bind',
+      source: v.hostPath,
+      options: ['rbind', 'nosuid', 'nodev', v.readOnly ? 'ro' : 'rw'],
+    })),
+  ];
+
+  const namespaces: Record<string, string>[] = [
+    { type: 'pid' },
+    { type: 'mount' },
+    { type: 'uts' },
+    { type: 'ipc' },
+    { type: 'cgroup' },
+    i.netnsPath ? { type: 'network', path: i.netnsPath } : { type: 'network' },
+  ];
+  if (i.userns) namespaces.push({ type: 'user' });
+
+  const resources: Record<string, unknown> = {
+    devices: [
+      { allow: false, access: 'rwm' },
+      ...ALLOWED_DEVICES.map(([major, minor]) => ({ allow: true, type: 'c', major, ...(minor >= 0 ? { minor } : {}), access: 'rwm' })),
+    ],
+  };
+  if (r.memoryMiB !== undefined) {
+    const bytes = r.memoryMiB * 1024 * 1024;
+    // swap = limit: the workload cannot escape its memory limit by swapping.
+    resources.memory = { limit: bytes, ...(i.cgroupCaps.memorySwap ? { swap: bytes } : {}) };
+  }
+  if (r.cpus !== undefined) resources.cpu = { quota: Math.round(r.cpus * 100_000), period: 100_000 };
+  if (r.pids !== undefined) resources.pids = { limit: r.pids };
+  if (r.ioWeight !== undefined && i.cgroupCaps.ioWeight) resources.blockIO = { weight: r.ioWeight };
+
+  return {
+    ociVersion: '1.0.2',
+    annotations: { 'org.hybridbox.sandbox': i.id },
+    process: {
+      terminal: false,
+      user: { uid, gid },
+      // tini as PID 1: forwards signals to the workload's process group and reaps zombies;
+      // -p KILL ends the sandbox if the runtime that watches it dies.
+      args: [INIT_PATH, '-g', '-p', 'SIGKILL', '--', ...effectiveCommand(spec, image)],
+      env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      cwd: spec.workdir !== '/' ? spec.workdir : image.config.workdir || '/',
+      capabilities: { bounding: caps, effective: caps, permitted: caps },
+      noNewPrivileges: true,
+      rlimits: [{ type: 'RLIMIT_NOFILE', hard: 1024, soft: 1024 }],
+    },
+    root: { path: i.rootfs, readonly: false },
+    hostname: i.hostname,
+    mounts,
+    linux: {
+      namespaces,
+      ...(i.userns
+        ? {
+            uidMappings: [{ containerID: 0, hostID: i.userns.hostId, size: i.userns.size }],
+            gidMappings: [{ containerID: 0, hostID: i.userns.hostId, size: i.userns.size }],
+          }
+        : {}),
+      cgroupsPath: i.cgroupsPath,
+      // Unprivileged ICMP sockets, so `ping` works without CAP_NET_RAW. A joined (bridge)
+      // netns belongs to the host's user namespace and gets this from network/ instead.
+      ...(i.netnsPath ? {} : { sysctl: { 'net.ipv4.ping_group_range': i.userns ? `0 ${i.userns.size - 1}` : '0 2147483647' } }),
+      resources,
+      maskedPaths: MASKED_PATHS,
+      readonlyPaths: READONLY_PATHS,
+      seccomp: seccompProfile(spec.trust),
+    },
+  };
+}

@@ -1,0 +1,494 @@
+/*
+ * hbx-shim: prepares the environment for an OCI runtime (crun, runc) and runs it.
+ *
+ *   hbx-shim [OPTIONS] -- PROGRAM [ARGS...]
+ *
+ * Options, applied in this order in the process that execs PROGRAM:
+ *   --private-mounts                  unshare the mount namespace, make / recursively private
+ *   --mask-dir PATH        (repeat)   empty tmpfs over PATH if PATH is a cgroup2 mount point
+ *   --ro-self PATH         (repeat)   bind PATH over itself read-only (skipped if PATH is missing)
+ *   --overlay LOWER UPPER WORK TARGET overlayfs at TARGET (LOWER may be a colon-separated list)
+ *   --pdeathsig SIG                   PR_SET_PDEATHSIG (KILL, SIGKILL or a number)
+ *   --stdout FILE, --stderr FILE      append to FILE (created 0644)
+ *   --stdin-null                      stdin from /dev/null
+ * Monitor mode:
+ *   --exit-file FILE [--on-exit SHELLCMD]
+ *
+ * Exit codes: PROGRAM's own status when it ran; 125 when hbx-shim failed before PROGRAM
+ * ran (usage or setup error, one line on stderr); 127/126 when PROGRAM could not be
+ * executed (not found / other). In monitor mode without --on-exit, the monitor exits with
+ * PROGRAM's code, or 128+N when PROGRAM was killed by signal N.
+ *
+ * Why C rather than Node: this sits on every container start, where ~6 ms of Node spawn
+ * overhead and a missing unshare(2)/prctl(2) binding both matter, and the monitor must
+ * outlive the CLI that started it without costing a Node process per sandbox.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <sched.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef CGROUP2_SUPER_MAGIC
+#define CGROUP2_SUPER_MAGIC 0x63677270
+#endif
+
+#define EXIT_SHIM_FAILED 125
+#define EXIT_CANNOT_EXEC 126
+#define EXIT_NOT_FOUND 127
+#define MAX_REPEAT 16
+
+static const char USAGE[] =
+    "usage: hbx-shim [--private-mounts] [--mask-dir PATH]... [--ro-self PATH]... "
+    "[--overlay LOWER UPPER WORK TARGET] [--pdeathsig SIG] [--stdout FILE] [--stderr FILE] "
+    "[--stdin-null] [--exit-file FILE [--on-exit SHELLCMD]] -- PROGRAM [ARGS...]";
+
+struct options {
+  bool private_mounts;
+  const char *mask_dirs[MAX_REPEAT];
+  int n_mask_dirs;
+  const char *ro_selves[MAX_REPEAT];
+  int n_ro_selves;
+  const char *overlay[4]; /* lower, upper, work, target; overlay[3] == NULL: none */
+  int pdeathsig;          /* 0: none */
+  const char *stdout_path;
+  const char *stderr_path;
+  bool stdin_null;
+  const char *exit_file;
+  const char *on_exit;
+  char **argv; /* PROGRAM and its arguments */
+};
+
+static const struct {
+  int num;
+  const char *name;
+} SIGNALS[] = {
+    {SIGHUP, "HUP"},       {SIGINT, "INT"},       {SIGQUIT, "QUIT"},   {SIGILL, "ILL"},
+    {SIGTRAP, "TRAP"},     {SIGABRT, "ABRT"},     {SIGBUS, "BUS"},     {SIGFPE, "FPE"},
+    {SIGKILL, "KILL"},     {SIGUSR1, "USR1"},     {SIGSEGV, "SEGV"},   {SIGUSR2, "USR2"},
+    {SIGPIPE, "PIPE"},     {SIGALRM, "ALRM"},     {SIGTERM, "TERM"},   {SIGSTKFLT, "STKFLT"},
+    {SIGCHLD, "CHLD"},     {SIGCONT, "CONT"},     {SIGSTOP, "STOP"},   {SIGTSTP, "TSTP"},
+    {SIGTTIN, "TTIN"},     {SIGTTOU, "TTOU"},     {SIGURG, "URG"},     {SIGXCPU, "XCPU"},
+    {SIGXFSZ, "XFSZ"},     {SIGVTALRM, "VTALRM"}, {SIGPROF, "PROF"},   {SIGWINCH, "WINCH"},
+    {SIGIO, "IO"},         {SIGPWR, "PWR"},       {SIGSYS, "SYS"},
+};
+
+/* One write(2) per message, so lines from concurrent writers to a shared log never interleave. */
+static void say(const char *fmt, ...) {
+  char buf[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if ((size_t)n > sizeof buf - 2) n = sizeof buf - 2;
+  buf[n++] = '\n';
+  ssize_t r;
+  do r = write(STDERR_FILENO, buf, (size_t)n);
+  while (r < 0 && errno == EINTR);
+}
+
+static _Noreturn void usage_error(const char *why, const char *arg) {
+  if (arg)
+    say("hbx-shim: %s %s; %s", why, arg, USAGE);
+  else
+    say("hbx-shim: %s; %s", why, USAGE);
+  exit(EXIT_SHIM_FAILED);
+}
+
+static _Noreturn void setup_failed(const char *step, const char *path) {
+  say("hbx-shim: %s %s: %s", step, path, strerror(errno));
+  exit(EXIT_SHIM_FAILED);
+}
+
+static int parse_signal(const char *s) {
+  if (strncmp(s, "SIG", 3) == 0) s += 3;
+  for (size_t i = 0; i < sizeof SIGNALS / sizeof SIGNALS[0]; i++)
+    if (strcmp(s, SIGNALS[i].name) == 0) return SIGNALS[i].num;
+  char *end;
+  errno = 0;
+  long n = strtol(s, &end, 10);
+  if (errno == 0 && *s && !*end && n >= 1 && n <= SIGRTMAX) return (int)n;
+  return 0;
+}
+
+static void signal_name(int sig, char *out, size_t len) {
+  for (size_t i = 0; i < sizeof SIGNALS / sizeof SIGNALS[0]; i++)
+    if (SIGNALS[i].num == sig) {
+      snprintf(out, len, "SIG%s", SIGNALS[i].name);
+      return;
+    }
+  snprintf(out, len, "SIG%d", sig);
+}
+
+/* Returns the option's value and advances *i; empty values are refused because every value is a path, a command or a signal. */
+static const char *take(int argc, char **argv, int *i, const char *opt) {
+  if (*i + 1 >= argc || strcmp(argv[*i + 1], "--") == 0) usage_error("missing value for", opt);
+  const char *v = argv[++*i];
+  if (!*v) usage_error("empty value for", opt);
+  return v;
+}
+
+static void set_once(const char **slot, int argc, char **argv, int *i) {
+  if (*slot) usage_error("repeated option", argv[*i]);
+  *slot = take(argc, argv, i, argv[*i]);
+}
+
+static void parse(int argc, char **argv, struct options *o) {
+  memset(o, 0, sizeof *o);
+  int i = 1;
+  for (; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) break;
+    if (strcmp(a, "--private-mounts") == 0) {
+      o->private_mounts = true;
+    } else if (strcmp(a, "--mask-dir") == 0) {
+      if (o->n_mask_dirs == MAX_REPEAT) usage_error("too many", a);
+      o->mask_dirs[o->n_mask_dirs++] = take(argc, argv, &i, a);
+    } else if (strcmp(a, "--ro-self") == 0) {
+      if (o->n_ro_selves == MAX_REPEAT) usage_error("too many", a);
+      o->ro_selves[o->n_ro_selves++] = take(argc, argv, &i, a);
+    } else if (strcmp(a, "--overlay") == 0) {
+      if (o->overlay[3]) usage_error("repeated option", a);
+      for (int k = 0; k < 4; k++) o->overlay[k] = take(argc, argv, &i, a);
+    } else if (strcmp(a, "--pdeathsig") == 0) {
+      if (o->pdeathsig) usage_error("repeated option", a);
+      const char *v = take(argc, argv, &i, a);
+      if (!(o->pdeathsig = parse_signal(v))) usage_error("unknown signal", v);
+    } else if (strcmp(a, "--stdout") == 0) {
+      set_once(&o->stdout_path, argc, argv, &i);
+    } else if (strcmp(a, "--stderr") == 0) {
+      set_once(&o->stderr_path, argc, argv, &i);
+    } else if (strcmp(a, "--stdin-null") == 0) {
+      o->stdin_null = true;
+    } else if (strcmp(a, "--exit-file") == 0) {
+      set_once(&o->exit_file, argc, argv, &i);
+    } else if (strcmp(a, "--on-exit") == 0) {
+      set_once(&o->on_exit, argc, argv, &i);
+    } else {
+      usage_error("unknown option", a);
+    }
+  }
+  if (i >= argc) usage_error("missing", "--");
+  if (i + 1 >= argc || !*argv[i + 1]) usage_error("missing", "PROGRAM");
+  o->argv = &argv[i + 1];
+  /* Without a private namespace these mounts would land on the host and outlive us. */
+  if (!o->private_mounts) {
+    if (o->n_mask_dirs) usage_error("--private-mounts is required by", "--mask-dir");
+    if (o->n_ro_selves) usage_error("--private-mounts is required by", "--ro-self");
+    if (o->overlay[3]) usage_error("--private-mounts is required by", "--overlay");
+  }
+  if (o->on_exit && !o->exit_file) usage_error("--exit-file is required by", "--on-exit");
+}
+
+/* A mount point, not merely a directory inside one: its device differs from its parent's. */
+static bool is_cgroup2_mount_point(const char *path) {
+  struct statfs sfs;
+  struct stat self, parent;
+  char up[4096];
+  if (statfs(path, &sfs) != 0 || (unsigned long)sfs.f_type != (unsigned long)CGROUP2_SUPER_MAGIC) return false;
+  if (snprintf(up, sizeof up, "%s/..", path) >= (int)sizeof up) return false;
+  if (stat(path, &self) != 0 || stat(up, &parent) != 0) return false;
+  return self.st_dev != parent.st_dev;
+}
+
+static void private_mounts(void) {
+  if (unshare(CLONE_NEWNS) != 0) setup_failed("unshare", "CLONE_NEWNS");
+  /* Private, not slave: nothing we mount may reach the host, and the host's later mounts are of no use to a runtime that lives for one command. */
+  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) setup_failed("make-private", "/");
+}
+
+static void mask_dir(const char *path) {
+  if (!is_cgroup2_mount_point(path)) return;
+  /* Writable, though nothing here may persist: crun 1.8.1 still mkdirs its cgroup path under
+   * the cgroup2 mount point and writes cgroup.procs there, and fails the start on EROFS. The
+   * size cap only bounds what such writes can cost; they vanish with the namespace. */
+  if (mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,nr_inodes=256,mode=0755") != 0)
+    setup_failed("mask-dir", path);
+}
+
+static void ro_self(const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return;
+    setup_failed("ro-self", path);
+  }
+  if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) != 0) setup_failed("ro-self bind", path);
+  /* A bind remount must repeat the flags the mount already has, or the kernel refuses it where they are locked (user namespaces). */
+  struct statvfs sv;
+  if (statvfs(path, &sv) != 0) setup_failed("ro-self statvfs", path);
+  unsigned long keep = 0;
+  if (sv.f_flag & ST_NOSUID) keep |= MS_NOSUID;
+  if (sv.f_flag & ST_NODEV) keep |= MS_NODEV;
+  if (sv.f_flag & ST_NOEXEC) keep |= MS_NOEXEC;
+  if (sv.f_flag & ST_NOATIME) keep |= MS_NOATIME;
+  if (sv.f_flag & ST_NODIRATIME) keep |= MS_NODIRATIME;
+  if (sv.f_flag & ST_RELATIME) keep |= MS_RELATIME;
+  if (mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | keep, NULL) != 0) setup_failed("ro-self remount", path);
+}
+
+static void check_dir(const char *step, const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0) setup_failed(step, path);
+  if (!S_ISDIR(st.st_mode)) {
+    errno = ENOTDIR;
+    setup_failed(step, path);
+  }
+}
+
+static void overlay(const char *const ov[4]) {
+  const char *target = ov[3];
+  /* The kernel splits mount data on ',' and layers on ':'; refusing those characters is simpler and safer than escaping them. */
+  for (int k = 0; k < 3; k++)
+    if (strpbrk(ov[k], k == 0 ? ",\\" : ",:\\")) {
+      errno = EINVAL;
+      setup_failed("overlay", ov[k]);
+    }
+  /* The kernel reports a bad layer as a bare ENOENT/ENOTDIR; naming the culprit saves a hunt. */
+  char layer[4096];
+  for (const char *p = ov[0], *end; *p; p = *end ? end + 1 : end) {
+    end = strchrnul(p, ':');
+    size_t len = (size_t)(end - p);
+    if (len == 0 || len >= sizeof layer) {
+      errno = EINVAL;
+      setup_failed("overlay", ov[0]);
+    }
+    memcpy(layer, p, len);
+    layer[len] = '\0';
+    check_dir("overlay", layer);
+  }
+  for (int k = 1; k < 4; k++) check_dir("overlay", ov[k]);
+  char data[4096]; /* legacy mount(2) copies at most one page of data */
+  int n = snprintf(data, sizeof data, "lowerdir=%s,upperdir=%s,workdir=%s", ov[0], ov[1], ov[2]);
+  if (n < 0 || n >= (int)sizeof data) {
+    errno = ENAMETOOLONG;
+    setup_failed("overlay", target);
+  }
+  if (mount("overlay", target, "overlay", 0, data) != 0) setup_failed("overlay", target);
+}
+
+/* open(2) can return the very descriptor we dup2 onto when it was closed; then dup2 is a no-op and O_CLOEXEC would close it at exec. */
+static void redirect(const char *path, int flags, mode_t mode, int target, const char *step) {
+  int fd = open(path, flags | O_CLOEXEC, mode);
+  if (fd < 0) setup_failed(step, path);
+  if (fd == target) {
+    if (fcntl(fd, F_SETFD, 0) != 0) setup_failed(step, path);
+    return;
+  }
+  if (dup2(fd, target) < 0) setup_failed(step, path);
+  close(fd);
+}
+
+/* Everything up to exec, in the documented order, in the process that becomes PROGRAM. */
+static _Noreturn void setup_and_exec(const struct options *o, pid_t expected_parent) {
+  if (o->private_mounts) private_mounts();
+  for (int k = 0; k < o->n_mask_dirs; k++) mask_dir(o->mask_dirs[k]);
+  for (int k = 0; k < o->n_ro_selves; k++) ro_self(o->ro_selves[k]);
+  if (o->overlay[3]) overlay(o->overlay);
+  if (o->pdeathsig) {
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)o->pdeathsig, 0, 0, 0) != 0) setup_failed("pdeathsig", "prctl");
+    /* The signal follows the parent *thread*: callers must spawn us from a thread that lives
+     * as long as the sandbox should (Node's main thread does). The parent may also have died
+     * before prctl took effect; then deliver what the kernel would have. */
+    if (getppid() != expected_parent) raise(o->pdeathsig);
+  }
+  if (o->stdout_path) redirect(o->stdout_path, O_WRONLY | O_CREAT | O_APPEND, 0644, STDOUT_FILENO, "stdout");
+  if (o->stderr_path) redirect(o->stderr_path, O_WRONLY | O_CREAT | O_APPEND, 0644, STDERR_FILENO, "stderr");
+  if (o->stdin_null) redirect("/dev/null", O_RDONLY, 0, STDIN_FILENO, "stdin");
+  execvp(o->argv[0], o->argv);
+  int err = errno;
+  say("hbx-shim: cannot exec %s: %s", o->argv[0], strerror(err));
+  exit(err == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_EXEC);
+}
+
+/* A closed 0/1/2 would make our own opens land there and PROGRAM write its output into, say, the exit file. */
+static void ensure_std_fds(void) {
+  for (int fd = 0; fd <= 2; fd++) {
+    if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    int n = open("/dev/null", O_RDWR);
+    if (n < 0) exit(EXIT_SHIM_FAILED);
+    if (n != fd) exit(EXIT_SHIM_FAILED); /* lowest free descriptor must be fd */
+  }
+}
+
+static bool write_all(int fd, const char *buf, size_t len) {
+  while (len) {
+    ssize_t w = write(fd, buf, len);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    buf += w;
+    len -= (size_t)w;
+  }
+  return true;
+}
+
+/* Readers either see no exit file or a complete one, also after a host crash: tmp + fsync + rename + fsync(dir). */
+static bool write_exit_file(const char *path, int status, long long finished_ms) {
+  char tmp[4096], line[160], sig[32];
+  if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+    errno = ENAMETOOLONG;
+    return false;
+  }
+  if (WIFSIGNALED(status)) {
+    signal_name(WTERMSIG(status), sig, sizeof sig);
+    snprintf(line, sizeof line, "{\"exitCode\":null,\"signal\":\"%s\",\"finishedAtMs\":%lld}\n", sig, finished_ms);
+  } else {
+    snprintf(line, sizeof line, "{\"exitCode\":%d,\"signal\":null,\"finishedAtMs\":%lld}\n", WEXITSTATUS(status), finished_ms);
+  }
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return false;
+  if (!write_all(fd, line, strlen(line)) || fsync(fd) != 0) {
+    int e = errno;
+    close(fd);
+    unlink(tmp);
+    errno = e;
+    return false;
+  }
+  if (close(fd) != 0 || rename(tmp, path) != 0) {
+    int e = errno;
+    unlink(tmp);
+    errno = e;
+    return false;
+  }
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (!slash)
+    strcpy(dir, ".");
+  else if (slash == dir)
+    dir[1] = '\0';
+  else
+    *slash = '\0';
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd); /* best effort: some filesystems refuse fsync on directories */
+    close(dfd);
+  }
+  return true;
+}
+
+static long long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static _Noreturn void monitor(const struct options *o) {
+  /* The child must start PROGRAM with exactly the signal state we were given, so keep it. */
+  struct sigaction orig_hup, orig_pipe, orig_chld, ign, dfl;
+  sigset_t waitset, orig_mask;
+  memset(&ign, 0, sizeof ign);
+  memset(&dfl, 0, sizeof dfl);
+  ign.sa_handler = SIG_IGN;
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&ign.sa_mask);
+  sigemptyset(&dfl.sa_mask);
+  sigemptyset(&waitset);
+  sigaddset(&waitset, SIGTERM);
+  sigaddset(&waitset, SIGINT);
+  sigaddset(&waitset, SIGCHLD);
+  /* Signals are taken synchronously with sigwaitinfo: no handler can then race with reaping and signal a recycled pid. Blocking before fork keeps an early SIGTERM pending instead of killing the monitor. */
+  sigprocmask(SIG_BLOCK, &waitset, &orig_mask);
+  /* The monitor outlives the CLI and its terminal; SIGHUP or a closed stderr pipe must not take it (and the exit file) down. */
+  sigaction(SIGHUP, &ign, &orig_hup);
+  sigaction(SIGPIPE, &ign, &orig_pipe);
+  /* An inherited SIG_IGN/SA_NOCLDWAIT for SIGCHLD would auto-reap the child and lose its status. */
+  sigaction(SIGCHLD, &dfl, &orig_chld);
+  /* Orphans of PROGRAM (say, the container's init after crun is killed) come to us, not to an unrelated init that cannot tell anyone. */
+  prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+
+  pid_t self = getpid();
+  pid_t child = fork();
+  if (child == 0) {
+    sigaction(SIGHUP, &orig_hup, NULL);
+    sigaction(SIGPIPE, &orig_pipe, NULL);
+    sigaction(SIGCHLD, &orig_chld, NULL);
+    sigprocmask(SIG_SETMASK, &orig_mask, NULL);
+    setup_and_exec(o, self);
+  }
+
+  int status = 0;
+  if (child < 0) {
+    say("hbx-shim: fork %s: %s", o->argv[0], strerror(errno));
+    /* Report it like any other setup failure so the sandbox still gets its exit file and its cleanup. */
+    status = EXIT_SHIM_FAILED << 8;
+  } else {
+    for (bool done = false; !done;) {
+      siginfo_t si;
+      int sig = sigwaitinfo(&waitset, &si);
+      if (sig < 0) continue; /* EINTR from a stop/continue */
+      if (sig == SIGTERM || sig == SIGINT) {
+        /* Not yet reaped, so the pid cannot have been reused. */
+        kill(child, sig);
+        continue;
+      }
+      int st;
+      pid_t p;
+      /* SIGCHLD coalesces: one signal may stand for several exits. */
+      while ((p = waitpid(-1, &st, WNOHANG)) > 0)
+        if (p == child) {
+          status = st;
+          done = true;
+        }
+      if (p < 0 && errno == ECHILD && !done) {
+        /* Cannot happen while we hold the child, but never spin forever on it. */
+        status = EXIT_SHIM_FAILED << 8;
+        done = true;
+      }
+    }
+  }
+  long long finished = now_ms();
+
+  int rc = WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+  if (!write_exit_file(o->exit_file, status, finished)) {
+    say("hbx-shim: exit-file %s: %s", o->exit_file, strerror(errno));
+    rc = EXIT_SHIM_FAILED;
+  }
+  /* Only what has already exited: a descendant still running is for --on-exit (crun delete -f) to stop, and waiting for it here would deadlock that cleanup. */
+  while (waitpid(-1, NULL, WNOHANG) > 0) {
+  }
+
+  if (!o->on_exit) exit(rc);
+  /* Stragglers would otherwise keep reparenting to the cleanup command, which never reaps them. */
+  prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
+  /* A SIGTERM/SIGINT still pending was meant for PROGRAM, which is gone; unblocking it would kill the cleanup instead. */
+  sigset_t fwd;
+  sigemptyset(&fwd);
+  sigaddset(&fwd, SIGTERM);
+  sigaddset(&fwd, SIGINT);
+  struct timespec zero = {0, 0};
+  while (sigtimedwait(&fwd, NULL, &zero) > 0) {
+  }
+  sigaction(SIGHUP, &orig_hup, NULL);
+  sigaction(SIGPIPE, &orig_pipe, NULL);
+  sigaction(SIGCHLD, &orig_chld, NULL);
+  sigprocmask(SIG_SETMASK, &orig_mask, NULL);
+  execl("/bin/sh", "sh", "-c", o->on_exit, (char *)NULL);
+  say("hbx-shim: cannot exec /bin/sh: %s", strerror(errno));
+  exit(EXIT_NOT_FOUND);
+}
+
+int main(int argc, char **argv) {
+  /* As early as possible: the later we look, the likelier the parent is already gone and the pdeathsig check compares against the wrong pid. */
+  pid_t parent = getppid();
+  ensure_std_fds();
+  struct options o;
+  parse(argc, argv, &o);
+  if (o.exit_file) monitor(&o);
+  setup_and_exec(&o, parent);
+}

@@ -1,0 +1,47 @@
+import type { HostInfo } from '../host/types.js';
+import type { BridgeNetwork } from '../network/index.js';
+import type { BackendKind } from '../spec/schema.js';
+import type { StateStore } from '../store/index.js';
+import type { Backend } from './backend.js';
+import { ContainerBackend, containerDescriptor, type OciRuntimeName } from './container/backend.js';
+import type { BackendDescriptor } from './descriptor.js';
+
+/** Every backend this version of hybridbox implements. The scheduler sees only these descriptors. */
+export const DESCRIPTORS: BackendDescriptor[] = [containerDescriptor];
+
+export interface BackendOptions {
+  ociRuntime?: OciRuntimeName;
+}
+
+/**
+ * Builds backends lazily: a CLI call that only needs the container backend never pays
+ * for probing or loading the others.
+ */
+export class BackendRegistry {
+  private readonly cache = new Map<BackendKind, Backend>();
+  constructor(
+    private readonly host: HostInfo,
+    private readonly store: StateStore,
+    private readonly network: BridgeNetwork,
+    private readonly options: BackendOptions = {},
+  ) {}
+
+  get(kind: BackendKind): Backend {
+    let b = this.cache.get(kind);
+    if (!b) {
+      switch (kind) {
+        case 'container':
+          b = new ContainerBackend(this.host, this.store, this.network, this.options.ociRuntime);
+          break;
+        default:
+          throw new Error(`backend ${kind} is not implemented in this version of hybridbox`);
+      }
+      this.cache.set(kind, b);
+    }
+    return b;
+  }
+
+  descriptors(): BackendDescriptor[] {
+    return DESCRIPTORS;
+  }
+}

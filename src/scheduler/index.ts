@@ -1,0 +1,2 @@
+export { place, type Placement } from './place.js';
+export { formatPlacement } from './format.js';

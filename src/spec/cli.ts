@@ -1,0 +1,125 @@
+import { readFileSync } from 'node:fs';
+import YAML from 'yaml';
+import { SpecError } from '../errors.js';
+import type { WorkloadSpecInput } from './schema.js';
+import { parseCpus, parseDuration, parseNumber, parseSize } from './units.js';
+
+/** `hybridbox run` options as commander hands them over: strings, repeatable ones as arrays. */
+export interface CliRunFlags {
+  name?: string;
+  /** `KEY=value`, repeatable */
+  env?: string[];
+  workdir?: string;
+  user?: string;
+  cpus?: string;
+  memory?: string;
+  pids?: string;
+  ioWeight?: string;
+  network?: string;
+  /** `/host:/guest[:ro|rw]`, repeatable */
+  volume?: string[];
+  isolation?: string;
+  trust?: string;
+  startupBudget?: string;
+  timeout?: string;
+  ownKernel?: boolean;
+  /** `-f spec.yaml`: a YAML or JSON spec used as the base that flags override */
+  file?: string;
+}
+
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+/**
+ * Builds an unvalidated spec from `run` flags (and `-f` file). Only flag syntax is checked
+ * here; pass the result to validateSpec. Flags override the file field by field: env by
+ * variable name, volumes by guest path, resources and kernel by key.
+ */
+export function specFromFlags(flags: CliRunFlags, positional: { image?: string; command: string[] }): WorkloadSpecInput {
+  const spec: Obj = flags.file === undefined ? {} : loadSpecFile(flags.file);
+  const set = (key: string, value: unknown) => {
+    if (value !== undefined) spec[key] = value;
+  };
+  const parsed = <T>(text: string | undefined, parse: (t: string) => T) => (text === undefined ? undefined : parse(text));
+
+  set('image', positional.image);
+  if (positional.command.length > 0) spec.command = positional.command;
+  set('name', flags.name);
+  set('workdir', flags.workdir);
+  set('user', flags.user);
+  set('network', flags.network);
+  set('isolation', flags.isolation);
+  set('trust', flags.trust);
+  set('startupBudgetMs', parsed(flags.startupBudget, (t) => parseDuration(t, '--startup-budget')));
+  set('timeoutMs', parsed(flags.timeout, (t) => parseDuration(t, '--timeout')));
+
+  const resources = dropUndefined({
+    cpus: parsed(flags.cpus, (t) => parseCpus(t, '--cpus')),
+    memoryMiB: parsed(flags.memory, (t) => parseSize(t, '--memory')),
+    pids: parsed(flags.pids, (t) => parseNumber(t, '--pids', 'a whole number of processes such as 256')),
+    ioWeight: parsed(flags.ioWeight, (t) => parseNumber(t, '--io-weight', 'a whole number from 10 to 1000')),
+  });
+  if (Object.keys(resources).length > 0) spec.resources = merge(spec.resources, resources);
+  if (flags.env?.length) spec.env = merge(spec.env, Object.fromEntries(flags.env.map(parseEnvFlag)));
+  if (flags.ownKernel !== undefined) spec.kernel = merge(spec.kernel, { ownKernel: flags.ownKernel });
+  if (flags.volume?.length) {
+    const added = flags.volume.map(parseVolumeFlag);
+    const base = spec.volumes;
+    const guestPaths = new Set(added.map((v) => v.guestPath));
+    // A malformed file value is left in place so validateSpec reports it rather than the flags hiding it.
+    if (base === undefined || Array.isArray(base)) {
+      spec.volumes = [...(base ?? []).filter((v) => !(isObj(v) && guestPaths.has(v.guestPath as string))), ...added];
+    }
+  }
+  // Unvalidated by design: validateSpec is the gate that turns this into a WorkloadSpec.
+  return spec as WorkloadSpecInput;
+}
+
+/** Parses spec text; YAML 1.2 is a superset of JSON, so one parser reads both. */
+export function parseSpecText(text: string, source = 'spec'): Obj {
+  let doc: unknown;
+  try {
+    doc = YAML.parse(text);
+  } catch (err) {
+    // The yaml library appends a multi-line code frame; the first line says what and where.
+    const first = (err instanceof Error ? err.message : String(err)).split(/\r?\n/)[0]!.replace(/:$/, '');
+    throw new SpecError('--file', source, `allowed: a YAML or JSON document (${first})`);
+  }
+  if (doc === null || doc === undefined) return {};
+  if (!isObj(doc)) throw new SpecError('--file', source, 'allowed: a YAML or JSON mapping of spec fields at the top level');
+  return doc;
+}
+
+export function loadSpecFile(path: string): Obj {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'unreadable';
+    throw new SpecError('--file', path, `allowed: a readable YAML or JSON spec file (${code})`);
+  }
+  return parseSpecText(text, path);
+}
+
+function parseEnvFlag(text: string): [string, string] {
+  const eq = text.indexOf('=');
+  if (eq === -1) throw new SpecError('--env', text, 'allowed: NAME=value, e.g. --env LANG=C.UTF-8');
+  return [text.slice(0, eq), text.slice(eq + 1)];
+}
+
+function parseVolumeFlag(text: string): { hostPath: string; guestPath: string; readOnly: boolean } {
+  const [hostPath, guestPath, mode, ...rest] = text.split(':');
+  if (!hostPath || !guestPath || rest.length > 0 || (mode !== undefined && mode !== 'ro' && mode !== 'rw')) {
+    throw new SpecError('--volume', text, 'allowed: /host/path:/guest/path with optional :ro or :rw, e.g. /srv/data:/data:ro');
+  }
+  return { hostPath, guestPath, readOnly: mode === 'ro' };
+}
+
+function merge(base: unknown, over: Obj): unknown {
+  if (base === undefined) return over;
+  return isObj(base) ? { ...base, ...over } : base;
+}
+
+function dropUndefined(o: Obj): Obj {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+}

@@ -1,0 +1,236 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { BackendKind } from '../spec/schema.js';
+
+export type SandboxState = 'created' | 'running' | 'exited' | 'crashed';
+
+/** One sandbox as recorded in the state database. */
+export interface SandboxRecord {
+  id: string;
+  name: string;
+  backend: BackendKind;
+  image: string;
+  state: SandboxState;
+  /** The validated WorkloadSpec (JSON). */
+  spec: unknown;
+  /** The scheduler's decision (JSON). */
+  placement: unknown;
+  /** Backend-owned details: paths, addresses, pids (JSON). Opaque to everyone else. */
+  runtime: Record<string, unknown>;
+  createdAtMs: number;
+  startedAtMs: number | null;
+  finishedAtMs: number | null;
+  exitCode: number | null;
+  signal: string | null;
+  oomKilled: boolean;
+  timedOut: boolean;
+  /** The process that watches the sandbox (the CLI for attached runs, the monitor for detached ones). */
+  ownerPid: number | null;
+  ownerStartTime: number | null;
+  /** Free-text reason for 'crashed' or a failed start. */
+  stateReason: string | null;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS sandboxes (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  backend TEXT NOT NULL,
+  image TEXT NOT NULL,
+  state TEXT NOT NULL,
+  spec TEXT NOT NULL,
+  placement TEXT NOT NULL,
+  runtime TEXT NOT NULL DEFAULT '{}',
+  created_at_ms INTEGER NOT NULL,
+  started_at_ms INTEGER,
+  finished_at_ms INTEGER,
+  exit_code INTEGER,
+  signal TEXT,
+  oom_killed INTEGER NOT NULL DEFAULT 0,
+  timed_out INTEGER NOT NULL DEFAULT 0,
+  owner_pid INTEGER,
+  owner_start_time INTEGER,
+  state_reason TEXT
+);
+-- Anything that must be unique across concurrent CLI processes (IP addresses, uid ranges)
+-- is a lease: the primary key makes a double allocation impossible.
+CREATE TABLE IF NOT EXISTS leases (
+  kind TEXT NOT NULL,
+  value TEXT NOT NULL,
+  sandbox_id TEXT NOT NULL,
+  PRIMARY KEY (kind, value)
+);
+CREATE INDEX IF NOT EXISTS leases_by_sandbox ON leases (sandbox_id);
+`;
+
+interface Row {
+  id: string;
+  name: string;
+  backend: string;
+  image: string;
+  state: string;
+  spec: string;
+  placement: string;
+  runtime: string;
+  created_at_ms: number;
+  started_at_ms: number | null;
+  finished_at_ms: number | null;
+  exit_code: number | null;
+  signal: string | null;
+  oom_killed: number;
+  timed_out: number;
+  owner_pid: number | null;
+  owner_start_time: number | null;
+  state_reason: string | null;
+}
+
+function fromRow(r: Row): SandboxRecord {
+  return {
+    id: r.id,
+    name: r.name,
+    backend: r.backend as BackendKind,
+    image: r.image,
+    state: r.state as SandboxState,
+    spec: JSON.parse(r.spec),
+    placement: JSON.parse(r.placement),
+    runtime: JSON.parse(r.runtime),
+    createdAtMs: r.created_at_ms,
+    startedAtMs: r.started_at_ms,
+    finishedAtMs: r.finished_at_ms,
+    exitCode: r.exit_code,
+    signal: r.signal,
+    oomKilled: r.oom_killed === 1,
+    timedOut: r.timed_out === 1,
+    ownerPid: r.owner_pid,
+    ownerStartTime: r.owner_start_time,
+    stateReason: r.state_reason,
+  };
+}
+
+const COLUMN: Record<keyof Omit<SandboxRecord, 'id'>, string> = {
+  name: 'name',
+  backend: 'backend',
+  image: 'image',
+  state: 'state',
+  spec: 'spec',
+  placement: 'placement',
+  runtime: 'runtime',
+  createdAtMs: 'created_at_ms',
+  startedAtMs: 'started_at_ms',
+  finishedAtMs: 'finished_at_ms',
+  exitCode: 'exit_code',
+  signal: 'signal',
+  oomKilled: 'oom_killed',
+  timedOut: 'timed_out',
+  ownerPid: 'owner_pid',
+  ownerStartTime: 'owner_start_time',
+  stateReason: 'state_reason',
+};
+
+function toColumnValue(key: keyof typeof COLUMN, v: unknown): unknown {
+  if (key === 'spec' || key === 'placement' || key === 'runtime') return JSON.stringify(v);
+  if (key === 'oomKilled' || key === 'timedOut') return v ? 1 : 0;
+  return v;
+}
+
+/**
+ * The state database. Many CLI processes open it at once: WAL lets readers run beside a
+ * writer, busy_timeout makes writers queue instead of failing, and every read-modify-write
+ * runs in an IMMEDIATE transaction so two processes never decide on the same snapshot.
+ */
+export class StateStore {
+  readonly db: Database.Database;
+
+  constructor(readonly root: string) {
+    mkdirSync(root, { recursive: true, mode: 0o711 });
+    this.db = new Database(join(root, 'state.db'));
+    this.db.pragma('busy_timeout = 10000');
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.exec(SCHEMA);
+  }
+
+  /** Runs fn in a write transaction taken up front (BEGIN IMMEDIATE). */
+  tx<T>(fn: () => T): T {
+    return this.db.transaction(fn).immediate();
+  }
+
+  insert(rec: SandboxRecord): void {
+    const keys = Object.keys(COLUMN) as (keyof typeof COLUMN)[];
+    const cols = ['id', ...keys.map((k) => COLUMN[k])];
+    this.db
+      .prepare(`INSERT INTO sandboxes (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`)
+      .run(rec.id, ...keys.map((k) => toColumnValue(k, rec[k])));
+  }
+
+  update(id: string, patch: Partial<Omit<SandboxRecord, 'id'>>): void {
+    const keys = Object.keys(patch) as (keyof typeof COLUMN)[];
+    if (keys.length === 0) return;
+    this.db
+      .prepare(`UPDATE sandboxes SET ${keys.map((k) => `${COLUMN[k]} = ?`).join(', ')} WHERE id = ?`)
+      .run(...keys.map((k) => toColumnValue(k, patch[k])), id);
+  }
+
+  get(id: string): SandboxRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM sandboxes WHERE id = ?').get(id) as Row | undefined;
+    return r && fromRow(r);
+  }
+
+  /** By full id, unique id prefix, or name. */
+  find(ref: string): SandboxRecord | undefined {
+    const byName = this.db.prepare('SELECT * FROM sandboxes WHERE name = ? OR id = ?').get(ref, ref) as Row | undefined;
+    if (byName) return fromRow(byName);
+    const rows = this.db.prepare("SELECT * FROM sandboxes WHERE id LIKE ? || '%' LIMIT 2").all(ref) as Row[];
+    return rows.length === 1 ? fromRow(rows[0]!) : undefined;
+  }
+
+  nameTaken(name: string): string | null {
+    const r = this.db.prepare('SELECT id FROM sandboxes WHERE name = ?').get(name) as { id: string } | undefined;
+    return r?.id ?? null;
+  }
+
+  list(): SandboxRecord[] {
+    return (this.db.prepare('SELECT * FROM sandboxes ORDER BY created_at_ms').all() as Row[]).map(fromRow);
+  }
+
+  delete(id: string): void {
+    this.tx(() => {
+      this.db.prepare('DELETE FROM leases WHERE sandbox_id = ?').run(id);
+      this.db.prepare('DELETE FROM sandboxes WHERE id = ?').run(id);
+    });
+  }
+
+  /**
+   * Leases the first free value that `candidates` yields for `kind`. Must be called inside
+   * tx() so that the read of taken values and the insert are one atomic step.
+   */
+  lease(kind: string, sandboxId: string, candidates: Iterable<string>): string | null {
+    const taken = new Set(
+      (this.db.prepare('SELECT value FROM leases WHERE kind = ?').all(kind) as { value: string }[]).map((r) => r.value),
+    );
+    for (const c of candidates) {
+      if (!taken.has(c)) {
+        this.db.prepare('INSERT INTO leases (kind, value, sandbox_id) VALUES (?, ?, ?)').run(kind, c, sandboxId);
+        return c;
+      }
+    }
+    return null;
+  }
+
+  releaseLeases(sandboxId: string, kind?: string): void {
+    if (kind) this.db.prepare('DELETE FROM leases WHERE sandbox_id = ? AND kind = ?').run(sandboxId, kind);
+    else this.db.prepare('DELETE FROM leases WHERE sandbox_id = ?').run(sandboxId);
+  }
+
+  leases(kind?: string): { kind: string; value: string; sandboxId: string }[] {
+    const rows = (kind
+      ? this.db.prepare('SELECT * FROM leases WHERE kind = ?').all(kind)
+      : this.db.prepare('SELECT * FROM leases').all()) as { kind: string; value: string; sandbox_id: string }[];
+    return rows.map((r) => ({ kind: r.kind, value: r.value, sandboxId: r.sandbox_id }));
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

@@ -1,0 +1,2 @@
+export { StateStore } from './db.js';
+export type { SandboxRecord, SandboxState } from './db.js';

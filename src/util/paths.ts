@@ -1,0 +1,26 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+let cached: string | undefined;
+
+/**
+ * The package's root directory, found from this module's location, so the same code works
+ * bundled (dist/cli.js) and from source under the test loader (src/...).
+ */
+export function packageRoot(): string {
+  if (cached) return cached;
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pj = join(dir, 'package.json');
+    if (existsSync(pj) && (JSON.parse(readFileSync(pj, 'utf8')) as { name?: string }).name === 'hybridbox') return (cached = dir);
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find the hybridbox package root');
+    dir = up;
+  }
+}
+
+/** Default state directory; tests point HYBRIDBOX_ROOT at a temporary one. */
+export function stateRoot(): string {
+  return process.env.HYBRIDBOX_ROOT ?? '/var/lib/hybridbox';
+}

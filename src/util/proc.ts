@@ -1,0 +1,29 @@
+import { readFileSync } from 'node:fs';
+
+/** Start time of a process in clock ticks since boot: with the pid, it names one process for good. */
+export function processStartTime(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Field 22; the command name (field 2) may contain spaces, so count from its closing paren.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(fields[19]);
+  } catch {
+    return null;
+  }
+}
+
+/** True when `pid` is alive and is still the process that had `startTime`. */
+export function isSameProcessAlive(pid: number, startTime: number | null): boolean {
+  const now = processStartTime(pid);
+  if (now === null) return false;
+  // A zombie has exited already.
+  try {
+    const state = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    if (state.slice(state.lastIndexOf(')') + 2, state.lastIndexOf(')') + 3) === 'Z') return false;
+  } catch {
+    return false;
+  }
+  return startTime === null || now === startTime;
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -1,0 +1,261 @@
+import test from 'ava';
+import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+// These tests mount for real (namespaces, overlayfs), so they need root; they need no crun.
+const isRoot = process.getuid?.() === 0;
+const rootTest = isRoot ? test : test.skip;
+
+const buildScript = resolve('src/runtimes/container/shim/build.sh');
+const work = mkdtempSync(join(tmpdir(), 'hbx-shim-test-'));
+const shim = join(work, 'hbx-shim');
+
+test.before(() => {
+  const r = spawnSync('sh', [buildScript, shim], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`build.sh failed (${r.status}): ${r.stderr}`);
+});
+
+test.after.always(() => {
+  rmSync(work, { recursive: true, force: true });
+});
+
+const run = (args: string[]): SpawnSyncReturns<string> => spawnSync(shim, args, { encoding: 'utf8', timeout: 20_000 });
+
+const hostMountLinesUnder = (dir: string): string[] =>
+  readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter((l) => l.includes(dir));
+
+let seq = 0;
+const freshDir = (name: string): string => {
+  const d = join(work, `${name}-${++seq}`);
+  mkdirSync(d, { recursive: true });
+  return d;
+};
+
+const readExitFile = (path: string): { exitCode: number | null; signal: string | null; finishedAtMs: number } => {
+  const text = readFileSync(path, 'utf8');
+  if (!/^\{[^\n]*\}\n$/.test(text)) throw new Error(`exit file is not one JSON line: ${JSON.stringify(text)}`);
+  return JSON.parse(text);
+};
+
+/** True once pid is gone or a zombie: this host's PID 1 reaps orphans slowly, so a dead process can linger as Z. */
+const deadOrZombie = (pid: number): boolean => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
+  }
+};
+
+const waitFor = async (cond: () => boolean, ms: number): Promise<boolean> => {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (cond()) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return cond();
+};
+
+test('build.sh skips the compile when the binary is newer than the source', (t) => {
+  const before = readFileSync(shim);
+  const r = spawnSync('sh', [buildScript, shim], { encoding: 'utf8' });
+  t.is(r.status, 0);
+  t.deepEqual(readFileSync(shim), before);
+  t.false(readdirSync(work).some((f) => f.startsWith('hbx-shim.tmp')));
+});
+
+test('exit code of PROGRAM passes through', (t) => {
+  t.is(run(['--', 'sh', '-c', 'exit 3']).status, 3);
+  t.is(run(['--', 'true']).status, 0);
+  t.is(run(['--', 'sh', '-c', 'exit 125']).status, 125);
+});
+
+test('PROGRAM is found on PATH and gets its arguments unchanged', (t) => {
+  const r = run(['--', 'printf', '%s|', 'a b', '', '--x']);
+  t.is(r.status, 0);
+  t.is(r.stdout, 'a b||--x|');
+});
+
+test('exec failure: 127 for a missing program, 126 otherwise, with one message line', (t) => {
+  const missing = run(['--', '/nonexistent/prog']);
+  t.is(missing.status, 127);
+  t.is(missing.stderr, 'hbx-shim: cannot exec /nonexistent/prog: No such file or directory\n');
+  const notExecutable = join(freshDir('noexec'), 'script');
+  writeFileSync(notExecutable, 'echo hi\n', { mode: 0o644 });
+  const denied = run(['--', notExecutable]);
+  t.is(denied.status, 126);
+  t.is(denied.stderr, `hbx-shim: cannot exec ${notExecutable}: Permission denied\n`);
+});
+
+test('bad usage exits 125 with one line and never runs PROGRAM', (t) => {
+  const marker = join(freshDir('usage'), 'ran');
+  const cases: [string[], RegExp][] = [
+    [['--bogus', '--', 'touch', marker], /^hbx-shim: unknown option --bogus; usage: hbx-shim /],
+    [['touch', marker], /^hbx-shim: unknown option touch; usage: /],
+    [['--stdin-null', 'touch', marker], /^hbx-shim: unknown option touch; usage: /],
+    [['--stdout'], /^hbx-shim: missing value for --stdout; usage: /],
+    [['--stdout', '--', 'touch', marker], /^hbx-shim: missing value for --stdout; usage: /],
+    [['--overlay', 'a', 'b', 'c', '--', 'touch', marker], /^hbx-shim: missing value for --overlay; usage: /],
+    [['--pdeathsig', 'NOPE', '--', 'touch', marker], /^hbx-shim: unknown signal NOPE; usage: /],
+    [['--stdin-null'], /^hbx-shim: missing --; usage: /],
+    [['--'], /^hbx-shim: missing PROGRAM; usage: /],
+    [['--mask-dir', '/sys/fs/cgroup/unified', '--', 'touch', marker], /--private-mounts is required by --mask-dir/],
+    [['--ro-self', '/usr/bin/env', '--', 'touch', marker], /--private-mounts is required by --ro-self/],
+    [['--on-exit', 'true', '--', 'touch', marker], /--exit-file is required by --on-exit/],
+    [['--stdout', 'a', '--stdout', 'b', '--', 'touch', marker], /repeated option --stdout/],
+  ];
+  for (const [args, message] of cases) {
+    const r = run(args);
+    t.is(r.status, 125, args.join(' '));
+    t.regex(r.stderr, message, args.join(' '));
+    t.is(r.stderr.split('\n').length, 2, `exactly one line for: ${args.join(' ')}`);
+  }
+  t.false(existsSync(marker));
+});
+
+rootTest('private mounts + overlay: visible to PROGRAM, gone from the host after exit', (t) => {
+  const d = freshDir('ov');
+  const [lower1, lower2, upper, wk, target] = ['lower1', 'lower2', 'upper', 'work', 'rootfs'].map((n) => join(d, n));
+  for (const p of [lower1, lower2, upper, wk, target]) mkdirSync(p!);
+  writeFileSync(join(lower1!, 'a'), 'from-lower1');
+  writeFileSync(join(lower2!, 'b'), 'from-lower2');
+  const before = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').length;
+
+  const script = `grep -q " ${target} .* - overlay " /proc/self/mountinfo && cat ${target}/a ${target}/b && echo new > ${target}/c`;
+  const r = run(['--private-mounts', '--mask-dir', d, '--overlay', `${lower1}:${lower2}`, upper!, wk!, target!, '--', 'sh', '-c', script]);
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout, 'from-lower1from-lower2');
+
+  t.deepEqual(hostMountLinesUnder(d), []);
+  t.is(readFileSync('/proc/self/mountinfo', 'utf8').split('\n').length, before);
+  t.deepEqual(readdirSync(target!), []);
+  t.is(readFileSync(join(upper!, 'c'), 'utf8'), 'new\n');
+});
+
+rootTest('--ro-self makes the path read-only inside only; a missing path is skipped', (t) => {
+  const d = freshDir('ro');
+  const file = join(d, 'bin');
+  writeFileSync(file, 'x');
+  const r = run(['--private-mounts', '--ro-self', join(d, 'missing'), '--ro-self', file, '--', 'sh', '-c', `echo y > ${file}`]);
+  t.not(r.status, 0);
+  t.regex(r.stderr, /Read-only file system/);
+  t.is(readFileSync(file, 'utf8'), 'x');
+  writeFileSync(file, 'z'); // still writable on the host
+  t.deepEqual(hostMountLinesUnder(d), []);
+});
+
+rootTest('--mask-dir covers a cgroup2 mount point and ignores anything else', (t) => {
+  const cg2 = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' - '))
+    .find(([, fs]) => fs?.startsWith('cgroup2 '))?.[0]
+    ?.split(' ')[4];
+  const plain = freshDir('plain');
+  writeFileSync(join(plain, 'keep'), '');
+  const probe = cg2 ? `ls -A ${cg2} | wc -l; ` : '';
+  const r = run(['--private-mounts', '--mask-dir', plain, '--mask-dir', join(plain, 'missing'), ...(cg2 ? ['--mask-dir', cg2] : []), '--', 'sh', '-c', `${probe}ls ${plain}`]);
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout, `${cg2 ? '0\n' : ''}keep\n`);
+  if (!cg2) t.log('no cgroup2 mount on this host: only the skip path was tested');
+});
+
+rootTest('a failing setup step prints one line and exits 125 before PROGRAM runs', (t) => {
+  const d = freshDir('fail');
+  const marker = join(d, 'ran');
+  const r = run(['--private-mounts', '--overlay', join(d, 'nolower'), d, d, d, '--', 'touch', marker]);
+  t.is(r.status, 125);
+  t.is(r.stderr, `hbx-shim: overlay ${join(d, 'nolower')}: No such file or directory\n`);
+  t.false(existsSync(marker));
+  const s = run(['--stdout', join(d, 'no', 'such', 'dir'), '--', 'touch', marker]);
+  t.is(s.status, 125);
+  t.is(s.stderr, `hbx-shim: stdout ${join(d, 'no', 'such', 'dir')}: No such file or directory\n`);
+  t.false(existsSync(marker));
+});
+
+test('--stdout/--stderr append to files, --stdin-null reads nothing', (t) => {
+  const d = freshDir('io');
+  const out = join(d, 'out.log');
+  const err = join(d, 'err.log');
+  writeFileSync(out, 'old\n');
+  const args = ['--stdout', out, '--stderr', err, '--stdin-null', '--', 'sh', '-c', 'echo o; echo e >&2; cat; echo "stdin:$?"'];
+  const r = spawnSync(shim, args, { encoding: 'utf8', input: 'must not be read\n' });
+  t.is(r.status, 0);
+  t.is(r.stdout, '');
+  t.is(readFileSync(out, 'utf8'), 'old\no\nstdin:0\n');
+  t.is(readFileSync(err, 'utf8'), 'e\n');
+});
+
+test('monitor mode: exit file for a normal exit, then --on-exit runs', (t) => {
+  const d = freshDir('mon');
+  const exitFile = join(d, 'exit.json');
+  const r = run(['--exit-file', exitFile, '--on-exit', `test -s ${exitFile} && echo cleaned > ${d}/on-exit`, '--', 'sh', '-c', 'exit 3']);
+  t.is(r.status, 0, r.stderr);
+  const e = readExitFile(exitFile);
+  t.is(e.exitCode, 3);
+  t.is(e.signal, null);
+  t.true(Math.abs(Date.now() - e.finishedAtMs) < 10_000);
+  t.is(readFileSync(join(d, 'on-exit'), 'utf8'), 'cleaned\n');
+  t.false(existsSync(`${exitFile}.tmp`));
+});
+
+test('monitor mode: exit file for a signal death; without --on-exit the monitor exits 128+N', (t) => {
+  const d = freshDir('sig');
+  const exitFile = join(d, 'exit.json');
+  const r = run(['--exit-file', exitFile, '--', 'sh', '-c', 'kill -9 $$']);
+  t.is(r.status, 137);
+  const e = readExitFile(exitFile);
+  t.deepEqual([e.exitCode, e.signal], [null, 'SIGKILL']);
+  const r2 = run(['--exit-file', exitFile, '--', 'sh', '-c', 'kill -USR1 $$']);
+  t.is(r2.status, 128 + 10);
+  t.is(readExitFile(exitFile).signal, 'SIGUSR1');
+});
+
+test('monitor mode: exec failure and setup failure are recorded too', (t) => {
+  const d = freshDir('monfail');
+  const exitFile = join(d, 'exit.json');
+  const r = run(['--exit-file', exitFile, '--on-exit', `touch ${d}/on-exit`, '--', '/nonexistent/prog']);
+  t.is(r.stderr, 'hbx-shim: cannot exec /nonexistent/prog: No such file or directory\n');
+  t.is(readExitFile(exitFile).exitCode, 127);
+  t.true(existsSync(join(d, 'on-exit')));
+  const s = run(['--exit-file', exitFile, '--stdout', join(d, 'no', 'dir'), '--', 'true']);
+  t.is(s.status, 125);
+  t.is(readExitFile(exitFile).exitCode, 125);
+});
+
+test('monitor forwards SIGTERM to PROGRAM and records how it ended', async (t) => {
+  const d = freshDir('term');
+  const exitFile = join(d, 'exit.json');
+  const ready = join(d, 'ready');
+  const child = spawn(shim, ['--exit-file', exitFile, '--', 'sh', '-c', `trap 'exit 7' TERM; touch ${ready}; while :; do sleep 0.05; done`], { stdio: 'ignore' });
+  const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
+  t.true(await waitFor(() => existsSync(ready), 5000));
+  child.kill('SIGTERM');
+  t.is(await exited, 7);
+  t.is(readExitFile(exitFile).exitCode, 7);
+});
+
+test('monitor survives the death of its parent and still writes the exit file', async (t) => {
+  const d = freshDir('orphan');
+  const exitFile = join(d, 'exit.json');
+  const pidFile = join(d, 'monitor.pid');
+  // The parent shell starts the monitor in the background, then SIGKILLs itself.
+  const r = spawnSync('sh', ['-c', `"$0" --pdeathsig KILL --exit-file ${exitFile} --on-exit 'touch ${d}/on-exit' -- sleep 0.4 & echo $! > ${pidFile}; kill -9 $$`, shim], { stdio: 'ignore' });
+  t.is(r.signal, 'SIGKILL');
+  const monitorPid = Number(readFileSync(pidFile, 'utf8'));
+  t.false(deadOrZombie(monitorPid), 'monitor died with its parent');
+  t.true(await waitFor(() => existsSync(join(d, 'on-exit')), 5000));
+  t.is(readExitFile(exitFile).exitCode, 0);
+});
+
+test('--pdeathsig kills PROGRAM when the process that started it dies', async (t) => {
+  const d = freshDir('pdeath');
+  const pidFile = join(d, 'pid');
+  const r = spawnSync('sh', ['-c', `"$0" --pdeathsig KILL -- sleep 30 & echo $! > ${pidFile}; sleep 0.2; kill -9 $$`, shim], { stdio: 'ignore' });
+  t.is(r.signal, 'SIGKILL');
+  const pid = Number(readFileSync(pidFile, 'utf8'));
+  t.true(await waitFor(() => deadOrZombie(pid), 2000));
+});
