@@ -1,5 +1,5 @@
 import { customAlphabet } from 'nanoid';
-import { createReadStream, existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, createReadStream, existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { NameConflictError, RuntimeError, SandboxNotFoundError, StateError } from '../errors.js';
 import { probeHost } from '../host/probe.js';
@@ -148,6 +148,8 @@ export class Hybridbox {
   static async open(options: HybridboxOptions = {}): Promise<Hybridbox> {
     const root = options.root ?? stateRoot();
     mkdirSync(root, { recursive: true, mode: 0o711 });
+    // Sandboxes with a user namespace must traverse the state root as an unmapped uid.
+    if ((statSync(root).mode & 0o011) !== 0o011) chmodSync(root, statSync(root).mode | 0o011);
     const host = options.host ?? (await probeHost({ cacheDir: join(root, 'cache') }));
     return new Hybridbox(root, host, new StateStore(root), options);
   }

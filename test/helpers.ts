@@ -1,0 +1,58 @@
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Hybridbox } from '../src/index.js';
+
+export const REPO = new URL('..', import.meta.url).pathname.replace(/\/$/, '');
+export const CLI = join(REPO, 'dist', 'cli.js');
+
+/** Builds dist/ (CLI bundle + hbx-shim) once, if a previous step has not. */
+export function ensureBuilt(): void {
+  if (!existsSync(CLI) || !existsSync(join(REPO, 'dist', 'hbx-shim'))) {
+    execFileSync('node', ['scripts/build.mjs'], { cwd: REPO, stdio: 'inherit' });
+  }
+}
+
+/** A fresh state root with the busybox base image, and a Hybridbox opened on it. */
+export async function freshHybridbox(prefix = 'hbx-test-'): Promise<{ hb: Hybridbox; root: string; cleanup: () => Promise<void> }> {
+  ensureBuilt();
+  const root = mkdtempSync(join(tmpdir(), prefix));
+  const hb = await Hybridbox.open({ root });
+  await hb.ensureBaseImages();
+  return {
+    hb,
+    root,
+    cleanup: async () => {
+      for (const s of await hb.list({ all: true })) await hb.remove(s.id, { force: true }).catch(() => undefined);
+      hb.close();
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Host resources that still carry a sandbox id: what a leak check looks for. */
+export function hostTraces(ids: Iterable<string>): string[] {
+  const found: string[] = [];
+  const cgroupRoots = readdirSync('/sys/fs/cgroup').map((d) => join('/sys/fs/cgroup', d, 'hybridbox'));
+  const mountinfo = readFileSync('/proc/self/mountinfo', 'utf8');
+  const netns = existsSync('/run/netns') ? readdirSync('/run/netns') : [];
+  const links = readdirSync('/sys/class/net');
+  for (const id of ids) {
+    for (const r of cgroupRoots) if (existsSync(join(r, id))) found.push(`cgroup ${join(r, id)}`);
+    if (mountinfo.includes(id)) found.push(`mount of ${id}`);
+    if (netns.includes(`hbx-${id}`)) found.push(`netns hbx-${id}`);
+    if (links.includes(`hv${id.slice(0, 12)}`)) found.push(`link hv${id}`);
+    for (const rt of ['crun', 'runc']) if (existsSync(`/run/${rt}/${id}`)) found.push(`/run/${rt}/${id}`);
+  }
+  return found;
+}
+
+export async function waitFor(cond: () => boolean | Promise<boolean>, ms: number, stepMs = 20): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await cond()) return true;
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+  return cond();
+}
