@@ -52,11 +52,11 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     const t0 = Date.now();
     const bomb = await hb.run({
       image: 'busybox',
-      command: ['sh', '-c', 'bomb() { bomb | bomb & }; bomb; sleep 1; echo "processes in the sandbox: $(ls -d /proc/[0-9]* | wc -l)"'],
+      command: ['sh', '-c', 'f=/sys/fs/cgroup/pids; [ -d $f ] || f=/sys/fs/cgroup; bomb() { bomb | bomb & }; bomb 2>/dev/null; sleep 1; echo "pids in use: $(cat $f/pids.current) of $(cat $f/pids.max); forks refused so far: $(cut -d" " -f2 $f/pids.events)"'],
       resources: { pids: 64 },
       timeoutMs: 3000,
     }, { remove: true });
-    say(indent(bomb.stdout.split('\n').filter((l) => l.startsWith('processes')).join('\n') || '(no output)'));
+    say(indent(bomb.stdout.split('\n').filter((l) => l.startsWith('pids')).join('\n') || '(no output)'));
     say(`   -> ${outcome(bomb)}; wall ${Date.now() - t0} ms`);
 
     step(6, 'Two sandboxes on the hbx0 bridge reach each other (and nothing else)');

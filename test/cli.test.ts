@@ -1,0 +1,121 @@
+import test from 'ava';
+import { execa } from 'execa';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CLI, ensureBuilt } from './helpers.js';
+
+// The bundled CLI, end to end, as a user calls it.
+
+let root: string;
+const hbx = (args: string[], input?: string) => execa('node', [CLI, ...args], { env: { HYBRIDBOX_ROOT: root }, reject: false, input });
+
+test.before(async () => {
+  ensureBuilt();
+  root = mkdtempSync(join(tmpdir(), 'hbx-cli-'));
+  const r = await hbx(['setup']);
+  if (r.exitCode !== 0) throw new Error(r.stderr);
+});
+test.after.always(async () => {
+  const ps = await hbx(['ps', '-a', '--json']);
+  for (const s of JSON.parse(ps.stdout || '[]') as { id: string }[]) await hbx(['rm', '-f', s.id]);
+  rmSync(root, { recursive: true, force: true });
+});
+
+test.serial('--version prints the package version', async (t) => {
+  const r = await hbx(['--version']);
+  t.is(r.exitCode, 0);
+  t.regex(r.stdout, /^\d+\.\d+\.\d+/);
+});
+
+test.serial('run streams output and exits with the workload exit code', async (t) => {
+  const r = await hbx(['run', '--rm', 'busybox', '--', 'sh', '-c', 'echo hello; echo oops >&2; exit 42']);
+  t.is(r.exitCode, 42);
+  t.is(r.stdout, 'hello');
+  t.is(r.stderr, 'oops');
+});
+
+test.serial('run --json prints one result object', async (t) => {
+  const r = await hbx(['run', '--rm', '--json', '-m', '64m', 'busybox', '--', 'echo', 'hi']);
+  t.is(r.exitCode, 0);
+  const o = JSON.parse(r.stdout) as Record<string, unknown>;
+  for (const k of ['id', 'backend', 'placement', 'exitCode', 'signal', 'timedOut', 'oomKilled', 'durationMs', 'startupMs', 'stdout', 'stderr', 'stdoutTruncated', 'stderrTruncated', 'peakMemoryBytes']) {
+    t.true(k in o, `result has ${k}`);
+  }
+  t.is(o.stdout, 'hi\n');
+  t.is((o.placement as { backend: string }).backend, 'container');
+});
+
+test.serial('a command that is not found exits 127', async (t) => {
+  const r = await hbx(['run', '--rm', 'busybox', '--', 'no-such-command']);
+  t.is(r.exitCode, 127);
+});
+
+test.serial('--timeout kills the workload and says so', async (t) => {
+  const r = await hbx(['run', '--rm', '--json', '--timeout', '300ms', 'busybox', '--', 'sleep', '10']);
+  const o = JSON.parse(r.stdout) as { timedOut: boolean; durationMs: number };
+  t.true(o.timedOut);
+  t.true(o.durationMs < 5000);
+});
+
+const BAD: [string, string[], RegExp][] = [
+  ['negative memory', ['run', '-m', '-5m', 'busybox', 'true'], /memory/],
+  ['unknown isolation', ['run', '--isolation', 'hypervisor', 'busybox', 'true'], /isolation/],
+  ['relative volume', ['run', '-v', 'data:/data', 'busybox', 'true'], /volume/],
+  ['volume onto /proc', ['run', '-v', '/tmp:/proc', 'busybox', 'true'], /guestPath/],
+  ['unknown image', ['run', 'nosuchimage', 'true'], /image/],
+  ['cpus above host', ['run', '--cpus', '999', 'busybox', 'true'], /cpus/],
+  ['microvm not yet implemented', ['run', '--isolation', 'microvm', 'busybox', 'true'], /microvm/],
+  ['unknown sandbox', ['rm', 'no-such-sandbox'], /no-such-sandbox/],
+];
+for (const [title, args, field] of BAD) {
+  test.serial(`bad input: ${title} → one line, exit 125, nothing created`, async (t) => {
+    const r = await hbx(args);
+    t.is(r.exitCode, 125);
+    t.is(r.stderr.split('\n').length, 1, r.stderr);
+    t.regex(r.stderr, /^hybridbox: /);
+    t.regex(r.stderr, field);
+    const ps = await hbx(['ps', '-a', '--json']);
+    t.deepEqual(JSON.parse(ps.stdout), []);
+  });
+}
+
+test.serial('a spec file, with a flag overriding it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'hbx-spec-'));
+  const f = join(dir, 'spec.yaml');
+  writeFileSync(f, 'image: busybox\ncommand: [sh, -c, "echo $WHO"]\nenv:\n  WHO: file\n');
+  const r = await hbx(['run', '--rm', '-f', f, '-e', 'WHO=flag']);
+  t.is(r.stdout, 'flag');
+  const bad = join(dir, 'bad.yaml');
+  writeFileSync(bad, 'image: busybox\nmemory: 5\n');
+  const b = await hbx(['run', '-f', bad]);
+  t.is(b.exitCode, 125);
+  t.regex(b.stderr, /memory/);
+});
+
+test.serial('place explains its choice without running anything', async (t) => {
+  const r = await hbx(['place', '--json', '--trust', 'untrusted', 'busybox', '--', 'true']);
+  t.is(r.exitCode, 0);
+  const p = JSON.parse(r.stdout) as { backend: string; reasons: string[]; rejected: { backend: string; reason: string }[] };
+  t.is(p.backend, 'container');
+  t.true(p.reasons.some((x) => /untrusted/.test(x)));
+  t.true(p.rejected.some((x) => x.backend === 'microvm'));
+  const ps = await hbx(['ps', '-a', '--json']);
+  t.deepEqual(JSON.parse(ps.stdout), []);
+});
+
+test.serial('detached lifecycle through the CLI: run -d, ps, logs, exec, stop, rm', async (t) => {
+  const d = await hbx(['run', '-d', '--name', 'cli-life', 'busybox', '--', 'sh', '-c', 'echo ready; exec sleep 60']);
+  t.is(d.exitCode, 0, d.stderr);
+  const ps = await hbx(['ps']);
+  t.regex(ps.stdout, /cli-life .* running/);
+  await new Promise((r) => setTimeout(r, 300));
+  t.is((await hbx(['logs', 'cli-life'])).stdout, 'ready');
+  t.is((await hbx(['exec', 'cli-life', '--', 'hostname'])).stdout, 'cli-life');
+  const rmRunning = await hbx(['rm', 'cli-life']);
+  t.is(rmRunning.exitCode, 125);
+  t.regex(rmRunning.stderr, /running/);
+  t.is((await hbx(['stop', '-t', '2s', 'cli-life'])).exitCode, 0);
+  t.regex((await hbx(['ps', '-a'])).stdout, /cli-life .* exited/);
+  t.is((await hbx(['rm', 'cli-life'])).exitCode, 0);
+});
