@@ -8,7 +8,7 @@ const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url),
 rmSync('dist/chunks', { recursive: true, force: true });
 mkdirSync('dist', { recursive: true });
 await build({
-  entryPoints: { cli: 'src/cli/index.ts', index: 'src/index.ts' },
+  entryPoints: { cli: 'src/cli/index.ts', index: 'src/index.ts', 'benchmarks/startup': 'benchmarks/startup.ts' },
   outdir: 'dist',
   chunkNames: 'chunks/[name]-[hash]',
   bundle: true,
@@ -16,11 +16,12 @@ await build({
   format: 'esm',
   platform: 'node',
   target: 'node20',
-  // Native addon: loaded from node_modules at run time.
-  external: ['better-sqlite3'],
+  // Loaded from node_modules at run time: a native addon, and yaml, which only `-f` needs.
+  external: ['better-sqlite3', 'yaml'],
   define: { __HYBRIDBOX_VERSION__: JSON.stringify(pkg.version) },
   // Some bundled CommonJS dependencies call require(): give ESM output one.
   banner: { js: "import { createRequire as __hbxCreateRequire } from 'node:module'; const require = __hbxCreateRequire(import.meta.url);" },
+  minify: true,
   sourcemap: 'linked',
   logLevel: 'warning',
 });

@@ -6,7 +6,7 @@ import { probeHost } from '../host/probe.js';
 import type { HostInfo, HostLoad } from '../host/types.js';
 import { ImageStore, buildBusyboxImage } from '../images/index.js';
 import { BridgeNetwork } from '../network/index.js';
-import type { Backend, ExitStatus } from '../runtimes/backend.js';
+import type { Backend, ExitStatus, OutputSink } from '../runtimes/backend.js';
 import { BackendRegistry, type BackendOptions } from '../runtimes/registry.js';
 import { place, type Placement } from '../scheduler/index.js';
 import { validateForHost, validateSpec, type WorkloadSpec, type WorkloadSpecInput } from '../spec/index.js';
@@ -53,6 +53,8 @@ export interface RunResult {
   stderrTruncated: boolean;
   peakMemoryBytes: number | null;
   cpuTimeMs: number | null;
+  /** Parts of the spec this host could not honour. */
+  warnings: string[];
 }
 
 export interface ExecResult {
@@ -62,23 +64,11 @@ export interface ExecResult {
   durationMs: number;
 }
 
-export interface SandboxInfo {
-  id: string;
-  name: string;
-  backend: string;
-  image: string;
-  state: SandboxRecord['state'];
+/** What callers see of a sandbox: its record without the backend's private details. */
+export type SandboxInfo = Omit<SandboxRecord, 'spec' | 'placement' | 'runtime' | 'ownerPid' | 'ownerStartTime'> & {
   command: string[] | null;
-  createdAtMs: number;
-  startedAtMs: number | null;
-  finishedAtMs: number | null;
-  exitCode: number | null;
-  signal: string | null;
-  oomKilled: boolean;
-  timedOut: boolean;
-  stateReason: string | null;
   ip: string | null;
-}
+};
 
 const DEFAULT_MAX_BUFFER = 1024 * 1024;
 
@@ -102,23 +92,25 @@ class Capture {
   }
 }
 
-function toInfo(rec: SandboxRecord): SandboxInfo {
-  const spec = rec.spec as WorkloadSpec;
+/** Keeps a bounded copy of each stream and passes every chunk on to the caller. */
+function teeSink(out: Capture, err: Capture, to: { onStdout?: (c: Buffer) => void; onStderr?: (c: Buffer) => void }): OutputSink {
   return {
-    id: rec.id,
-    name: rec.name,
-    backend: rec.backend,
-    image: rec.image,
-    state: rec.state,
-    command: spec.command ?? null,
-    createdAtMs: rec.createdAtMs,
-    startedAtMs: rec.startedAtMs,
-    finishedAtMs: rec.finishedAtMs,
-    exitCode: rec.exitCode,
-    signal: rec.signal,
-    oomKilled: rec.oomKilled,
-    timedOut: rec.timedOut,
-    stateReason: rec.stateReason,
+    onStdout: (c) => {
+      out.push(c);
+      to.onStdout?.(c);
+    },
+    onStderr: (c) => {
+      err.push(c);
+      to.onStderr?.(c);
+    },
+  };
+}
+
+function toInfo(rec: SandboxRecord): SandboxInfo {
+  const { spec, placement: _p, runtime: _r, ownerPid: _o, ownerStartTime: _s, ...pub } = rec;
+  return {
+    ...pub,
+    command: (spec as WorkloadSpec).command ?? null,
     ip: rec.state === 'running' ? ((rec.runtime.ip as string | undefined) ?? null) : null,
   };
 }
@@ -232,6 +224,7 @@ export class Hybridbox {
       oomKilled: false,
       timedOut: false,
       stateReason: null,
+      warnings: [],
       // Until create finishes, this process owns the record: a crash here is reconciled.
       ...this.owner(),
     };
@@ -242,13 +235,13 @@ export class Hybridbox {
     });
     const dir = this.sandboxDir(id);
     try {
-      rec.runtime = await this.backendOf(rec).create({ id, name: rec.name, spec, image, dir });
+      ({ runtime: rec.runtime, warnings: rec.warnings } = await this.backendOf(rec).create({ id, name: rec.name, spec, image, dir }));
     } catch (e) {
       this.store.delete(id);
       rmSync(dir, { recursive: true, force: true });
       throw e;
     }
-    this.store.update(id, { runtime: rec.runtime, ownerPid: null, ownerStartTime: null });
+    this.store.update(id, { runtime: rec.runtime, warnings: rec.warnings, ownerPid: null, ownerStartTime: null });
     rec.ownerPid = rec.ownerStartTime = null;
     return rec;
   }
@@ -273,16 +266,7 @@ export class Hybridbox {
     let timer: NodeJS.Timeout | undefined;
     let status: ExitStatus;
     try {
-      const attached = await backend.runAttached(rec, {
-        onStdout: (c) => {
-          out.push(c);
-          opts.onStdout?.(c);
-        },
-        onStderr: (c) => {
-          err.push(c);
-          opts.onStderr?.(c);
-        },
-      });
+      const attached = await backend.runAttached(rec, teeSink(out, err, opts));
       if (spec.timeoutMs !== undefined) {
         timer = setTimeout(() => {
           timedOut = true;
@@ -316,6 +300,7 @@ export class Hybridbox {
       stderrTruncated: err.truncated,
       peakMemoryBytes: status.peakMemoryBytes,
       cpuTimeMs: status.cpuTimeMs,
+      warnings: rec.warnings,
     };
   }
 
@@ -514,16 +499,7 @@ export class Hybridbox {
       workdir: opts.workdir,
       user: opts.user,
       stdin: opts.stdin ?? null,
-      sink: {
-        onStdout: (c) => {
-          out.push(c);
-          opts.onStdout?.(c);
-        },
-        onStderr: (c) => {
-          err.push(c);
-          opts.onStderr?.(c);
-        },
-      },
+      sink: teeSink(out, err, opts),
     });
     return { exitCode, stdout: out.text(), stderr: err.text(), durationMs: Math.round(performance.now() - t0) };
   }

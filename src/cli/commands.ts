@@ -11,6 +11,10 @@ type Handler = (cmd: Command, args: unknown[], opts: Opts) => Promise<void>;
 
 const open = (opts: Opts): Promise<Hybridbox> => Hybridbox.open({ ociRuntime: opts.runtime as 'crun' | 'runc' });
 
+function warn(warnings: string[]): void {
+  for (const w of warnings) process.stderr.write(`hybridbox: warning: ${w}\n`);
+}
+
 function out(text: string): void {
   process.stdout.write(text.endsWith('\n') ? text : text + '\n');
 }
@@ -19,25 +23,11 @@ function json(value: unknown): void {
   out(JSON.stringify(value, null, 2));
 }
 
+// commander's option names are CliRunFlags' names (camel-cased); this list keeps the two in step.
+const RUN_FLAGS = ['file', 'name', 'env', 'workdir', 'user', 'cpus', 'memory', 'pids', 'ioWeight', 'network', 'volume', 'isolation', 'trust', 'startupBudget', 'timeout', 'ownKernel'] as const satisfies readonly (keyof CliRunFlags)[];
+
 function runFlags(opts: Opts): CliRunFlags {
-  return {
-    file: opts.file as string | undefined,
-    name: opts.name as string | undefined,
-    env: opts.env as string[] | undefined,
-    workdir: opts.workdir as string | undefined,
-    user: opts.user as string | undefined,
-    cpus: opts.cpus as string | undefined,
-    memory: opts.memory as string | undefined,
-    pids: opts.pids as string | undefined,
-    ioWeight: opts.ioWeight as string | undefined,
-    network: opts.network as string | undefined,
-    volume: opts.volume as string[] | undefined,
-    isolation: opts.isolation as string | undefined,
-    trust: opts.trust as string | undefined,
-    startupBudget: opts.startupBudget as string | undefined,
-    timeout: opts.timeout as string | undefined,
-    ownKernel: opts.ownKernel as boolean | undefined,
-  };
+  return Object.fromEntries(RUN_FLAGS.filter((k) => opts[k] !== undefined).map((k) => [k, opts[k]])) as CliRunFlags;
 }
 
 function specInput(args: unknown[], opts: Opts) {
@@ -108,6 +98,7 @@ export const commands: Record<string, Handler> = {
       const input = specInput(args, opts);
       if (opts.detach) {
         const info = await hb.runDetached(input);
+        warn(info.warnings);
         if (opts.json) json(info);
         else out(info.id);
         return;
@@ -119,8 +110,11 @@ export const commands: Record<string, Handler> = {
         onStderr: stream ? (c) => process.stderr.write(c) : undefined,
       });
       if (opts.json) json(r);
-      else if (r.oomKilled) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: out of memory (limit reached)\n`);
-      else if (r.timedOut) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: timeout reached\n`);
+      else {
+        warn(r.warnings);
+        if (r.oomKilled) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: out of memory (limit reached)\n`);
+        if (r.timedOut) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: timeout reached\n`);
+      }
       process.exitCode = shellExitCode(r);
     } finally {
       hb.close();
@@ -130,7 +124,9 @@ export const commands: Record<string, Handler> = {
   async create(_cmd, args, opts) {
     const hb = await open(opts);
     try {
-      out((await hb.create(specInput(args, opts))).id);
+      const info = await hb.create(specInput(args, opts));
+      warn(info.warnings);
+      out(info.id);
     } finally {
       hb.close();
     }

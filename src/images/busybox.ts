@@ -1,4 +1,4 @@
-import { execa } from 'execa';
+import { run } from '../util/exec.js';
 import { chmodSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, utimesSync, writeFileSync, copyFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { HostError } from '../errors.js';
@@ -38,7 +38,7 @@ export async function buildBusyboxImage(store: ImageStore, ref = 'busybox:latest
   } catch {
     throw new HostError(`${BUSYBOX} is missing; install it with \`apt-get install busybox-static\``);
   }
-  const { stdout } = await execa(BUSYBOX, ['--list-full']);
+  const { stdout } = await run(BUSYBOX, ['--list-full']);
   const applets = stdout.split('\n').filter(Boolean);
   return store.add(
     ref,

@@ -1,4 +1,4 @@
-import { execa } from 'execa';
+import { run } from '../util/exec.js';
 import { existsSync, readdirSync } from 'node:fs';
 import { HostError, SpecError } from '../errors.js';
 import type { StateStore } from '../store/index.js';
@@ -54,7 +54,7 @@ function vethName(sandboxId: string): string {
 }
 
 async function ip(args: string[], input?: string): Promise<void> {
-  const r = await execa('ip', args, { input, reject: false });
+  const r = await run('ip', args, { input });
   if (r.exitCode !== 0) throw new HostError(`ip ${args.join(' ')} failed: ${(r.stderr || r.stdout).trim().split('\n')[0]}`);
 }
 
@@ -77,13 +77,12 @@ export class BridgeNetwork {
 
   async ensureBridge(): Promise<void> {
     if (existsSync(`/sys/class/net/${this.config.name}`)) return;
-    const r = await execa('ip', ['-b', '-'], {
+    const r = await run('ip', ['-b', '-'], {
       input: [
         `link add ${this.config.name} type bridge`,
         `addr add ${this.gateway}/${this.subnet.prefix} dev ${this.config.name}`,
         `link set ${this.config.name} up`,
       ].join('\n'),
-      reject: false,
     });
     // Another process may have created it between the check and now.
     if (r.exitCode !== 0 && !existsSync(`/sys/class/net/${this.config.name}`)) {
@@ -126,9 +125,9 @@ export class BridgeNetwork {
   /** Removes the namespace (its veth pair goes with it). Safe to call when nothing exists. */
   async detach(sandboxId: string): Promise<void> {
     const ns = netnsName(sandboxId);
-    if (existsSync(`/run/netns/${ns}`)) await execa('ip', ['netns', 'del', ns], { reject: false });
+    if (existsSync(`/run/netns/${ns}`)) await run('ip', ['netns', 'del', ns]);
     const veth = vethName(sandboxId);
-    if (existsSync(`/sys/class/net/${veth}`)) await execa('ip', ['link', 'del', veth], { reject: false });
+    if (existsSync(`/sys/class/net/${veth}`)) await run('ip', ['link', 'del', veth]);
   }
 
   /** Sandbox ids that own a network namespace on this host (for orphan clean-up). */

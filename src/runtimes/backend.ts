@@ -51,8 +51,11 @@ export interface CreateContext {
  */
 export interface Backend {
   readonly descriptor: BackendDescriptor;
-  /** Prepares the sandbox (nothing runs yet); returns the details to store in `runtime`. */
-  create(ctx: CreateContext): Promise<Record<string, unknown>>;
+  /**
+   * Prepares the sandbox (nothing runs yet). Returns the details to store in `runtime`, and
+   * what of the spec this host cannot honour (said to the user, not silently dropped).
+   */
+  create(ctx: CreateContext): Promise<{ runtime: Record<string, unknown>; warnings: string[] }>;
   /** Starts the workload with output streamed to `sink`; the sandbox dies with this process. */
   runAttached(rec: SandboxRecord, sink: OutputSink): Promise<AttachedRun>;
   /** Starts the workload under a monitor that outlives this process; output goes to logs. */

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import YAML from 'yaml';
+import { createRequire } from 'node:module';
 import { SpecError } from '../errors.js';
 import type { WorkloadSpecInput } from './schema.js';
 import { parseCpus, parseDuration, parseNumber, parseSize } from './units.js';
@@ -75,11 +75,18 @@ export function specFromFlags(flags: CliRunFlags, positional: { image?: string; 
   return spec as WorkloadSpecInput;
 }
 
+// yaml is loaded only when a spec file is read: most CLI calls never pay for it. The bundle
+// keeps it external and require() resolves it from node_modules at that moment.
+let yamlModule: typeof import('yaml') | undefined;
+function loadYaml(): typeof import('yaml') {
+  return (yamlModule ??= createRequire(import.meta.url)('yaml') as typeof import('yaml'));
+}
+
 /** Parses spec text; YAML 1.2 is a superset of JSON, so one parser reads both. */
 export function parseSpecText(text: string, source = 'spec'): Obj {
   let doc: unknown;
   try {
-    doc = YAML.parse(text);
+    doc = loadYaml().parse(text);
   } catch (err) {
     // The yaml library appends a multi-line code frame; the first line says what and where.
     const first = (err instanceof Error ? err.message : String(err)).split(/\r?\n/)[0]!.replace(/:$/, '');

@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { StateError } from '../errors.js';
 import type { BackendKind } from '../spec/schema.js';
 
 export type SandboxState = 'created' | 'running' | 'exited' | 'crashed';
@@ -28,9 +29,13 @@ export interface SandboxRecord {
   /** The process that watches the sandbox (the CLI for attached runs, the monitor for detached ones). */
   ownerPid: number | null;
   ownerStartTime: number | null;
+  /** Requests the backend could not honour on this host (e.g. an IO weight without BFQ). */
+  warnings: string[];
   /** Free-text reason for 'crashed' or a failed start. */
   stateReason: string | null;
 }
+
+const SCHEMA_VERSION = 1;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -49,6 +54,7 @@ CREATE TABLE IF NOT EXISTS sandboxes (
   signal TEXT,
   oom_killed INTEGER NOT NULL DEFAULT 0,
   timed_out INTEGER NOT NULL DEFAULT 0,
+  warnings TEXT NOT NULL DEFAULT '[]',
   owner_pid INTEGER,
   owner_start_time INTEGER,
   state_reason TEXT
@@ -80,6 +86,7 @@ interface Row {
   signal: string | null;
   oom_killed: number;
   timed_out: number;
+  warnings: string;
   owner_pid: number | null;
   owner_start_time: number | null;
   state_reason: string | null;
@@ -102,6 +109,7 @@ function fromRow(r: Row): SandboxRecord {
     signal: r.signal,
     oomKilled: r.oom_killed === 1,
     timedOut: r.timed_out === 1,
+    warnings: JSON.parse(r.warnings),
     ownerPid: r.owner_pid,
     ownerStartTime: r.owner_start_time,
     stateReason: r.state_reason,
@@ -123,13 +131,14 @@ const COLUMN: Record<keyof Omit<SandboxRecord, 'id'>, string> = {
   signal: 'signal',
   oomKilled: 'oom_killed',
   timedOut: 'timed_out',
+  warnings: 'warnings',
   ownerPid: 'owner_pid',
   ownerStartTime: 'owner_start_time',
   stateReason: 'state_reason',
 };
 
 function toColumnValue(key: keyof typeof COLUMN, v: unknown): unknown {
-  if (key === 'spec' || key === 'placement' || key === 'runtime') return JSON.stringify(v);
+  if (key === 'spec' || key === 'placement' || key === 'runtime' || key === 'warnings') return JSON.stringify(v);
   if (key === 'oomKilled' || key === 'timedOut') return v ? 1 : 0;
   return v;
 }
@@ -148,7 +157,13 @@ export class StateStore {
     this.db.pragma('busy_timeout = 10000');
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
+    const version = this.db.pragma('user_version', { simple: true }) as number;
+    const fresh = (this.db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'sandboxes'").get() as { n: number }).n === 0;
+    if (!fresh && version !== SCHEMA_VERSION) {
+      throw new StateError(`the state database ${join(root, 'state.db')} has schema version ${version}, this hybridbox needs ${SCHEMA_VERSION}; remove the sandboxes with the version that made them, or move the state directory away`);
+    }
     this.db.exec(SCHEMA);
+    if (fresh) this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
   }
 
   /** Runs fn in a write transaction taken up front (BEGIN IMMEDIATE). */

@@ -1,4 +1,4 @@
-import { execa } from 'execa';
+import { run } from '../../util/exec.js';
 import { spawn } from 'node:child_process';
 import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -95,7 +95,7 @@ export class ContainerBackend implements Backend {
     return a;
   }
 
-  async create(ctx: CreateContext): Promise<Record<string, unknown>> {
+  async create(ctx: CreateContext): Promise<{ runtime: Record<string, unknown>; warnings: string[] }> {
     const f = files(ctx.dir);
     mkdirSync(ctx.dir, { recursive: true, mode: 0o711 });
     // The upper layer's root becomes the sandbox's "/": it must be readable by a mapped root.
@@ -105,6 +105,11 @@ export class ContainerBackend implements Backend {
     let uidBase: number | null = null;
     let ip: string | null = null;
     let netnsPath: string | null = null;
+    const caps = cgroupCaps();
+    const warnings: string[] = [];
+    if (ctx.spec.resources.ioWeight !== undefined && !caps.ioWeight) {
+      warnings.push('resources.ioWeight is not applied: this host has no IO weight control (cgroup v1 without BFQ); the other limits hold');
+    }
     try {
       if (ctx.spec.trust === 'untrusted') {
         const slot = this.store.tx(() =>
@@ -129,7 +134,7 @@ export class ContainerBackend implements Backend {
         initBinary: this.initBinary,
         netnsPath,
         userns: uidBase === null ? null : { hostId: uidBase, size: UID_RANGE },
-        cgroupCaps: cgroupCaps(),
+        cgroupCaps: caps,
       });
       writeFileSync(f.config, JSON.stringify(config, null, 1));
       prepareMountTargets(config, ctx.image.rootfs, f.upper, uidBase ?? 0);
@@ -139,7 +144,7 @@ export class ContainerBackend implements Backend {
       throw e;
     }
     const rt: ContainerRuntime = { ociRuntime: this.ociRuntime, dir: ctx.dir, imageRootfs: ctx.image.rootfs, ip, netnsPath, uidBase };
-    return rt as unknown as Record<string, unknown>;
+    return { runtime: rt as unknown as Record<string, unknown>, warnings };
   }
 
   private runArgs(rec: SandboxRecord): string[] {
@@ -321,7 +326,7 @@ export class ContainerBackend implements Backend {
     for (const r of runtimes) {
       if (existsSync(`/run/${r}/${rec.id}`)) {
         const path = r === this.ociRuntime ? this.runtimePath : r;
-        await execa(this.shim, [...this.nsArgs(), '--', path, 'delete', '--force', rec.id], { reject: false });
+        await run(this.shim, [...this.nsArgs(), '--', path, 'delete', '--force', rec.id]);
         rmSync(`/run/${r}/${rec.id}`, { recursive: true, force: true });
       }
     }

@@ -1,0 +1,17 @@
+export interface RunOutcome {
+  exitCode: number | undefined;
+  stdout: string;
+  stderr: string;
+  failed: boolean;
+}
+
+/**
+ * Runs a command to completion through execa, loaded on first use: it is a large module,
+ * and the hot path of a container start (no bridge network, no clean-up of a crashed
+ * runtime) never needs it. Never throws for a non-zero exit: callers read `exitCode`.
+ */
+export async function run(file: string, args: readonly string[], options: { input?: string; timeoutMs?: number } = {}): Promise<RunOutcome> {
+  const { execa } = await import('execa');
+  const r = await execa(file, args, { reject: false, input: options.input, timeout: options.timeoutMs, encoding: 'utf8', stripFinalNewline: true });
+  return { exitCode: r.exitCode, stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), failed: r.failed };
+}
