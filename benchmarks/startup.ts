@@ -58,31 +58,37 @@ interface Ratio {
   pass: boolean;
 }
 
-class BenchError extends Error {}
+class BenchError extends Error {
+  constructor(message: string, readonly exitCode = 1) {
+    super(message);
+  }
+}
 
 function usage(): string {
   return 'usage: node dist/benchmarks/startup.js [--runs N (30)] [--warmup N (3)] [--json] [--out DIR]';
 }
 
+const OPTION_SPEC = {
+  runs: { type: 'string', default: '30' },
+  warmup: { type: 'string', default: '3' },
+  json: { type: 'boolean', default: false },
+  out: { type: 'string' },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const;
+
 function parseOptions(argv: string[]): Options {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      runs: { type: 'string', default: '30' },
-      warmup: { type: 'string', default: '3' },
-      json: { type: 'boolean', default: false },
-      out: { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
+  let values: ReturnType<typeof parseArgs<{ options: typeof OPTION_SPEC }>>['values'];
+  try {
+    ({ values } = parseArgs({ args: argv, options: OPTION_SPEC, strict: true, allowPositionals: false }));
+  } catch (e) {
+    throw new BenchError(`${(e as Error).message}\n${usage()}`, 2);
+  }
   if (values.help) {
     process.stdout.write(`${usage()}\n`);
     process.exit(0);
   }
   const int = (name: string, s: string, min: number): number => {
-    if (!/^\d+$/.test(s) || Number(s) < min) throw new BenchError(`--${name}: "${s}" is not valid; allowed: an integer >= ${min}`);
+    if (!/^\d+$/.test(s) || Number(s) < min) throw new BenchError(`--${name}: "${s}" is not valid; allowed: an integer >= ${min}`, 2);
     return Number(s);
   };
   return { runs: int('runs', values.runs, 1), warmup: int('warmup', values.warmup, 0), json: values.json, out: values.out ?? null };
@@ -187,7 +193,6 @@ function removeCgroupTree(rel: string): string[] {
         rmdirSync(d);
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        // EBUSY/ENOTEMPTY on the shared parent: another benchmark is running right now.
         if (code !== 'ENOENT') left.push(`${d} (${code})`);
       }
     }
@@ -237,7 +242,7 @@ async function prepareRawBundle(hb: Hybridbox, bundle: string): Promise<Record<s
   }
   const linux = config.linux as { namespaces?: { type: string; path?: string }[] };
   if (linux.namespaces?.some((ns) => ns.path)) throw new BenchError('the sandbox config joins an existing namespace; the raw bundle needs a self-contained one');
-  mkdirSync(join(bundle), { recursive: true });
+  mkdirSync(bundle, { recursive: true });
   return config;
 }
 
@@ -249,7 +254,7 @@ async function runRaw(ctx: Context): Promise<ProcResult> {
   writeFileSync(join(ctx.bundle, 'config.json'), JSON.stringify(config));
   const args = [
     '--private-mounts', '--mask-dir', '/sys/fs/cgroup/unified', '--ro-self', ctx.crun,
-    // Not timed differently: one prctl(2) so that a killed benchmark takes crun with it.
+    // One prctl(2), so that a killed benchmark takes crun with it.
     '--pdeathsig', 'KILL',
     '--', ctx.crun, 'run', '--bundle', ctx.bundle, id,
   ];
@@ -445,8 +450,15 @@ async function main(): Promise<number> {
       }
     };
     if (ctx) for (const id of ctx.rawIds) await attempt(`raw container ${id}`, () => cleanupRaw(ctx!, id));
-    // The shared parent goes too, unless another benchmark is still using it.
-    removeCgroupTree(CGROUP_PARENT);
+    // The shared parent goes too, unless another benchmark is still using it (then it is
+    // not empty and stays: never walk into it, those children are not ours).
+    for (const m of cgroupMounts()) {
+      try {
+        rmdirSync(join(m.path, CGROUP_PARENT));
+      } catch {
+        /* absent, or in use */
+      }
+    }
     if (hb) {
       const h = hb;
       await attempt('sandboxes', async () => {
@@ -467,6 +479,6 @@ main().then(
   (e: unknown) => {
     const msg = e instanceof BenchError ? e.message : ((e as Error)?.stack ?? String(e));
     process.stderr.write(`startup benchmark: ${msg}\n`);
-    process.exitCode = 1;
+    process.exitCode = e instanceof BenchError ? e.exitCode : 1;
   },
 );
