@@ -16,8 +16,9 @@ await build({
   format: 'esm',
   platform: 'node',
   target: 'node20',
-  // Loaded from node_modules at run time: a native addon, and yaml, which only `-f` needs.
-  external: ['better-sqlite3', 'yaml'],
+  // Loaded from node_modules at run time: yaml, which only `-f` needs. better-sqlite3's
+  // JavaScript is bundled; its native addon is loaded by path (store/db.ts).
+  external: ['yaml'],
   define: { __HYBRIDBOX_VERSION__: JSON.stringify(pkg.version) },
   // Some bundled CommonJS dependencies call require(): give ESM output one.
   banner: { js: "import { createRequire as __hbxCreateRequire } from 'node:module'; const require = __hbxCreateRequire(import.meta.url);" },

@@ -105,7 +105,7 @@ test('private hostname, PID 1 is the init, and network none has only loopback', 
   const r = await hb.run(sh('hostname; cat /proc/1/cmdline | tr "\\0" " "; echo; ls /sys/class/net', { name: `priv-${process.pid}` }), { remove: true });
   const [host, pid1, ...nets] = r.stdout.trim().split('\n');
   t.is(host, `priv-${process.pid}`);
-  t.regex(pid1!, /^\/\.hbx\/init /);
+  t.regex(pid1!, /^\/dev\/\.hbx\/init /);
   t.deepEqual(nets, ['lo']);
 });
 

@@ -202,7 +202,8 @@ export class Hybridbox {
     return toInfo(await this.createRecord(input));
   }
 
-  private async createRecord(input: WorkloadSpecInput | unknown): Promise<SandboxRecord> {
+  /** With `attached`, the record goes straight to running, owned by this process. */
+  private async createRecord(input: WorkloadSpecInput | unknown, attached = false): Promise<SandboxRecord> {
     const spec = this.validate(input);
     const placement = this.decide(spec);
     const image = this.images.resolve(spec.image);
@@ -241,9 +242,9 @@ export class Hybridbox {
       rmSync(dir, { recursive: true, force: true });
       throw e;
     }
-    this.store.update(id, { runtime: rec.runtime, warnings: rec.warnings, ownerPid: null, ownerStartTime: null });
-    rec.ownerPid = rec.ownerStartTime = null;
-    return rec;
+    const next: Partial<SandboxRecord> = attached ? { state: 'running', startedAtMs: Date.now() } : { ownerPid: null, ownerStartTime: null };
+    this.store.update(id, { runtime: rec.runtime, warnings: rec.warnings, ...next });
+    return Object.assign(rec, next);
   }
 
   private sandboxDir(id: string): string {
@@ -254,14 +255,11 @@ export class Hybridbox {
   async run(input: WorkloadSpecInput | unknown, opts: RunOptions = {}): Promise<RunResult> {
     const t0 = performance.now();
     const t0Epoch = Date.now();
-    const rec = await this.createRecord(input);
+    const rec = await this.createRecord(input, true);
     const spec = rec.spec as WorkloadSpec;
     const backend = this.backendOf(rec);
     const out = new Capture(opts.maxBufferBytes ?? DEFAULT_MAX_BUFFER);
     const err = new Capture(opts.maxBufferBytes ?? DEFAULT_MAX_BUFFER);
-    const owner = this.owner();
-    this.store.update(rec.id, { state: 'running', startedAtMs: Date.now(), ...owner });
-    Object.assign(rec, owner);
     let timedOut = false;
     let timer: NodeJS.Timeout | undefined;
     let status: ExitStatus;
@@ -275,14 +273,15 @@ export class Hybridbox {
       }
       status = await attached.exited;
     } catch (e) {
-      await this.finalize(rec, null, e instanceof Error ? e.message : String(e));
       if (opts.remove) await this.removeRecord(rec);
+      else await this.finalize(rec, null, e instanceof Error ? e.message : String(e));
       throw e;
     } finally {
       clearTimeout(timer);
     }
-    await this.finalize(rec, { ...status, timedOut });
+    // With `remove`, recording the end would be undone at once: tear down and delete instead.
     if (opts.remove) await this.removeRecord(rec);
+    else await this.finalize(rec, { ...status, timedOut });
     return {
       id: rec.id,
       name: rec.name,

@@ -1,4 +1,11 @@
-import { z } from 'zod';
+// zod/mini rather than classic zod: the same core and the same parsing, but without the
+// method-chaining layer, whose import cost was paid on every CLI call.
+import * as z from 'zod/mini';
+import en from 'zod/v4/locales/en.js';
+
+// Classic zod installs English issue messages when its first schema is built; mini leaves
+// them as "Invalid input". Install them the same way so ZodError texts stay as they were.
+if (!z.config().localeError) z.config(en());
 
 export const ISOLATIONS = ['auto', 'container', 'microvm', 'vm'] as const;
 export const BACKEND_KINDS = ['container', 'microvm', 'vm'] as const;
@@ -13,84 +20,86 @@ export type Trust = (typeof TRUST_LEVELS)[number];
 // Paths a volume may never cover: the runtime owns them inside every sandbox.
 export const RESERVED_GUEST_PATHS = ['/', '/proc', '/sys', '/dev', '/.hbx'] as const;
 
-// Each `.describe()` text is the plain-words "allowed" part of validateSpec's error
+// Each described() text is the plain-words "allowed" part of validateSpec's error
 // messages, so the schema is the single place where a field's rules are stated.
+// (What classic zod's `.describe()` did: the text goes into zod's global registry.)
+function described<T extends z.core.$ZodType>(schema: T, description: string): T {
+  z.globalRegistry.add(schema, { description });
+  return schema;
+}
+
 const ABS_PATH = 'an absolute path (starting with /)';
-const absPath = z
-  .string()
-  .refine((p) => p.startsWith('/'), { message: `must be ${ABS_PATH}` })
-  .describe(ABS_PATH);
+const absPath = described(z.string().check(z.refine((p) => p.startsWith('/'), { message: `must be ${ABS_PATH}` })), ABS_PATH);
 
-export const VolumeSchema = z
-  .object({
-    hostPath: absPath,
-    guestPath: absPath,
-    readOnly: z.boolean().default(false),
-  })
-  .strict();
+export const VolumeSchema = z.strictObject({
+  hostPath: absPath,
+  guestPath: absPath,
+  readOnly: z._default(z.boolean(), false),
+});
 
-export const ResourcesSchema = z
-  .object({
-    /** CPU quota in CPUs (0.5 = half of one core). */
-    cpus: z.number().positive().max(1024).optional(),
-    memoryMiB: z.number().int().min(6).max(4 * 1024 * 1024).optional(),
-    pids: z.number().int().min(1).max(4_194_304).optional(),
-    /** Relative IO weight, 10..1000 (cgroup v1 blkio.weight / v2 io.weight scale). */
-    ioWeight: z.number().int().min(10).max(1000).optional(),
-  })
-  .strict();
+export const ResourcesSchema = z.strictObject({
+  /** CPU quota in CPUs (0.5 = half of one core). */
+  cpus: z.optional(z.number().check(z.positive(), z.lte(1024))),
+  memoryMiB: z.optional(z.number().check(z.int(), z.gte(6), z.lte(4 * 1024 * 1024))),
+  pids: z.optional(z.number().check(z.int(), z.gte(1), z.lte(4_194_304))),
+  /** Relative IO weight, 10..1000 (cgroup v1 blkio.weight / v2 io.weight scale). */
+  ioWeight: z.optional(z.number().check(z.int(), z.gte(10), z.lte(1000))),
+});
 
-export const KernelRequirementsSchema = z
-  .object({
-    /** The workload needs a kernel of its own (modules, sysctls, a different version). */
-    ownKernel: z.boolean().default(false),
-  })
-  .strict();
+export const KernelRequirementsSchema = z.strictObject({
+  /** The workload needs a kernel of its own (modules, sysctls, a different version). */
+  ownKernel: z._default(z.boolean(), false),
+});
 
-export const WorkloadSpecSchema = z
-  .object({
-    name: z
-      .string()
-      .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/, { message: 'use 1-63 letters, digits, _ . -, starting with a letter or digit' })
-      .describe('1-63 letters, digits, _ . -, starting with a letter or digit')
-      .optional(),
-    // No whitespace or control characters: the reference ends up in one-line messages and paths.
-    image: z
-      .string()
-      .regex(/^[A-Za-z0-9][A-Za-z0-9._\/:@+-]{0,254}$/, { message: 'use an image reference such as busybox or alpine:3.20' })
-      .describe('an image reference such as busybox or alpine:3.20'),
-    /** argv; when absent the image's default command is used. */
-    command: z
-      .array(z.string())
-      .min(1)
-      .describe("a non-empty list of strings, program first; leave command out to use the image's default")
-      .optional(),
-    env: z
-      .record(
-        z
-          .string()
-          .regex(/^[A-Za-z_][A-Za-z0-9_]*$/)
-          .describe('variable names of letters, digits and _, not starting with a digit'),
-        z.string().describe('a string (quote numbers and booleans in YAML)'),
-      )
-      .describe('a mapping of variable names to string values')
-      .default({}),
-    workdir: absPath.default('/'),
-    user: z
-      .string()
-      .regex(/^(\d+|[a-z_][a-z0-9_-]*)(:(\d+|[a-z_][a-z0-9_-]*))?$/, { message: 'use uid[:gid] or name[:group]' })
-      .describe('uid[:gid] or name[:group], e.g. 1000:1000 or nobody')
-      .default('0:0'),
-    resources: ResourcesSchema.default({}),
-    network: z.enum(NETWORKS).default('none'),
-    volumes: z.array(VolumeSchema).default([]),
-    isolation: z.enum(ISOLATIONS).default('auto'),
-    trust: z.enum(TRUST_LEVELS).default('trusted'),
-    startupBudgetMs: z.number().int().positive().max(3_600_000).optional(),
-    timeoutMs: z.number().int().positive().max(7 * 24 * 3_600_000).optional(),
-    kernel: KernelRequirementsSchema.default({ ownKernel: false }),
-  })
-  .strict();
+export const WorkloadSpecSchema = z.strictObject({
+  name: z.optional(
+    described(
+      z.string().check(z.regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/, { message: 'use 1-63 letters, digits, _ . -, starting with a letter or digit' })),
+      '1-63 letters, digits, _ . -, starting with a letter or digit',
+    ),
+  ),
+  // No whitespace or control characters: the reference ends up in one-line messages and paths.
+  image: described(
+    z.string().check(z.regex(/^[A-Za-z0-9][A-Za-z0-9._\/:@+-]{0,254}$/, { message: 'use an image reference such as busybox or alpine:3.20' })),
+    'an image reference such as busybox or alpine:3.20',
+  ),
+  /** argv; when absent the image's default command is used. */
+  command: z.optional(
+    described(
+      z.array(z.string()).check(z.minLength(1)),
+      "a non-empty list of strings, program first; leave command out to use the image's default",
+    ),
+  ),
+  env: z._default(
+    described(
+      z.record(
+        described(
+          z.string().check(z.regex(/^[A-Za-z_][A-Za-z0-9_]*$/)),
+          'variable names of letters, digits and _, not starting with a digit',
+        ),
+        described(z.string(), 'a string (quote numbers and booleans in YAML)'),
+      ),
+      'a mapping of variable names to string values',
+    ),
+    {},
+  ),
+  workdir: z._default(absPath, '/'),
+  user: z._default(
+    described(
+      z.string().check(z.regex(/^(\d+|[a-z_][a-z0-9_-]*)(:(\d+|[a-z_][a-z0-9_-]*))?$/, { message: 'use uid[:gid] or name[:group]' })),
+      'uid[:gid] or name[:group], e.g. 1000:1000 or nobody',
+    ),
+    '0:0',
+  ),
+  resources: z._default(ResourcesSchema, {}),
+  network: z._default(z.enum(NETWORKS), 'none'),
+  volumes: z._default(z.array(VolumeSchema), []),
+  isolation: z._default(z.enum(ISOLATIONS), 'auto'),
+  trust: z._default(z.enum(TRUST_LEVELS), 'trusted'),
+  startupBudgetMs: z.optional(z.number().check(z.int(), z.positive(), z.lte(3_600_000))),
+  timeoutMs: z.optional(z.number().check(z.int(), z.positive(), z.lte(7 * 24 * 3_600_000))),
+  kernel: z._default(KernelRequirementsSchema, { ownKernel: false }),
+});
 
 /** What a caller may pass (defaults optional). */
 export type WorkloadSpecInput = z.input<typeof WorkloadSpecSchema>;

@@ -1,5 +1,5 @@
 import { posix } from 'node:path';
-import { globalRegistry, type core } from 'zod';
+import { globalRegistry, type core } from 'zod/mini';
 import { ImageNotFoundError, NameConflictError, SpecError } from '../errors.js';
 import { RESERVED_GUEST_PATHS, WorkloadSpecSchema, type WorkloadSpec } from './schema.js';
 

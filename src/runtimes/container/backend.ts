@@ -359,8 +359,10 @@ function prepareMountTargets(config: Record<string, unknown>, lower: string, upp
   const mounts = config.mounts as { destination: string; source: string; type: string }[];
   const proc = (config.process as { cwd: string; user: { uid: number; gid: number } });
   const missing = (p: string): boolean => !existsSync(join(lower, p)) && !existsSync(join(upper, p));
-  for (const m of mounts) {
-    if (!missing(m.destination)) continue;
+  // A target inside an earlier mount (/dev/pts in the /dev tmpfs) is made by the runtime there.
+  const covered = (d: string, i: number): boolean => mounts.slice(0, i).some((m) => d.startsWith(m.destination === '/' ? '/' : `${m.destination}/`));
+  for (const [i, m] of mounts.entries()) {
+    if (covered(m.destination, i) || !missing(m.destination)) continue;
     const isFile = m.type === 'bind' && existsSync(m.source) && !statSync(m.source).isDirectory();
     const target = join(upper, m.destination);
     mkdirSync(isFile ? dirname(target) : target, { recursive: true, mode: 0o755 });

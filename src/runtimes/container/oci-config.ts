@@ -6,8 +6,11 @@ import type { WorkloadSpec } from '../../spec/schema.js';
 import type { CgroupCaps } from './cgroups.js';
 import { seccompProfile } from './seccomp.js';
 
-/** Where the init (tini) is bind-mounted inside every container. */
-export const INIT_PATH = '/.hbx/init';
+/**
+ * Where the init (tini) is bind-mounted inside every container: under the /dev tmpfs that
+ * the runtime creates, so the mount target never has to be written into the root filesystem.
+ */
+export const INIT_PATH = '/dev/.hbx/init';
 
 export interface OciInputs {
   id: string;
