@@ -1,10 +1,11 @@
 #!/usr/bin/env node
-import { VERSION } from './version.js';
+// The entry point imports nothing up front: `--version` is answered from a constant that the
+// bundler inlines, before any module (the command parser included) is loaded.
+declare const __HYBRIDBOX_VERSION__: string | undefined;
 
-// `--version` is answered before the command parser loads: scripts call it in loops.
 const argv = process.argv.slice(2);
-if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
-  process.stdout.write(`${VERSION}\n`);
+if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V') && typeof __HYBRIDBOX_VERSION__ === 'string') {
+  process.stdout.write(`${__HYBRIDBOX_VERSION__}\n`);
 } else {
   const [{ buildProgram }, { reportError }] = await Promise.all([import('./main.js'), import('./report-error.js')]);
   await buildProgram()
