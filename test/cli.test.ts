@@ -119,3 +119,33 @@ test.serial('detached lifecycle through the CLI: run -d, ps, logs, exec, stop, r
   t.regex((await hbx(['ps', '-a'])).stdout, /cli-life .* exited/);
   t.is((await hbx(['rm', 'cli-life'])).exitCode, 0);
 });
+
+test.serial('concurrent CLI processes never get the same address', async (t) => {
+  const runs = await Promise.all(Array.from({ length: 6 }, () => hbx(['run', '-d', '--network', 'bridge', 'busybox', '--', 'sleep', '30'])));
+  for (const r of runs) t.is(r.exitCode, 0, r.stderr);
+  const list = JSON.parse((await hbx(['ps', '--json'])).stdout) as { id: string; ip: string }[];
+  const ips = list.map((s) => s.ip);
+  t.is(ips.length, 6);
+  t.is(new Set(ips).size, 6);
+  await hbx(['rm', '-f', ...list.map((s) => s.id)]);
+});
+
+test.serial('logs -f follows a detached sandbox to its end; inspect shows the OCI config', async (t) => {
+  const d = await hbx(['run', '-d', '--name', 'follow-me', 'busybox', '--', 'sh', '-c', 'echo first; sleep 0.5; echo second']);
+  t.is(d.exitCode, 0, d.stderr);
+  const logs = await hbx(['logs', '-f', 'follow-me']);
+  t.is(logs.stdout, 'first\nsecond');
+  const info = JSON.parse((await hbx(['inspect', 'follow-me'])).stdout) as { state: string; backendDetails: { ociConfig: { linux: { namespaces: { type: string }[] } } } };
+  t.is(info.state, 'exited');
+  t.deepEqual(info.backendDetails.ociConfig.linux.namespaces.map((n) => n.type).sort(), ['cgroup', 'ipc', 'mount', 'network', 'pid', 'uts']);
+  await hbx(['rm', 'follow-me']);
+});
+
+test.serial('--runtime runc: the same verbs, and later calls find the runtime by themselves', async (t) => {
+  const d = await hbx(['--runtime', 'runc', 'run', '-d', '--name', 'on-runc', 'busybox', '--', 'sleep', '30']);
+  t.is(d.exitCode, 0, d.stderr);
+  t.is((await hbx(['exec', 'on-runc', '--', 'echo', 'via-runc'])).stdout, 'via-runc');
+  t.is((await hbx(['rm', '-f', 'on-runc'])).exitCode, 0);
+  const r = await hbx(['--runtime', 'runc', 'run', '--rm', 'busybox', '--', 'sh', '-c', 'exit 9']);
+  t.is(r.exitCode, 9);
+});

@@ -67,7 +67,7 @@ export class ContainerBackend implements Backend {
   readonly descriptor = containerDescriptor;
   private readonly shim: string;
   private readonly initBinary: string;
-  private readonly runtimePath: string;
+  private readonly runtimePaths: Partial<Record<OciRuntimeName, string>>;
 
   constructor(
     host: HostInfo,
@@ -75,9 +75,8 @@ export class ContainerBackend implements Backend {
     private readonly network: BridgeNetwork,
     readonly ociRuntime: OciRuntimeName = 'crun',
   ) {
-    const tool = host.tools[ociRuntime];
-    if (!tool) throw new HostError(`${ociRuntime} is not installed; install it with \`apt-get install ${ociRuntime}\``);
-    this.runtimePath = tool.path;
+    if (!host.tools[ociRuntime]) throw new HostError(`${ociRuntime} is not installed; install it with \`apt-get install ${ociRuntime}\``);
+    this.runtimePaths = { crun: host.tools.crun?.path, runc: host.tools.runc?.path };
     this.initBinary = existsSync('/usr/bin/tini-static') ? '/usr/bin/tini-static' : (host.tools.tini?.path ?? '/usr/bin/tini');
     this.shim = process.env.HYBRIDBOX_SHIM ?? join(packageRoot(), 'dist', 'hbx-shim');
     if (!existsSync(this.shim)) throw new HostError(`${this.shim} is missing; run \`npm run setup\` to build it`);
@@ -87,11 +86,19 @@ export class ContainerBackend implements Backend {
     return rec.runtime as unknown as ContainerRuntime;
   }
 
+  /** The runtime a sandbox was created with: later calls (exec, delete) must use the same one. */
+  private runtimeOf(rec: { runtime: Record<string, unknown> }): { name: OciRuntimeName; path: string } {
+    const name = this.rt(rec).ociRuntime ?? this.ociRuntime;
+    const path = this.runtimePaths[name];
+    if (!path) throw new HostError(`${name} is not installed; install it with \`apt-get install ${name}\``);
+    return { name, path };
+  }
+
   /** Options that set up the runtime's private mount namespace. */
-  private nsArgs(): string[] {
+  private nsArgs(runtimePath: string): string[] {
     const a = ['--private-mounts'];
     if (!isUnified()) a.push('--mask-dir', '/sys/fs/cgroup/unified');
-    a.push('--ro-self', this.runtimePath);
+    a.push('--ro-self', runtimePath);
     return a;
   }
 
@@ -154,12 +161,12 @@ export class ContainerBackend implements Backend {
     rmSync(f.pid, { force: true });
     rmSync(f.exit, { force: true });
     writeFileSync(f.oomBase, String(hostOomKills()));
-    return [...this.nsArgs(), '--overlay', rt.imageRootfs, f.upper, f.work, f.rootfs];
+    return [...this.nsArgs(this.runtimeOf(rec).path), '--overlay', rt.imageRootfs, f.upper, f.work, f.rootfs];
   }
 
   private runtimeRun(rec: SandboxRecord): string[] {
     const f = files(this.rt(rec).dir);
-    return [this.runtimePath, 'run', '--bundle', this.rt(rec).dir, '--pid-file', f.pid, rec.id];
+    return [this.runtimeOf(rec).path, 'run', '--bundle', this.rt(rec).dir, '--pid-file', f.pid, rec.id];
   }
 
   async runAttached(rec: SandboxRecord, sink: OutputSink): Promise<AttachedRun> {
@@ -189,7 +196,7 @@ export class ContainerBackend implements Backend {
     const f = files(this.rt(rec).dir);
     if (!existsSync(f.pid)) {
       const line = stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${code}`;
-      throw new RuntimeError(`${this.ociRuntime} could not start sandbox ${rec.id}: ${line}`, stderr);
+      throw new RuntimeError(`${this.runtimeOf(rec).name} could not start sandbox ${rec.id}: ${line}`, stderr);
     }
     // tini reports a workload killed by signal N as exit code 128+N, like a shell does.
     const bySignal = code !== null && code > 128 && code < 128 + 65;
@@ -232,7 +239,7 @@ export class ContainerBackend implements Backend {
       if (existsSync(f.exit)) {
         const err = existsSync(f.stderr) ? readFileSync(f.stderr, 'utf8') : '';
         const line = err.trim().split('\n').filter(Boolean).pop() ?? 'no output';
-        throw new RuntimeError(`${this.ociRuntime} could not start sandbox ${rec.id}: ${line}`, err);
+        throw new RuntimeError(`${this.runtimeOf(rec).name} could not start sandbox ${rec.id}: ${line}`, err);
       }
       await sleep(2);
     }
@@ -240,12 +247,13 @@ export class ContainerBackend implements Backend {
   }
 
   async exec(rec: SandboxRecord, argv: string[], opts: ExecOptions): Promise<number> {
-    const a = [this.runtimePath, 'exec'];
+    const { path } = this.runtimeOf(rec);
+    const a = [path, 'exec'];
     if (opts.workdir) a.push('--cwd', opts.workdir);
     if (opts.user) a.push('--user', opts.user);
     for (const [k, v] of Object.entries(opts.env ?? {})) a.push('--env', `${k}=${v}`);
     a.push(rec.id, ...argv);
-    const child = spawn(this.shim, [...this.nsArgs(), '--pdeathsig', 'KILL', '--', ...a], {
+    const child = spawn(this.shim, [...this.nsArgs(path), '--pdeathsig', 'KILL', '--', ...a], {
       stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     });
     if (opts.stdin && child.stdin) opts.stdin.pipe(child.stdin);
@@ -322,12 +330,12 @@ export class ContainerBackend implements Backend {
       }
       await sleep(5);
     }
-    const runtimes: OciRuntimeName[] = ['crun', 'runc'];
-    for (const r of runtimes) {
-      if (existsSync(`/run/${r}/${rec.id}`)) {
-        const path = r === this.ociRuntime ? this.runtimePath : r;
-        await run(this.shim, [...this.nsArgs(), '--', path, 'delete', '--force', rec.id]);
-        rmSync(`/run/${r}/${rec.id}`, { recursive: true, force: true });
+    // A runtime killed mid-run leaves its state directory: delete through the runtime itself,
+    // then make sure. Orphans have no record of which runtime made them, so check both.
+    for (const [name, path] of Object.entries(this.runtimePaths) as [OciRuntimeName, string | undefined][]) {
+      if (path && existsSync(`/run/${name}/${rec.id}`)) {
+        await run(this.shim, [...this.nsArgs(path), '--', path, 'delete', '--force', rec.id]);
+        rmSync(`/run/${name}/${rec.id}`, { recursive: true, force: true });
       }
     }
     const left = removeCgroups(rec.id);
