@@ -5,14 +5,14 @@
 //
 //   node dist/benchmarks/startup.js [--runs N] [--warmup N] [--json] [--out DIR]
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Hybridbox } from '../src/api/hybridbox.js';
 import { probeHost } from '../src/host/probe.js';
 import type { HostInfo } from '../src/host/types.js';
-import { cgroupMounts } from '../src/runtimes/container/cgroups.js';
+import { cgroupMounts, removeCgroupTree } from '../src/runtimes/container/cgroups.js';
 import { INIT_PATH } from '../src/runtimes/container/oci-config.js';
 import { packageRoot } from '../src/util/paths.js';
 
@@ -172,33 +172,6 @@ function lastLine(text: string): string {
   return text.trim().split('\n').filter(Boolean).pop() ?? '(no output)';
 }
 
-/** Removes a cgroup directory and its children in every hierarchy; returns what was left. */
-function removeCgroupTree(rel: string): string[] {
-  const left: string[] = [];
-  for (const m of cgroupMounts()) {
-    const top = join(m.path, rel);
-    if (!existsSync(top)) continue;
-    const dirs: string[] = [];
-    const walk = (d: string): void => {
-      dirs.push(d);
-      try {
-        for (const e of readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) walk(join(d, e.name));
-      } catch {
-        /* gone */
-      }
-    };
-    walk(top);
-    for (const d of dirs.reverse()) {
-      try {
-        rmdirSync(d);
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'ENOENT') left.push(`${d} (${code})`);
-      }
-    }
-  }
-  return left;
-}
 
 // ---------------------------------------------------------------------------------------
 // The benchmark

@@ -11,7 +11,7 @@ import { packageRoot } from '../../util/paths.js';
 import { sleep } from '../../util/proc.js';
 import type { AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, OutputSink } from '../backend.js';
 import type { BackendDescriptor } from '../descriptor.js';
-import { cgroupCaps, hostOomKills, isUnified, leafPath, readUsage, removeCgroups, sandboxPids } from './cgroups.js';
+import { cgroupCaps, ensureSandboxCgroup, hostOomKills, isUnified, leafPath, readUsage, removeCgroups, sandboxPids } from './cgroups.js';
 import { buildOciConfig } from './oci-config.js';
 
 export type OciRuntimeName = 'crun' | 'runc';
@@ -161,6 +161,7 @@ export class ContainerBackend implements Backend {
     rmSync(f.pid, { force: true });
     rmSync(f.exit, { force: true });
     writeFileSync(f.oomBase, String(hostOomKills()));
+    ensureSandboxCgroup(rec.id);
     return [...this.nsArgs(this.runtimeOf(rec).path), '--overlay', rt.imageRootfs, f.upper, f.work, f.rootfs];
   }
 

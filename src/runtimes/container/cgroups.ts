@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 /**
@@ -157,11 +157,11 @@ export function sandboxPids(id: string): number[] {
   return pids;
 }
 
-/** Removes the sandbox's cgroups in every hierarchy, deepest first. Returns what could not be removed. */
-export function removeCgroups(id: string): string[] {
+/** Removes a cgroup directory (relative to each hierarchy's root) and its children in every hierarchy, deepest first. Returns what could not be removed. */
+export function removeCgroupTree(rel: string): string[] {
   const left: string[] = [];
   for (const m of cgroupMounts()) {
-    const top = join(m.path, sandboxPath(id));
+    const top = join(m.path, rel);
     if (!existsSync(top)) continue;
     const dirs: string[] = [];
     const walk = (d: string): void => {
@@ -177,8 +177,47 @@ export function removeCgroups(id: string): string[] {
       try {
         rmdirSync(d);
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') left.push(d);
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT') left.push(`${d} (${code})`);
       }
+    }
+  }
+  return left;
+}
+
+/**
+ * Creates /hybridbox/<id> in every hierarchy the runtime will use, before it starts. With the
+ * sandbox's own directory in place, the shared parent is never empty while a start is under
+ * way, so removeCgroups may drop an empty parent without racing a concurrent start.
+ */
+export function ensureSandboxCgroup(id: string): void {
+  for (const m of cgroupMounts()) {
+    // On hybrid hosts the runtime never sees cgroup2 (the shim hides it).
+    if (m.type === 'cgroup2' && !isUnified()) continue;
+    const dir = join(m.path, sandboxPath(id));
+    for (let attempt = 0; ; attempt++) {
+      try {
+        mkdirSync(dir, { recursive: true });
+        break;
+      } catch (e) {
+        // The parent vanished between two steps of the recursive mkdir: a teardown removed it.
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 5) throw e;
+      }
+    }
+  }
+}
+
+/**
+ * Removes the sandbox's cgroups in every hierarchy, and the shared /hybridbox parent when it
+ * is left empty, so an idle host carries no trace of hybridbox (see ensureSandboxCgroup).
+ */
+export function removeCgroups(id: string): string[] {
+  const left = removeCgroupTree(sandboxPath(id));
+  for (const m of cgroupMounts()) {
+    try {
+      rmdirSync(join(m.path, CGROUP_PARENT));
+    } catch {
+      /* absent, or other sandboxes are in it */
     }
   }
   return left;
