@@ -178,6 +178,17 @@ test.serial('a detached sandbox that exits on its own is reaped by its monitor',
   await hb.remove(d.id);
 });
 
+test.serial('a detached sandbox with a timeout is stopped by its monitor, with nobody watching', async (t) => {
+  const d = await hb.runDetached(sh('sleep 60', { timeoutMs: 500 }));
+  const ok = await waitFor(() => hb.store.get(d.id)?.state === 'exited', 10_000, 50);
+  t.true(ok);
+  const rec = hb.store.get(d.id)!;
+  t.true(rec.timedOut);
+  t.is(rec.signal, 'SIGKILL');
+  t.deepEqual(hostTraces([d.id]), []);
+  await hb.remove(d.id);
+});
+
 test.serial('10 concurrent runs', async (t) => {
   const results = await Promise.all(Array.from({ length: 10 }, (_, i) => hb.run(sh(`echo run-${i}`, { network: i % 2 ? 'bridge' : 'none' }), { remove: true })));
   t.deepEqual(

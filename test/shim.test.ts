@@ -214,6 +214,19 @@ test('monitor mode: exit file for a signal death; without --on-exit the monitor 
   t.is(readExitFile(exitFile).signal, 'SIGUSR1');
 });
 
+test('monitor mode: --timeout-ms kills PROGRAM at the deadline and says so', (t) => {
+  const d = freshDir('timeout');
+  const exitFile = join(d, 'exit.json');
+  const t0 = Date.now();
+  const r = run(['--exit-file', exitFile, '--timeout-ms', '300', '--', 'sleep', '30']);
+  t.true(Date.now() - t0 < 5000);
+  t.is(r.status, 137);
+  t.deepEqual(JSON.parse(readFileSync(exitFile, 'utf8')), { exitCode: null, signal: 'SIGKILL', finishedAtMs: readExitFile(exitFile).finishedAtMs, timedOut: true });
+  const quick = run(['--exit-file', exitFile, '--timeout-ms', '5000', '--', 'true']);
+  t.is(quick.status, 0);
+  t.false((JSON.parse(readFileSync(exitFile, 'utf8')) as { timedOut: boolean }).timedOut);
+});
+
 test('monitor mode: exec failure and setup failure are recorded too', (t) => {
   const d = freshDir('monfail');
   const exitFile = join(d, 'exit.json');

@@ -304,7 +304,7 @@ export class Hybridbox {
   }
 
   /** Records how a sandbox ended and releases everything its run held. */
-  private async finalize(rec: SandboxRecord, status: (ExitStatus & { timedOut?: boolean }) | null, failure?: string): Promise<void> {
+  private async finalize(rec: SandboxRecord, status: ExitStatus | null, failure?: string): Promise<void> {
     this.store.update(rec.id, {
       state: status ? 'exited' : 'crashed',
       finishedAtMs: Date.now(),

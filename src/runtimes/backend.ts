@@ -19,6 +19,8 @@ export interface ExitStatus {
   oomKilled: boolean;
   peakMemoryBytes: number | null;
   cpuTimeMs: number | null;
+  /** The backend itself enforced the spec's timeout (detached sandboxes). */
+  timedOut?: boolean;
 }
 
 export interface AttachedRun {

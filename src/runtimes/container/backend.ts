@@ -225,10 +225,12 @@ export class ContainerBackend implements Backend {
 
   async startDetached(rec: SandboxRecord, onExitCommand: string): Promise<void> {
     const f = files(this.rt(rec).dir);
+    const spec = rec.spec as WorkloadSpec;
     const args = [
       ...this.runArgs(rec),
       '--stdin-null', '--stdout', f.stdout, '--stderr', f.stderr,
       '--exit-file', f.exit, '--on-exit', onExitCommand,
+      ...(spec.timeoutMs !== undefined ? ['--timeout-ms', String(spec.timeoutMs)] : []),
       '--', ...this.runtimeRun(rec),
     ];
     const child = spawn(this.shim, args, { stdio: 'ignore', detached: true });
@@ -296,14 +298,14 @@ export class ContainerBackend implements Backend {
 
   async collectExit(rec: SandboxRecord): Promise<ExitStatus | null> {
     const f = files(this.rt(rec).dir);
-    let raw: { exitCode: number | null; signal: string | null };
+    let raw: { exitCode: number | null; signal: string | null; timedOut?: boolean };
     try {
       raw = JSON.parse(readFileSync(f.exit, 'utf8'));
     } catch {
       return null;
     }
     if (!existsSync(f.pid)) return null;
-    return this.finish(rec, raw.exitCode, raw.signal, '');
+    return { ...this.finish(rec, raw.exitCode, raw.signal, ''), timedOut: raw.timedOut === true };
   }
 
   logPaths(rec: SandboxRecord): { stdout: string; stderr: string } {

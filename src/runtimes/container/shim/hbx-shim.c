@@ -12,7 +12,7 @@
  *   --stdout FILE, --stderr FILE      append to FILE (created 0644)
  *   --stdin-null                      stdin from /dev/null
  * Monitor mode:
- *   --exit-file FILE [--on-exit SHELLCMD]
+ *   --exit-file FILE [--on-exit SHELLCMD] [--timeout-ms N]
  *
  * Exit codes: PROGRAM's own status when it ran; 125 when hbx-shim failed before PROGRAM
  * ran (usage or setup error, one line on stderr); 127/126 when PROGRAM could not be
@@ -54,7 +54,7 @@
 static const char USAGE[] =
     "usage: hbx-shim [--private-mounts] [--mask-dir PATH]... [--ro-self PATH]... "
     "[--overlay LOWER UPPER WORK TARGET] [--pdeathsig SIG] [--stdout FILE] [--stderr FILE] "
-    "[--stdin-null] [--exit-file FILE [--on-exit SHELLCMD]] -- PROGRAM [ARGS...]";
+    "[--stdin-null] [--exit-file FILE [--on-exit SHELLCMD] [--timeout-ms N]] -- PROGRAM [ARGS...]";
 
 struct options {
   bool private_mounts;
@@ -69,6 +69,7 @@ struct options {
   bool stdin_null;
   const char *exit_file;
   const char *on_exit;
+  long long timeout_ms; /* 0: none; monitor mode only */
   char **argv; /* PROGRAM and its arguments */
 };
 
@@ -178,6 +179,14 @@ static void parse(int argc, char **argv, struct options *o) {
       set_once(&o->exit_file, argc, argv, &i);
     } else if (strcmp(a, "--on-exit") == 0) {
       set_once(&o->on_exit, argc, argv, &i);
+    } else if (strcmp(a, "--timeout-ms") == 0) {
+      if (o->timeout_ms) usage_error("repeated option", a);
+      const char *v = take(argc, argv, &i, a);
+      char *end;
+      errno = 0;
+      long long ms = strtoll(v, &end, 10);
+      if (errno || *end || ms <= 0) usage_error("not a positive number of milliseconds", v);
+      o->timeout_ms = ms;
     } else {
       usage_error("unknown option", a);
     }
@@ -192,6 +201,7 @@ static void parse(int argc, char **argv, struct options *o) {
     if (o->overlay[3]) usage_error("--private-mounts is required by", "--overlay");
   }
   if (o->on_exit && !o->exit_file) usage_error("--exit-file is required by", "--on-exit");
+  if (o->timeout_ms && !o->exit_file) usage_error("--exit-file is required by", "--timeout-ms");
 }
 
 /* A mount point, not merely a directory inside one: its device differs from its parent's. */
@@ -338,7 +348,7 @@ static bool write_all(int fd, const char *buf, size_t len) {
 }
 
 /* Readers either see no exit file or a complete one, also after a host crash: tmp + fsync + rename + fsync(dir). */
-static bool write_exit_file(const char *path, int status, long long finished_ms) {
+static bool write_exit_file(const char *path, int status, long long finished_ms, bool timed_out) {
   char tmp[4096], line[160], sig[32];
   if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
     errno = ENAMETOOLONG;
@@ -346,9 +356,11 @@ static bool write_exit_file(const char *path, int status, long long finished_ms)
   }
   if (WIFSIGNALED(status)) {
     signal_name(WTERMSIG(status), sig, sizeof sig);
-    snprintf(line, sizeof line, "{\"exitCode\":null,\"signal\":\"%s\",\"finishedAtMs\":%lld}\n", sig, finished_ms);
+    snprintf(line, sizeof line, "{\"exitCode\":null,\"signal\":\"%s\",\"finishedAtMs\":%lld,\"timedOut\":%s}\n", sig, finished_ms,
+             timed_out ? "true" : "false");
   } else {
-    snprintf(line, sizeof line, "{\"exitCode\":%d,\"signal\":null,\"finishedAtMs\":%lld}\n", WEXITSTATUS(status), finished_ms);
+    snprintf(line, sizeof line, "{\"exitCode\":%d,\"signal\":null,\"finishedAtMs\":%lld,\"timedOut\":%s}\n", WEXITSTATUS(status),
+             finished_ms, timed_out ? "true" : "false");
   }
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return false;
@@ -423,6 +435,18 @@ static _Noreturn void monitor(const struct options *o) {
   }
 
   int status = 0;
+  bool timed_out = false;
+  /* The workload's time limit is kept here, not by the CLI, so it holds for detached sandboxes that nobody watches. */
+  struct timespec deadline = {0, 0};
+  if (o->timeout_ms) {
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += o->timeout_ms / 1000;
+    deadline.tv_nsec += (o->timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+      deadline.tv_sec++;
+      deadline.tv_nsec -= 1000000000L;
+    }
+  }
   if (child < 0) {
     say("hbx-shim: fork %s: %s", o->argv[0], strerror(errno));
     /* Report it like any other setup failure so the sandbox still gets its exit file and its cleanup. */
@@ -430,7 +454,27 @@ static _Noreturn void monitor(const struct options *o) {
   } else {
     for (bool done = false; !done;) {
       siginfo_t si;
-      int sig = sigwaitinfo(&waitset, &si);
+      int sig;
+      if (o->timeout_ms && !timed_out) {
+        struct timespec now, left;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        left.tv_sec = deadline.tv_sec - now.tv_sec;
+        left.tv_nsec = deadline.tv_nsec - now.tv_nsec;
+        if (left.tv_nsec < 0) {
+          left.tv_sec--;
+          left.tv_nsec += 1000000000L;
+        }
+        if (left.tv_sec < 0) left.tv_sec = left.tv_nsec = 0;
+        sig = sigtimedwait(&waitset, &si, &left);
+        if (sig < 0 && errno == EAGAIN) {
+          /* The runtime dies with SIGKILL; the container's init has it as its parent-death signal, so the whole sandbox ends. */
+          timed_out = true;
+          kill(child, SIGKILL);
+          continue;
+        }
+      } else {
+        sig = sigwaitinfo(&waitset, &si);
+      }
       if (sig < 0) continue; /* EINTR from a stop/continue */
       if (sig == SIGTERM || sig == SIGINT) {
         /* Not yet reaped, so the pid cannot have been reused. */
@@ -455,7 +499,7 @@ static _Noreturn void monitor(const struct options *o) {
   long long finished = now_ms();
 
   int rc = WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
-  if (!write_exit_file(o->exit_file, status, finished)) {
+  if (!write_exit_file(o->exit_file, status, finished, timed_out)) {
     say("hbx-shim: exit-file %s: %s", o->exit_file, strerror(errno));
     rc = EXIT_SHIM_FAILED;
   }
