@@ -1,5 +1,5 @@
 import { customAlphabet } from 'nanoid';
-import { chmodSync, createReadStream, existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, createReadStream, existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NameConflictError, RuntimeError, SandboxNotFoundError, StateError } from '../errors.js';
 import { probeHost } from '../host/probe.js';
@@ -87,8 +87,11 @@ class Capture {
     this.chunks.push(part);
     this.kept += part.length;
   }
+  bytes(): Buffer {
+    return Buffer.concat(this.chunks);
+  }
   text(): string {
-    return Buffer.concat(this.chunks).toString('utf8');
+    return this.bytes().toString('utf8');
   }
 }
 
@@ -281,7 +284,13 @@ export class Hybridbox {
     }
     // With `remove`, recording the end would be undone at once: tear down and delete instead.
     if (opts.remove) await this.removeRecord(rec);
-    else await this.finalize(rec, { ...status, timedOut });
+    else {
+      // `logs` of a foreground run shows what the run showed (the bounded copy kept here).
+      const logs = backend.logPaths(rec);
+      writeFileSync(logs.stdout, out.bytes());
+      writeFileSync(logs.stderr, err.bytes());
+      await this.finalize(rec, { ...status, timedOut });
+    }
     return {
       id: rec.id,
       name: rec.name,
