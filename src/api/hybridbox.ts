@@ -367,10 +367,7 @@ export class Hybridbox {
   /** Records the exit of a detached sandbox and releases its resources (run by its monitor). */
   async reap(id: string): Promise<void> {
     const rec = this.store.get(id);
-    if (!rec) {
-      await this.backends.get('container').teardown({ id, runtime: {} });
-      return;
-    }
+    if (!rec) return this.backends.teardownOrphan(id, this.sandboxDir(id));
     if (rec.state !== 'running') return;
     const status = await this.backendOf(rec).collectExit(rec);
     await this.finalize(rec, status, status ? undefined : 'the sandbox exited without recording a status');
@@ -560,7 +557,7 @@ export class Hybridbox {
     const known = new Set(this.store.list().map((r) => r.id));
     const orphans = dirs.filter((id) => !known.has(id));
     for (const id of orphans) {
-      await this.backends.get('container').teardown({ id, runtime: { dir: this.sandboxDir(id) } });
+      await this.backends.teardownOrphan(id, this.sandboxDir(id));
       rmSync(this.sandboxDir(id), { recursive: true, force: true });
     }
     return orphans;

@@ -44,4 +44,14 @@ export class BackendRegistry {
   descriptors(): BackendDescriptor[] {
     return DESCRIPTORS;
   }
+
+  /**
+   * Releases whatever any backend holds for a sandbox id that has no record any more (a
+   * crash between steps): which backend made it is unknown, and every teardown is idempotent.
+   */
+  async teardownOrphan(id: string, dir: string): Promise<void> {
+    for (const d of DESCRIPTORS) {
+      if (d.unavailableReason(this.host) === null) await this.get(d.kind).teardown({ id, runtime: { dir } });
+    }
+  }
 }
