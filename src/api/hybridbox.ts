@@ -314,6 +314,13 @@ export class Hybridbox {
 
   /** Records how a sandbox ended and releases everything its run held. */
   private async finalize(rec: SandboxRecord, status: ExitStatus | null, failure?: string): Promise<void> {
+    // Resources first, so that a sandbox seen as ended holds nothing on the host any more.
+    let teardownError: unknown;
+    try {
+      await this.backendOf(rec).teardown(rec);
+    } catch (e) {
+      teardownError = e;
+    }
     this.store.update(rec.id, {
       state: status ? 'exited' : 'crashed',
       finishedAtMs: Date.now(),
@@ -325,7 +332,7 @@ export class Hybridbox {
       ownerPid: null,
       ownerStartTime: null,
     });
-    await this.backendOf(rec).teardown(rec);
+    if (teardownError) throw teardownError;
   }
 
   /** Creates and starts a sandbox that keeps running after this process exits. */
