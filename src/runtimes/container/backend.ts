@@ -342,8 +342,11 @@ export class ContainerBackend implements Backend {
       }
     }
     const left = removeCgroups(rec.id);
-    await this.network.detach(rec.id);
-    this.store.releaseLeases(rec.id);
+    // A complete record says what the sandbox holds; an orphan's (runtime {}) does not.
+    const rt = this.rt(rec);
+    const complete = rt.ociRuntime !== undefined;
+    if (!complete || rt.netnsPath) await this.network.detach(rec.id);
+    if (!complete || rt.ip || rt.uidBase !== null) this.store.releaseLeases(rec.id);
     if (left.length) throw new HostError(`could not remove cgroup ${left[0]} of sandbox ${rec.id}`);
   }
 
