@@ -12,8 +12,13 @@ fi
 
 # What each package is for: crun/runc run containers, tini is PID 1 inside them,
 # busybox-static is the base image, iproute2 builds the bridge network, gcc/libc6-dev build
-# the hbx-shim helper.
-PACKAGES=(crun runc tini busybox-static iproute2 gcc libc6-dev)
+# the hbx-shim helper; qemu-system-x86/qemu-utils run VMs and make their disks (e2fsprogs),
+# libvirt-* run full VMs (libxml2-utils for virt-xml-validate), musl-tools/cpio build the
+# guest agent and its initramfs; flex, bison, libelf-dev, bc, make, xz-utils build the
+# guest kernel.
+PACKAGES=(crun runc tini busybox-static iproute2 gcc libc6-dev
+  qemu-system-x86 qemu-utils e2fsprogs libvirt-daemon-system libvirt-clients libxml2-utils
+  musl-tools cpio flex bison libelf-dev bc make xz-utils)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -32,4 +37,17 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 
 node scripts/build.mjs
+
+# The guest kernel and the agent's initramfs: slow to build the first time, then cached
+# outside the clone by their inputs (see kernels/README.md and guest-images/README.md).
+cache="${HYBRIDBOX_CACHE:-/var/cache/hybridbox}"
+mkdir -p "$cache"
+kernel=$(bash kernels/build.sh | tail -n 1)
+initrd=$(bash guest-images/build-initramfs.sh | tail -n 1)
+release=$(sed -n 's/^release=//p' "$(dirname "$kernel")/build-info" 2>/dev/null)
+boot_json=$(printf '{"kernel":"%s","initrd":"%s","flavour":"custom","kernelRelease":"%s"}\n' "$kernel" "$initrd" "$release")
+if [ "$(cat "$cache/guest-boot.json" 2>/dev/null)" != "$boot_json" ]; then
+  printf '%s\n' "$boot_json" > "$cache/guest-boot.json.tmp" && mv "$cache/guest-boot.json.tmp" "$cache/guest-boot.json"
+fi
+
 node dist/cli.js setup >/dev/null

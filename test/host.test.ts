@@ -35,7 +35,7 @@ test('probeHost matches this machine', async (t) => {
   t.is(info.features.userNamespaces, Number(readFileSync('/proc/sys/user/max_user_namespaces', 'utf8')) > 0);
   if (/\toverlay\n/.test(readFileSync('/proc/filesystems', 'utf8'))) t.true(info.features.overlayfs);
 
-  // KVM: usable exactly when /dev/kvm exists and opens read-write.
+  // KVM: usable exactly when /dev/kvm exists, opens read-write, and the CPU has vmx/svm.
   if (!existsSync('/dev/kvm')) {
     t.false(info.kvm.usable);
     t.regex(info.kvm.reason, /\/dev\/kvm does not exist: VMs will run under TCG/);
@@ -46,7 +46,8 @@ test('probeHost matches this machine', async (t) => {
     } catch {
       opens = false;
     }
-    t.is(info.kvm.usable, opens, info.kvm.reason);
+    const hw = /^flags\s*:.*\b(vmx|svm)\b/m.test(readFileSync('/proc/cpuinfo', 'utf8'));
+    t.is(info.kvm.usable, opens && hw, info.kvm.reason);
   }
 
   // cgroups, from /proc/mounts rather than the mountinfo the probe reads.

@@ -6,7 +6,7 @@ import { probeHost } from '../host/probe.js';
 import type { HostInfo, HostLoad } from '../host/types.js';
 import { ImageStore, buildBusyboxImage } from '../images/index.js';
 import { BridgeNetwork } from '../network/index.js';
-import type { Backend, ExitStatus, OutputSink } from '../runtimes/backend.js';
+import type { Backend, ExitStatus, OutputSink, SelfInvocation } from '../runtimes/backend.js';
 import { BackendRegistry, type BackendOptions } from '../runtimes/registry.js';
 import { place, type Placement } from '../scheduler/index.js';
 import { validateForHost, validateSpec, type WorkloadSpec, type WorkloadSpecInput } from '../spec/index.js';
@@ -137,7 +137,7 @@ export class Hybridbox {
   ) {
     this.images = new ImageStore(root);
     this.network = new BridgeNetwork(store);
-    this.backends = new BackendRegistry(host, store, this.network, options);
+    this.backends = new BackendRegistry(host, store, this.network, this.images, options);
   }
 
   static async open(options: HybridboxOptions = {}): Promise<Hybridbox> {
@@ -322,13 +322,13 @@ export class Hybridbox {
       teardownError = e;
     }
     this.store.update(rec.id, {
-      state: status ? 'exited' : 'crashed',
+      state: status && !status.crash ? 'exited' : 'crashed',
       finishedAtMs: Date.now(),
       exitCode: status?.exitCode ?? null,
       signal: status?.signal ?? null,
       oomKilled: status?.oomKilled ?? false,
       timedOut: status?.timedOut ?? false,
-      stateReason: failure ?? (status?.oomKilled ? 'killed by the kernel: out of memory (memory limit reached)' : status?.timedOut ? 'killed: timeout reached' : null),
+      stateReason: failure ?? status?.crash ?? (status?.oomKilled ? 'killed by the kernel: out of memory (memory limit reached)' : status?.timedOut ? 'killed: timeout reached' : null),
       ownerPid: null,
       ownerStartTime: null,
     });
@@ -354,21 +354,32 @@ export class Hybridbox {
     const backend = this.backendOf(rec);
     this.store.update(rec.id, { state: 'running', startedAtMs: Date.now(), ...this.owner() });
     try {
-      await backend.startDetached(rec, this.reapCommand(rec.id));
+      await backend.startDetached(rec, this.selfInvocation());
     } catch (e) {
       await this.finalize(rec, null, e instanceof Error ? e.message : String(e));
       throw e;
     }
-    // From now on the monitor (whose exit hook reaps the sandbox) owns it, not this process.
-    this.store.update(rec.id, { ownerPid: null, ownerStartTime: null });
+    // From now on the monitor owns it, not this process (a monitor that is hybridbox itself
+    // has already recorded itself as the owner: leave that alone).
+    if (this.store.get(rec.id)?.ownerPid === process.pid) this.store.update(rec.id, { ownerPid: null, ownerStartTime: null });
     return toInfo(this.store.get(rec.id)!);
   }
 
-  /** The command a detached sandbox's monitor runs when the workload exits. */
-  private reapCommand(id: string): string {
-    const cli = join(packageRoot(), 'dist', 'cli.js');
-    const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
-    return `HYBRIDBOX_ROOT=${q(this.root)} exec ${q(process.execPath)} ${q(cli)} internal reap ${id} >/dev/null 2>&1`;
+  /** How a detached sandbox's monitor calls back into hybridbox (`internal reap`, `internal vm-monitor`). */
+  private selfInvocation(): SelfInvocation {
+    return { argv: [process.execPath, join(packageRoot(), 'dist', 'cli.js')], env: { HYBRIDBOX_ROOT: this.root } };
+  }
+
+  /** The detached monitor of a backend that has one in-process (`hybridbox internal monitor`). */
+  async monitor(id: string): Promise<void> {
+    const rec = this.store.get(id);
+    if (!rec) return;
+    const backend = this.backendOf(rec);
+    if (!backend.monitor) throw new StateError(`the ${rec.backend} backend has no monitor of its own`);
+    // This process owns the sandbox now: if it dies, reconciliation finds out.
+    this.store.update(id, this.owner());
+    await backend.monitor(rec);
+    await this.reap(id);
   }
 
   /** Records the exit of a detached sandbox and releases its resources (run by its monitor). */

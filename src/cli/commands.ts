@@ -66,9 +66,16 @@ function status(s: SandboxInfo): string {
 export const commands: Record<string, Handler> = {
   async info(_cmd, _args, opts) {
     const { probeHost } = await import('../host/probe.js');
+    const { findGuestBoot, guestBootFile } = await import('../runtimes/vm/boot.js');
     const info = await probeHost({});
-    if (opts.json) json(info);
-    else out(formatHostInfo(info));
+    const guest = findGuestBoot();
+    if (opts.json) return json({ ...info, guestKernel: guest });
+    out(formatHostInfo(info));
+    out(
+      guest
+        ? `guest     ${guest.flavour === 'custom' ? "hybridbox's own kernel" : 'Debian cloud kernel (fallback)'} ${guest.kernelRelease}: ${guest.kernel}`
+        : `guest     no guest kernel built yet (${guestBootFile()}): run \`npm run setup\``,
+    );
   },
 
   async setup(_cmd, _args, opts) {
@@ -253,6 +260,15 @@ export const commands: Record<string, Handler> = {
   async demo(_cmd, _args, opts) {
     const { runDemo } = await import('./demo.js');
     await runDemo(opts.runtime as 'crun' | 'runc');
+  },
+
+  async monitor(_cmd, args, opts) {
+    const hb = await open(opts);
+    try {
+      await hb.monitor(args[0] as string);
+    } finally {
+      hb.close();
+    }
   },
 
   async reap(_cmd, args, opts) {

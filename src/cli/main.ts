@@ -98,5 +98,6 @@ export function buildProgram(): Command {
 
   const internal = program.command('internal', { hidden: true });
   internal.command('reap').argument('<id>').action(action('reap'));
+  internal.command('monitor').argument('<id>').action(action('monitor'));
   return program;
 }

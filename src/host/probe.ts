@@ -49,7 +49,7 @@ export async function probeHost(opts: ProbeOptions = {}): Promise<HostInfo> {
     memTotalBytes: meminfoBytes(meminfo, 'MemTotal') ?? os.totalmem(),
     memAvailableBytes: meminfoBytes(meminfo, 'MemAvailable') ?? os.freemem(),
     isRoot: process.geteuid?.() === 0,
-    kvm: probeKvm(),
+    kvm: probeKvm(cpuinfo),
     cgroup: probeCgroups(readText('/proc/self/mountinfo')),
     init: { comm: initComm, systemd: initComm === 'systemd' },
     tools: await probeTools(opts),
@@ -86,7 +86,7 @@ function meminfoBytes(meminfo: string, key: string): number | null {
   return m ? Number(m[1]) * 1024 : null;
 }
 
-function probeKvm(): HostInfo['kvm'] {
+function probeKvm(cpuinfo: string): HostInfo['kvm'] {
   const tcg = 'VMs will run under TCG software emulation';
   let fd: number;
   try {
@@ -99,7 +99,12 @@ function probeKvm(): HostInfo['kvm'] {
     return { usable: false, reason: `/dev/kvm cannot be opened (${code}): ${tcg}` };
   }
   closeSync(fd);
-  return { usable: true, reason: '/dev/kvm opens read-write: VMs run with KVM hardware acceleration' };
+  // A /dev/kvm without hardware virtualization (kvm-pvm, some nested set-ups) opens fine,
+  // but QEMU's guests then die with "KVM internal error": the CPU flags tell.
+  if (!/^flags\s*:.*\b(vmx|svm)\b/m.test(cpuinfo)) {
+    return { usable: false, reason: `/dev/kvm exists but the CPU has no vmx/svm (hardware virtualization is not exposed): ${tcg}` };
+  }
+  return { usable: true, reason: '/dev/kvm opens read-write and the CPU has hardware virtualization: VMs run with KVM' };
 }
 
 /** Octal escapes (\040 = space) in /proc/self/mountinfo paths. */

@@ -52,6 +52,17 @@ export function netnsName(sandboxId: string): string {
 function vethName(sandboxId: string): string {
   return `hv${sandboxId.slice(0, 12)}`;
 }
+export function tapName(sandboxId: string): string {
+  return `ht${sandboxId.slice(0, 12)}`;
+}
+
+/** A stable, locally administered unicast MAC for a VM's NIC. */
+export function macFor(sandboxId: string): string {
+  let h = 0x811c9dc5;
+  for (const c of sandboxId) h = Math.imul(h ^ c.charCodeAt(0), 0x01000193) >>> 0;
+  const b = [0x52, 0x54, 0x00, (h >>> 16) & 255, (h >>> 8) & 255, h & 255];
+  return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
 
 async function ip(args: string[], input?: string): Promise<void> {
   const r = await run('ip', args, { input });
@@ -122,8 +133,23 @@ export class BridgeNetwork {
     return { netnsPath: `/run/netns/${ns}`, netnsName: ns, hostVeth: veth, ip: address, prefix: this.subnet.prefix, gateway: this.gateway };
   }
 
-  /** Removes the namespace (its veth pair goes with it). Safe to call when nothing exists. */
+  /** A tap device on the bridge for a VM's NIC; the guest sets the address itself. */
+  async attachTap(sandboxId: string): Promise<string> {
+    await this.ensureBridge();
+    const tap = tapName(sandboxId);
+    try {
+      await ip(['-b', '-'], [`tuntap add dev ${tap} mode tap`, `link set ${tap} master ${this.config.name} up`].join('\n'));
+    } catch (e) {
+      await this.detach(sandboxId);
+      throw e;
+    }
+    return tap;
+  }
+
+  /** Removes the namespace (its veth pair goes with it) and the tap. Safe when nothing exists. */
   async detach(sandboxId: string): Promise<void> {
+    const tap = tapName(sandboxId);
+    if (existsSync(`/sys/class/net/${tap}`)) await run('ip', ['link', 'del', tap]);
     const ns = netnsName(sandboxId);
     if (existsSync(`/run/netns/${ns}`)) await run('ip', ['netns', 'del', ns]);
     const veth = vethName(sandboxId);

@@ -1,2 +1,2 @@
-export { BridgeNetwork, DEFAULT_BRIDGE, netnsName, parseSubnet } from './bridge.js';
+export { BridgeNetwork, DEFAULT_BRIDGE, macFor, netnsName, parseSubnet, tapName } from './bridge.js';
 export type { Attachment, BridgeConfig } from './bridge.js';

@@ -21,11 +21,19 @@ export interface ExitStatus {
   cpuTimeMs: number | null;
   /** The backend itself enforced the spec's timeout (detached sandboxes). */
   timedOut?: boolean;
+  /** Set when the sandbox died without its workload ending (a guest kernel panic): why. */
+  crash?: string;
 }
 
 export interface AttachedRun {
   /** Resolves when the workload has exited and the backend has collected its status. */
   exited: Promise<ExitStatus>;
+}
+
+/** How to run this hybridbox's own CLI from a monitor process. */
+export interface SelfInvocation {
+  argv: string[];
+  env: Record<string, string>;
 }
 
 export interface ExecOptions {
@@ -60,8 +68,16 @@ export interface Backend {
   create(ctx: CreateContext): Promise<{ runtime: Record<string, unknown>; warnings: string[] }>;
   /** Starts the workload with output streamed to `sink`; the sandbox dies with this process. */
   runAttached(rec: SandboxRecord, sink: OutputSink): Promise<AttachedRun>;
-  /** Starts the workload under a monitor that outlives this process; output goes to logs. */
-  startDetached(rec: SandboxRecord, onExitCommand: string): Promise<void>;
+  /**
+   * Starts the workload under a monitor that outlives this process; output goes to logs.
+   * `self` says how to run hybridbox's own CLI (for the monitor's `internal` commands).
+   */
+  startDetached(rec: SandboxRecord, self: SelfInvocation): Promise<void>;
+  /**
+   * For backends whose detached monitor is hybridbox itself (`hybridbox internal monitor
+   * ID`): run the sandbox to its end, output to the logs, status to the exit record.
+   */
+  monitor?(rec: SandboxRecord): Promise<void>;
   /** Runs another command inside a running sandbox; resolves with its exit code. */
   exec(rec: SandboxRecord, argv: string[], opts: ExecOptions): Promise<number>;
   signal(rec: SandboxRecord, signal: 'TERM' | 'KILL'): Promise<void>;

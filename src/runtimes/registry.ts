@@ -5,9 +5,14 @@ import type { StateStore } from '../store/index.js';
 import type { Backend } from './backend.js';
 import { ContainerBackend, containerDescriptor, type OciRuntimeName } from './container/backend.js';
 import type { BackendDescriptor } from './descriptor.js';
+import type { ImageStore } from '../images/index.js';
+import { VmBackend } from './vm/backend.js';
+import { libvirtDescriptor, microvmDescriptor } from './vm/descriptors.js';
+import { libvirtLauncher } from './vm/libvirt.js';
+import { microvmLauncher } from './vm/microvm.js';
 
 /** Every backend this version of hybridbox implements. The scheduler sees only these descriptors. */
-export const DESCRIPTORS: BackendDescriptor[] = [containerDescriptor];
+export const DESCRIPTORS: BackendDescriptor[] = [containerDescriptor, microvmDescriptor, libvirtDescriptor];
 
 export interface BackendOptions {
   ociRuntime?: OciRuntimeName;
@@ -23,6 +28,7 @@ export class BackendRegistry {
     private readonly host: HostInfo,
     private readonly store: StateStore,
     private readonly network: BridgeNetwork,
+    private readonly images: ImageStore,
     private readonly options: BackendOptions = {},
   ) {}
 
@@ -33,8 +39,12 @@ export class BackendRegistry {
         case 'container':
           b = new ContainerBackend(this.host, this.store, this.network, this.options.ociRuntime);
           break;
-        default:
-          throw new Error(`backend ${kind} is not implemented in this version of hybridbox`);
+        case 'microvm':
+          b = new VmBackend(microvmDescriptor, microvmLauncher, this.host, this.store, this.network, this.images);
+          break;
+        case 'vm':
+          b = new VmBackend(libvirtDescriptor, libvirtLauncher, this.host, this.store, this.network, this.images);
+          break;
       }
       this.cache.set(kind, b);
     }

@@ -9,7 +9,7 @@ import type { BridgeNetwork } from '../../network/index.js';
 import type { StateStore, SandboxRecord } from '../../store/index.js';
 import { packageRoot } from '../../util/paths.js';
 import { sleep } from '../../util/proc.js';
-import type { AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, OutputSink } from '../backend.js';
+import type { AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, OutputSink, SelfInvocation } from '../backend.js';
 import type { BackendDescriptor } from '../descriptor.js';
 import { cgroupCaps, ensureSandboxCgroup, hostOomKills, isUnified, leafPath, readUsage, removeCgroups, sandboxPids } from './cgroups.js';
 import { buildOciConfig } from './oci-config.js';
@@ -223,7 +223,11 @@ export class ContainerBackend implements Backend {
     };
   }
 
-  async startDetached(rec: SandboxRecord, onExitCommand: string): Promise<void> {
+  async startDetached(rec: SandboxRecord, self: SelfInvocation): Promise<void> {
+    // The monitor's exit hook records the end and releases everything: `hybridbox internal reap`.
+    const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+    const env = Object.entries(self.env).map(([k, v]) => `${k}=${q(v)}`);
+    const onExitCommand = `${env.join(' ')} exec ${[...self.argv, 'internal', 'reap', rec.id].map(q).join(' ')} >/dev/null 2>&1`;
     const f = files(this.rt(rec).dir);
     const spec = rec.spec as WorkloadSpec;
     const args = [

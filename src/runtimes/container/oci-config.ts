@@ -1,9 +1,7 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { SpecError } from '../../errors.js';
 import type { Image } from '../../images/index.js';
 import type { WorkloadSpec } from '../../spec/schema.js';
 import type { CgroupCaps } from './cgroups.js';
+import { workloadProcess } from '../workload.js';
 import { seccompProfile } from './seccomp.js';
 
 /**
@@ -45,45 +43,12 @@ const ALLOWED_DEVICES: [number, number][] = [
   [1, 3], [1, 5], [1, 7], [1, 8], [1, 9], [5, 0], [5, 1], [5, 2], [136, -1],
 ];
 
-function resolveUser(spec: WorkloadSpec, image: Image): { uid: number; gid: number } {
-  const user = spec.user === '0:0' && image.config.user ? image.config.user : spec.user;
-  const [u = '0', g] = user.split(':');
-  const lookup = (file: string, name: string, field: 'user' | 'group'): number => {
-    if (/^\d+$/.test(name)) return Number(name);
-    let text = '';
-    try {
-      text = readFileSync(join(image.rootfs, 'etc', file), 'utf8');
-    } catch {
-      /* no such file in the image */
-    }
-    for (const line of text.split('\n')) {
-      const parts = line.split(':');
-      if (parts[0] === name) return Number(parts[2]);
-    }
-    throw new SpecError('user', user, `allowed: a numeric uid[:gid], or a ${field} listed in the image's /etc/${file}`);
-  };
-  const uid = lookup('passwd', u, 'user');
-  let gid = uid;
-  if (g !== undefined) gid = lookup('group', g, 'group');
-  else if (!/^\d+$/.test(u)) {
-    const line = readFileSync(join(image.rootfs, 'etc/passwd'), 'utf8').split('\n').find((l) => l.startsWith(`${u}:`));
-    gid = Number(line?.split(':')[3] ?? uid);
-  }
-  return { uid, gid };
-}
-
-/** The argv that runs inside: the spec's command, else the image's default. */
-export function effectiveCommand(spec: WorkloadSpec, image: Image): string[] {
-  return spec.command ?? image.config.cmd;
-}
-
 /** Builds an OCI runtime-spec config.json for one sandbox. Pure apart from reading the image's passwd. */
 export function buildOciConfig(i: OciInputs): Record<string, unknown> {
   const { spec, image } = i;
   const untrusted = spec.trust === 'untrusted';
-  const env = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...image.config.env, HOSTNAME: i.hostname, ...spec.env };
+  const proc = workloadProcess(spec, image, i.hostname);
   const caps = untrusted ? UNTRUSTED_CAPS : DEFAULT_CAPS;
-  const { uid, gid } = resolveUser(spec, image);
   const r = spec.resources;
 
   const mounts: Record<string, unknown>[] = [
@@ -138,12 +103,12 @@ export function buildOciConfig(i: OciInputs): Record<string, unknown> {
     annotations: { 'org.hybridbox.sandbox': i.id },
     process: {
       terminal: false,
-      user: { uid, gid },
+      user: { uid: proc.uid, gid: proc.gid },
       // tini as PID 1: forwards signals to the workload's process group and reaps zombies;
       // -p KILL ends the sandbox if the runtime that watches it dies.
-      args: [INIT_PATH, '-g', '-p', 'SIGKILL', '--', ...effectiveCommand(spec, image)],
-      env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-      cwd: spec.workdir !== '/' ? spec.workdir : image.config.workdir || '/',
+      args: [INIT_PATH, '-g', '-p', 'SIGKILL', '--', ...proc.argv],
+      env: Object.entries(proc.env).map(([k, v]) => `${k}=${v}`),
+      cwd: proc.workdir,
       capabilities: { bounding: caps, effective: caps, permitted: caps },
       noNewPrivileges: true,
       rlimits: [{ type: 'RLIMIT_NOFILE', hard: 1024, soft: 1024 }],

@@ -1,0 +1,27 @@
+import type { HostInfo } from '../../host/types.js';
+import type { BackendDescriptor } from '../descriptor.js';
+import { findGuestBoot, guestBootFile } from './boot.js';
+
+function vmUnavailable(host: HostInfo): string | null {
+  if (!host.isRoot) return 'VM sandboxes need root on this host (tap devices on the bridge)';
+  if (!host.tools.qemu) return 'QEMU is not installed (apt-get install qemu-system-x86)';
+  if (!findGuestBoot()) return `no guest kernel and initramfs yet (${guestBootFile()}); run \`npm run setup\``;
+  return null;
+}
+
+export const microvmDescriptor: BackendDescriptor = {
+  kind: 'microvm',
+  summary: 'QEMU microvm: its own guest kernel (direct boot), virtio-mmio devices, no PCI or firmware, driven over QMP',
+  traits: { ownKernel: true, hardwareIsolation: true, fullMachine: false, defaultStartupMs: { median: 400, p95: 900 } },
+  unavailableReason: vmUnavailable,
+};
+
+export const libvirtDescriptor: BackendDescriptor = {
+  kind: 'vm',
+  summary: 'full virtual machine described by libvirt domain XML (q35: PCI, ACPI, virtio devices), run by libvirtd',
+  traits: { ownKernel: true, hardwareIsolation: true, fullMachine: true, defaultStartupMs: { median: 1500, p95: 3000 } },
+  unavailableReason(host: HostInfo): string | null {
+    if (!host.tools.libvirtd || !host.tools.virsh) return 'libvirt is not installed (apt-get install libvirt-daemon-system libvirt-clients)';
+    return vmUnavailable(host);
+  },
+};

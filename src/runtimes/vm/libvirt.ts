@@ -1,0 +1,177 @@
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { Builder } from 'xml2js';
+import { HostError } from '../../errors.js';
+import { run } from '../../util/exec.js';
+import { isSameProcessAlive, sleep } from '../../util/proc.js';
+import type { VmFiles } from './files.js';
+import type { MachineHandle, MachineLauncher, MachineSpec } from './machine.js';
+import { AGENT_PORT, QEMU } from './microvm.js';
+
+const URI = 'qemu:///system';
+const SOCKET = '/run/libvirt/libvirt-sock';
+// What QEMU needs on top of guest memory (device model, TCG translation cache): the
+// hard limit must leave room for it or the kernel kills QEMU, not the workload.
+const QEMU_OVERHEAD_MIB = 256;
+
+export const domainName = (id: string): string => `hbx-${id}`;
+
+/** The libvirt domain for a VM sandbox, built as an object and serialised by xml2js. */
+export function domainXml(spec: MachineSpec, files: VmFiles): string {
+  const devices: Record<string, unknown> = {
+    emulator: `/usr/bin/${QEMU}`,
+    disk: {
+      $: { type: 'file', device: 'disk' },
+      driver: { $: { name: 'qemu', type: 'qcow2', discard: 'unmap' } },
+      source: { $: { file: files.disk } },
+      target: { $: { dev: 'vda', bus: 'virtio' } },
+    },
+    // ttyS0: the kernel's console, kept for crash reports.
+    serial: { $: { type: 'file' }, source: { $: { path: files.console } }, target: { $: { port: '0' } } },
+    // The agent's channel, a named virtio-serial port; QEMU listens, hybridbox connects.
+    channel: { $: { type: 'unix' }, source: { $: { mode: 'bind', path: files.agentSock } }, target: { $: { type: 'virtio', name: AGENT_PORT } } },
+    ...(spec.tap
+      ? {
+          interface: {
+            $: { type: 'ethernet' },
+            mac: { $: { address: spec.mac } },
+            target: { $: { dev: spec.tap, managed: 'no' } },
+            model: { $: { type: 'virtio' } },
+          },
+        }
+      : {}),
+    ...(spec.volumes.length
+      ? {
+          filesystem: spec.volumes.map((v) => ({
+            $: { type: 'mount', accessmode: 'passthrough' },
+            source: { $: { dir: v.hostPath } },
+            target: { $: { dir: v.tag } },
+            ...(v.readOnly ? { readonly: '' } : {}),
+          })),
+        }
+      : {}),
+    controller: { $: { type: 'usb', model: 'none' } },
+    memballoon: { $: { model: 'none' } },
+  };
+  const domain = {
+    domain: {
+      $: { type: spec.useKvm ? 'kvm' : 'qemu' },
+      name: domainName(spec.id),
+      memory: { $: { unit: 'MiB' }, _: String(spec.memoryMiB) },
+      vcpu: String(spec.vcpus),
+      os: {
+        type: { $: { arch: 'x86_64', machine: 'q35' }, _: 'hvm' },
+        kernel: spec.boot.kernel,
+        initrd: spec.boot.initrd,
+        cmdline: spec.cmdline,
+      },
+      features: { acpi: '' },
+      ...(spec.useKvm ? { cpu: { $: { mode: 'host-passthrough' } } } : {}),
+      clock: { $: { offset: 'utc' } },
+      on_poweroff: 'destroy',
+      on_reboot: 'destroy',
+      on_crash: 'destroy',
+      memtune: { hard_limit: { $: { unit: 'MiB' }, _: String(spec.memoryMiB + QEMU_OVERHEAD_MIB) } },
+      ...(spec.cpuQuota !== null ? { cputune: { period: '100000', quota: String(Math.round(spec.cpuQuota * 100_000)) } } : {}),
+      devices,
+      // Files stay root's: libvirt would otherwise chown them to its qemu user, and a
+      // sandbox directory is not readable by that user.
+      seclabel: { $: { type: 'static', model: 'dac', relabel: 'no' }, label: '+0:+0' },
+    },
+  };
+  return new Builder({ headless: true, renderOpts: { pretty: true, indent: '  ', newline: '\n' } }).buildObject(domain);
+}
+
+async function virsh(args: string[]): Promise<{ ok: boolean; out: string }> {
+  const r = await run('virsh', ['-c', URI, ...args], { timeoutMs: 60_000 });
+  return { ok: r.exitCode === 0, out: (r.exitCode === 0 ? r.stdout : r.stderr || r.stdout).trim() };
+}
+
+function socketAnswers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * libvirtd must be running. Without systemd nobody starts it, so hybridbox does: virtlogd
+ * first (libvirtd's QEMU logs go through it), then libvirtd, both daemonised.
+ */
+export async function ensureLibvirtd(): Promise<void> {
+  if (await socketAnswers(SOCKET)) return;
+  if (existsSync('/run/systemd/system')) {
+    await run('systemctl', ['start', 'virtlogd.socket', 'libvirtd.socket', 'libvirtd']);
+  } else {
+    if (!existsSync('/run/virtlogd.pid') || !(await pidFileAlive('/run/virtlogd.pid'))) await run('virtlogd', ['-d']);
+    await run('libvirtd', ['-d']);
+  }
+  for (let i = 0; i < 200; i++) {
+    if (await socketAnswers(SOCKET)) return;
+    await sleep(50);
+  }
+  throw new HostError(`libvirtd did not come up (no ${SOCKET}); start it with \`libvirtd -d\` and check its log`);
+}
+
+async function pidFileAlive(path: string): Promise<boolean> {
+  try {
+    return isSameProcessAlive(Number(readFileSync(path, 'utf8').trim()), null);
+  } catch {
+    return false;
+  }
+}
+
+function libvirtQemuPid(id: string): number | null {
+  const name = domainName(id);
+  try {
+    const pid = Number(readFileSync(`/run/libvirt/qemu/${name}.pid`, 'utf8').trim());
+    if (!(pid > 0) || !isSameProcessAlive(pid, null)) return null;
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(`guest=${name}`) ? pid : null;
+  } catch {
+    return null;
+  }
+}
+
+export const libvirtLauncher: MachineLauncher = {
+  async launch(spec: MachineSpec, files: VmFiles): Promise<MachineHandle> {
+    await ensureLibvirtd();
+    rmSync(files.agentSock, { force: true });
+    writeFileSync(files.domainXml, domainXml(spec, files));
+    // Paused, so that hybridbox is connected to the agent's channel before the guest runs.
+    const created = await virsh(['create', '--paused', files.domainXml]);
+    if (!created.ok) throw new HostError(`virsh create failed: ${created.out.split('\n').pop()}`);
+    const name = domainName(spec.id);
+    const stopped = (async () => {
+      while (libvirtQemuPid(spec.id) !== null) await sleep(50);
+    })();
+    return {
+      pid: libvirtQemuPid(spec.id) ?? -1,
+      stopped,
+      resume: async () => {
+        const r = await virsh(['resume', name]);
+        if (!r.ok) throw new HostError(`virsh resume failed: ${r.out}`);
+      },
+      kill: async () => {
+        await virsh(['destroy', name]);
+        await stopped;
+      },
+    };
+  },
+
+  pid: (id: string) => libvirtQemuPid(id),
+
+  async destroy(id: string): Promise<void> {
+    // Transient domains disappear when destroyed: nothing is left in `virsh list --all`.
+    if (libvirtQemuPid(id) === null && !existsSync(`/run/libvirt/qemu/${domainName(id)}.xml`)) return;
+    await virsh(['destroy', domainName(id)]);
+    for (let i = 0; i < 100 && libvirtQemuPid(id) !== null; i++) await sleep(50);
+  },
+
+  describe(spec: MachineSpec, files: VmFiles): Record<string, unknown> {
+    return { domainXml: domainXml(spec, files) };
+  },
+};

@@ -1,0 +1,45 @@
+import type { GuestBoot } from './boot.js';
+import type { VmFiles } from './files.js';
+
+/** How one VM is to be built: everything the launchers need, decided at create time. */
+export interface MachineSpec {
+  id: string;
+  name: string;
+  memoryMiB: number;
+  vcpus: number;
+  /** CPU quota in CPUs for the VM's host threads, if the spec asked for one. */
+  cpuQuota: number | null;
+  boot: GuestBoot;
+  cmdline: string;
+  useKvm: boolean;
+  tap: string | null;
+  mac: string | null;
+  volumes: { tag: string; hostPath: string; guestPath: string; readOnly: boolean }[];
+}
+
+/** A running machine, whoever started it (QEMU directly, or libvirtd). */
+export interface MachineHandle {
+  /** QEMU's pid on this host. */
+  pid: number;
+  /** For machines launched paused: let the guest run (after the agent's channel is connected). */
+  resume?(): Promise<void>;
+  /** Resolves when the machine has stopped. */
+  stopped: Promise<void>;
+  kill(): Promise<void>;
+}
+
+/**
+ * The one thing that differs between the microVM and the libvirt VM backends: how the
+ * machine is described and started. Everything else (agent, sessions, logs, exec, crash
+ * detection) is shared by VmBackend.
+ */
+export interface MachineLauncher {
+  /** Starts the machine paused or early enough that the agent's first frame is not missed. */
+  launch(spec: MachineSpec, files: VmFiles): Promise<MachineHandle>;
+  /** QEMU's pid for this sandbox, or null when it is not running. */
+  pid(id: string, files: VmFiles): number | null;
+  /** Ends a machine by its files (pid file, domain name) when no handle is at hand. Idempotent. */
+  destroy(id: string, files: VmFiles): Promise<void>;
+  /** The QEMU command line or domain XML, for `inspect`. */
+  describe(spec: MachineSpec, files: VmFiles): Record<string, unknown>;
+}
