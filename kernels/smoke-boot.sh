@@ -77,7 +77,7 @@ if [ $full = 1 ]; then
   check rtc '[ -e /dev/rtc0 ]'
 fi
 echo "READY $($B uname -r)"
-if [ $full = 1 ]; then echo c > /proc/sysrq-trigger; $B sleep 1; echo "CHECK sysrq-crash=FAIL"; fi
+if [ $full = 1 ]; then $B usleep 300000; echo c > /proc/sysrq-trigger; $B sleep 1; echo "CHECK sysrq-crash=FAIL"; fi
 # Power off needs firmware help (ACPI on pc, q35 and microvm,acpi=on). Without ACPI
 # (microvm,acpi=off) the kernel can only halt, and QEMU would stay up: reboot instead,
 # which reboot=t turns into a triple fault and -no-reboot into QEMU exiting.

@@ -55,6 +55,8 @@ export interface RunResult {
   cpuTimeMs: number | null;
   /** Parts of the spec this host could not honour. */
   warnings: string[];
+  /** Why the sandbox died without its workload ending (a guest kernel panic), else null. */
+  crash: string | null;
 }
 
 export interface ExecResult {
@@ -309,6 +311,7 @@ export class Hybridbox {
       peakMemoryBytes: status.peakMemoryBytes,
       cpuTimeMs: status.cpuTimeMs,
       warnings: rec.warnings,
+      crash: status.crash ?? null,
     };
   }
 

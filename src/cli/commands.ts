@@ -121,8 +121,10 @@ export const commands: Record<string, Handler> = {
         warn(r.warnings);
         if (r.oomKilled) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: out of memory (limit reached)\n`);
         if (r.timedOut) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: timeout reached\n`);
+        if (r.crash) process.stderr.write(`hybridbox: sandbox ${r.name} crashed: ${r.crash}\n`);
       }
-      process.exitCode = shellExitCode(r);
+      // A crash has no workload exit code: report it as hybridbox's own failure.
+      process.exitCode = r.crash ? 125 : shellExitCode(r);
     } finally {
       hb.close();
     }

@@ -15,6 +15,7 @@ const SOCKET = '/run/libvirt/libvirt-sock';
 const QEMU_OVERHEAD_MIB = 256;
 
 export const domainName = (id: string): string => `hbx-${id}`;
+const memoryLimitMiB = (spec: MachineSpec): number => spec.memoryMiB + QEMU_OVERHEAD_MIB;
 
 /** The libvirt domain for a VM sandbox, built as an object and serialised by xml2js. */
 export function domainXml(spec: MachineSpec, files: VmFiles): string {
@@ -71,7 +72,9 @@ export function domainXml(spec: MachineSpec, files: VmFiles): string {
       on_poweroff: 'destroy',
       on_reboot: 'destroy',
       on_crash: 'destroy',
-      memtune: { hard_limit: { $: { unit: 'MiB' }, _: String(spec.memoryMiB + QEMU_OVERHEAD_MIB) } },
+      // The hard limit is applied once the domain exists (see launch): given here, libvirt also
+      // raises QEMU's RLIMIT_MEMLOCK to it, which hosts without CAP_SYS_RESOURCE refuse.
+      memtune: { soft_limit: { $: { unit: 'MiB' }, _: String(memoryLimitMiB(spec)) } },
       ...(spec.cpuQuota !== null ? { cputune: { period: '100000', quota: String(Math.round(spec.cpuQuota * 100_000)) } } : {}),
       devices,
       // Files stay root's: libvirt would otherwise chown them to its qemu user, and a
@@ -101,14 +104,24 @@ function socketAnswers(path: string): Promise<boolean> {
 /**
  * libvirtd must be running. Without systemd nobody starts it, so hybridbox does: virtlogd
  * first (libvirtd's QEMU logs go through it), then libvirtd, both daemonised.
+ *
+ * `hideKvm`: on a host whose /dev/kvm cannot run guests (no vmx/svm exposed), libvirtd
+ * finds KVM "present" but failing, declares its QEMU capability cache stale on every look,
+ * and re-probes QEMU a dozen times per domain start (measured: 70 s for one `virsh
+ * create`). Started in a private mount namespace where /dev/kvm is /dev/null, it caches
+ * TCG-only capabilities once. The host's /dev/kvm is untouched.
  */
-export async function ensureLibvirtd(): Promise<void> {
+export async function ensureLibvirtd(hideKvm: boolean): Promise<void> {
   if (await socketAnswers(SOCKET)) return;
   if (existsSync('/run/systemd/system')) {
     await run('systemctl', ['start', 'virtlogd.socket', 'libvirtd.socket', 'libvirtd']);
   } else {
     if (!existsSync('/run/virtlogd.pid') || !(await pidFileAlive('/run/virtlogd.pid'))) await run('virtlogd', ['-d']);
-    await run('libvirtd', ['-d']);
+    if (hideKvm && existsSync('/dev/kvm')) {
+      await run('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind /dev/null /dev/kvm && exec libvirtd -d']);
+    } else {
+      await run('libvirtd', ['-d']);
+    }
   }
   for (let i = 0; i < 200; i++) {
     if (await socketAnswers(SOCKET)) return;
@@ -138,13 +151,18 @@ function libvirtQemuPid(id: string): number | null {
 
 export const libvirtLauncher: MachineLauncher = {
   async launch(spec: MachineSpec, files: VmFiles): Promise<MachineHandle> {
-    await ensureLibvirtd();
+    await ensureLibvirtd(!spec.useKvm);
     rmSync(files.agentSock, { force: true });
     writeFileSync(files.domainXml, domainXml(spec, files));
     // Paused, so that hybridbox is connected to the agent's channel before the guest runs.
     const created = await virsh(['create', '--paused', files.domainXml]);
     if (!created.ok) throw new HostError(`virsh create failed: ${created.out.split('\n').pop()}`);
     const name = domainName(spec.id);
+    const limited = await virsh(['memtune', name, '--hard-limit', String(memoryLimitMiB(spec) * 1024), '--live']);
+    if (!limited.ok) {
+      await virsh(['destroy', name]);
+      throw new HostError(`virsh memtune failed: ${limited.out.split('\n').pop()}`);
+    }
     const stopped = (async () => {
       while (libvirtQemuPid(spec.id) !== null) await sleep(50);
     })();
