@@ -65,7 +65,7 @@ const BAD: [string, string[], RegExp][] = [
   ['volume onto /proc', ['run', '-v', '/tmp:/proc', 'busybox', 'true'], /guestPath/],
   ['unknown image', ['run', 'nosuchimage', 'true'], /image/],
   ['cpus above host', ['run', '--cpus', '999', 'busybox', 'true'], /cpus/],
-  ['microvm not yet implemented', ['run', '--isolation', 'microvm', 'busybox', 'true'], /microvm/],
+  ['no backend fits: own kernel within 10 ms', ['run', '--own-kernel', '--startup-budget', '10ms', 'busybox', 'true'], /no backend can run this workload/],
   ['unknown sandbox', ['rm', 'no-such-sandbox'], /no-such-sandbox/],
 ];
 for (const [title, args, field] of BAD) {
@@ -97,9 +97,11 @@ test.serial('place explains its choice without running anything', async (t) => {
   const r = await hbx(['place', '--json', '--trust', 'untrusted', 'busybox', '--', 'true']);
   t.is(r.exitCode, 0);
   const p = JSON.parse(r.stdout) as { backend: string; reasons: string[]; rejected: { backend: string; reason: string }[] };
-  t.is(p.backend, 'container');
+  // Untrusted code goes behind a VM boundary when this host can run VMs.
+  const { findGuestBoot } = await import('../src/runtimes/vm/boot.js');
+  t.is(p.backend, findGuestBoot() ? 'microvm' : 'container');
   t.true(p.reasons.some((x) => /untrusted/.test(x)));
-  t.true(p.rejected.some((x) => x.backend === 'microvm'));
+  t.deepEqual(p.rejected.map((x) => x.backend).sort(), ['container', 'microvm', 'vm'].filter((b) => b !== p.backend));
   const ps = await hbx(['ps', '-a', '--json']);
   t.deepEqual(JSON.parse(ps.stdout), []);
 });

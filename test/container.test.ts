@@ -80,7 +80,9 @@ test('memory limit: the workload is OOM-killed and the result says so', async (t
 
 test.serial('fork bomb is contained by the pids limit while the host stays responsive', async (t) => {
   // Watched from the host: inside, the bomb leaves no pid free for a measuring command.
-  const d = await hb.runDetached(sh('bomb() { bomb | bomb & }; while :; do bomb 2>/dev/null; sleep 0.05; done', { resources: { pids: 64 }, timeoutMs: 6000 }));
+  // Every bomb process keeps forking; the first process execs sleep, so a refused fork
+  // never ends the sandbox early.
+  const d = await hb.runDetached(sh('f() { while :; do f & done; }; f 2>/dev/null & exec sleep 30', { isolation: 'container', resources: { pids: 64 }, timeoutMs: 6000 }));
   const pidsFile = ['/sys/fs/cgroup/pids', '/sys/fs/cgroup'].map((b) => join(b, 'hybridbox', d.id, 'ctr', 'pids.current')).find((f) => existsSync(f));
   t.truthy(pidsFile, 'the sandbox has a pids cgroup');
   const probe: number[] = [];
@@ -130,7 +132,7 @@ test.serial('two bridge sandboxes reach each other; no route leads out', async (
 
 test('untrusted sandbox: cannot mount, unshare or write /proc/sys; root is not host root', async (t) => {
   const r = await hb.run(
-    sh('mount -t tmpfs x /mnt 2>/dev/null; echo mount=$?; unshare -U true 2>/dev/null; echo unshare=$?; (echo 1 > /proc/sys/kernel/ostype) 2>/dev/null; echo procsys=$?; cat /proc/self/uid_map', { trust: 'untrusted' }),
+    sh('mount -t tmpfs x /mnt 2>/dev/null; echo mount=$?; unshare -U true 2>/dev/null; echo unshare=$?; (echo 1 > /proc/sys/kernel/ostype) 2>/dev/null; echo procsys=$?; cat /proc/self/uid_map', { trust: 'untrusted', isolation: 'container' }),
     { remove: true },
   );
   const lines = r.stdout.trim().split('\n');

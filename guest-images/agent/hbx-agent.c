@@ -6,7 +6,7 @@
  *
  * Kernel command line (all optional):
  *   hbx.ip=A.B.C.D/N  hbx.gw=A.B.C.D  hbx.hostname=NAME  hbx.vol=TAG:/guest/path:ro|rw (repeat)
- *   hbx.root=/dev/vda  hbx.agent=/dev/ttyS1  hbx.modules=1
+ *   hbx.root=/dev/vda  hbx.rootrw=1  hbx.agent=/dev/ttyS1  hbx.modules=1
  *
  * Test mode (on a host, no VM): HBX_AGENT_TEST_ROOT=DIR HBX_AGENT_PORT=PATH skips every
  * mount, module and network step, chroots sessions into DIR, and serves PATH: a character
@@ -89,7 +89,7 @@ struct vol {
 static struct {
   const char *test_root, *port_path;
   char root_dev[128], agent_dev[128], hostname[65];
-  bool have_ip, have_gw, modules;
+  bool have_ip, have_gw, modules, root_rw;
   struct in_addr ip, mask, gw;
   struct vol vols[MAX_VOLS];
   int nvols;
@@ -1146,6 +1146,8 @@ static void apply_param(char *tok) {
     strcpy(dst, v);
   } else if (!strcmp(k, "modules")) {
     cfg.modules = !strcmp(v, "1");
+  } else if (!strcmp(k, "rootrw")) {
+    cfg.root_rw = !strcmp(v, "1");
   } else if (!strcmp(k, "vol")) {
     if (cfg.nvols == MAX_VOLS) fail("cmdline", "more than %d hbx.vol", MAX_VOLS);
     struct vol *vo = &cfg.vols[cfg.nvols++];
@@ -1282,15 +1284,22 @@ static void setup_dev(void) {
 
 static void setup_root(void) {
   char p[512];
-  xmkdir("/run/hbx/lower", 0755);
-  xmkdir("/run/hbx/rw", 0755);
   xmkdir(NEWROOT, 0755);
-  mount_wait(cfg.root_dev, "/run/hbx/lower", "ext4", MS_RDONLY, NULL);
-  xmount("tmpfs", "/run/hbx/rw", "tmpfs", 0, "mode=0755");
-  xmkdir("/run/hbx/rw/upper", 0755);
-  xmkdir("/run/hbx/rw/work", 0755);
-  xmount("overlay", NEWROOT, "overlay", 0,
-         "lowerdir=/run/hbx/lower,upperdir=/run/hbx/rw/upper,workdir=/run/hbx/rw/work");
+  if (cfg.root_rw) {
+    /* hbx.rootrw=1: the disk is this VM's own copy-on-write overlay of the image (qcow2 on
+       the host), so it is the sandbox's writable layer and is mounted as the root directly. */
+    mount_wait(cfg.root_dev, NEWROOT, "ext4", 0, NULL);
+  } else {
+    /* A shared read-only disk: writes go to a tmpfs overlay and vanish with the guest. */
+    xmkdir("/run/hbx/lower", 0755);
+    xmkdir("/run/hbx/rw", 0755);
+    mount_wait(cfg.root_dev, "/run/hbx/lower", "ext4", MS_RDONLY, NULL);
+    xmount("tmpfs", "/run/hbx/rw", "tmpfs", 0, "mode=0755");
+    xmkdir("/run/hbx/rw/upper", 0755);
+    xmkdir("/run/hbx/rw/work", 0755);
+    xmount("overlay", NEWROOT, "overlay", 0,
+           "lowerdir=/run/hbx/lower,upperdir=/run/hbx/rw/upper,workdir=/run/hbx/rw/work");
+  }
   root_path(p, sizeof p, "/proc");
   xmkdir(p, 0555);
   xmount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);

@@ -356,15 +356,15 @@ export class Hybridbox {
   private async startRecord(rec: SandboxRecord): Promise<SandboxInfo> {
     const backend = this.backendOf(rec);
     this.store.update(rec.id, { state: 'running', startedAtMs: Date.now(), ...this.owner() });
+    let monitorPid: number;
     try {
-      await backend.startDetached(rec, this.selfInvocation());
+      ({ monitorPid } = await backend.startDetached(rec, this.selfInvocation()));
     } catch (e) {
       await this.finalize(rec, null, e instanceof Error ? e.message : String(e));
       throw e;
     }
-    // From now on the monitor owns it, not this process (a monitor that is hybridbox itself
-    // has already recorded itself as the owner: leave that alone).
-    if (this.store.get(rec.id)?.ownerPid === process.pid) this.store.update(rec.id, { ownerPid: null, ownerStartTime: null });
+    // From now on the monitor owns it: while it lives, nobody else decides the sandbox's end.
+    this.store.update(rec.id, { ownerPid: monitorPid, ownerStartTime: processStartTime(monitorPid) });
     return toInfo(this.store.get(rec.id)!);
   }
 
@@ -379,8 +379,6 @@ export class Hybridbox {
     if (!rec) return;
     const backend = this.backendOf(rec);
     if (!backend.monitor) throw new StateError(`the ${rec.backend} backend has no monitor of its own`);
-    // This process owns the sandbox now: if it dies, reconciliation finds out.
-    this.store.update(id, this.owner());
     await backend.monitor(rec);
     await this.reap(id);
   }
@@ -418,8 +416,14 @@ export class Hybridbox {
       }
       return rec;
     }
-    // Still running without an owner: a detached sandbox whose monitor died. `stop` still works.
-    if (await backend.isAlive(rec)) return rec;
+    if (await backend.isAlive(rec)) {
+      // Still running without an owner: a detached container whose monitor died (`stop` still works).
+      if (rec.ownerPid === null) return rec;
+      // Its supervisor died (a killed CLI, a killed VM monitor): nothing collects its output
+      // or its end any more, and a foreground sandbox must not outlive its CLI. End it.
+      await backend.signal(rec, 'KILL');
+      await this.waitDead(rec, 10_000);
+    }
     // Give a monitor that is finishing a moment to write its exit record.
     let status = await backend.collectExit(rec);
     if (!status && rec.ownerPid === null) {
@@ -502,6 +506,10 @@ export class Hybridbox {
       if (!opts.force) throw new StateError(`sandbox ${rec.name} is running; stop it first (\`hybridbox stop ${rec.name}\`) or use \`hybridbox rm -f\``);
       await this.backendOf(rec).signal(rec, 'KILL');
       await this.waitDead(rec, 10_000);
+      // A supervisor of its own (a VM's monitor, another CLI) is finishing up: let it go first.
+      if (rec.ownerPid !== null && rec.ownerPid !== process.pid) {
+        for (let i = 0; i < 500 && isSameProcessAlive(rec.ownerPid, rec.ownerStartTime); i++) await sleep(10);
+      }
     }
     await this.removeRecord(rec);
   }

@@ -32,6 +32,7 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     step(3, 'A container: its own PID tree, hostname, root filesystem, network');
     const tour = await hb.run({
       image: 'busybox',
+      isolation: 'container',
       name: `demo-tour-${process.pid}`,
       command: ['sh', '-c', 'echo "hostname: $(hostname)"; echo "processes:"; ps -o pid,user,args; echo "network devices: $(ls /sys/class/net | tr "\\n" " ")"; echo "root fs: $(head -1 /proc/mounts)"'],
     }, { remove: true });
@@ -42,28 +43,61 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     say('   memory limit 32 MiB, the workload tries to hold 200 MiB:');
     const oom = await hb.run({
       image: 'busybox',
+      isolation: 'container',
       command: ['sh', '-c', 'x=$(head -c 200000000 /dev/zero | tr "\\000" a); echo survived'],
       resources: { memoryMiB: 32 },
     }, { remove: true });
     say(`   -> ${outcome(oom)}`);
 
     step(5, 'Limits hold for the whole group: a fork bomb');
-    say('   pids limit 64, a fork bomb runs for 3 s; the host keeps answering:');
+    say('   pids limit 64, a fork bomb runs for a second; the host keeps answering:');
     const t0 = Date.now();
     const bomb = await hb.run({
       image: 'busybox',
-      command: ['sh', '-c', 'f=/sys/fs/cgroup/pids; [ -d $f ] || f=/sys/fs/cgroup; bomb() { bomb | bomb & }; bomb 2>/dev/null; sleep 1; echo "pids in use: $(cat $f/pids.current) of $(cat $f/pids.max); forks refused so far: $(cut -d" " -f2 $f/pids.events)"'],
+      isolation: 'container',
+      command: ['sh', '-c', 'f=/sys/fs/cgroup/pids; [ -d $f ] || f=/sys/fs/cgroup; bomb() { while :; do bomb & done; }; bomb 2>/dev/null & i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; read cur < $f/pids.current; read max < $f/pids.max; read ev < $f/pids.events; echo "pids in use: $cur of $max; forks refused so far: ${ev#* }"'],
       resources: { pids: 64 },
       timeoutMs: 3000,
     }, { remove: true });
     say(indent(bomb.stdout.split('\n').filter((l) => l.startsWith('pids')).join('\n') || '(no output)'));
     say(`   -> ${outcome(bomb)}; wall ${Date.now() - t0} ms`);
 
-    step(6, 'Two sandboxes on the hbx0 bridge reach each other (and nothing else)');
-    const server = await hb.runDetached({ image: 'busybox', name: `demo-server-${process.pid}`, command: ['sleep', '60'], network: 'bridge' });
+    step(6, 'One workload, three isolation levels: its own kernel or the host\'s');
+    const kinds = (['container', 'microvm', 'vm'] as const).filter((k) => {
+      try {
+        hb.place({ image: 'busybox', command: ['true'], isolation: k });
+        return true;
+      } catch (e) {
+        say(`   ${k}: not available here (${(e as Error).message})`);
+        return false;
+      }
+    });
+    const rows: string[][] = [['backend', 'kernel inside', 'startup', 'total', 'exit']];
+    for (const k of kinds) {
+      const r = await hb.run({ image: 'busybox', command: ['uname', '-r'], isolation: k }, { remove: true });
+      rows.push([k, r.stdout.trim() || `(crashed: ${r.crash})`, `${r.startupMs} ms`, `${r.durationMs} ms`, String(r.exitCode)]);
+    }
+    rows.push(['(host)', hb.host.kernelRelease, '', '', '']);
+    const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+    for (const r of rows) say('   ' + r.map((c, i) => c.padEnd(w[i]!)).join('  '));
+    say(`   (VMs boot a kernel of their own${hb.host.kvm.usable ? ' with KVM' : ', here under TCG emulation: no usable KVM'}; a container shares the host's.)`);
+
+    if (kinds.includes('microvm')) {
+      step(7, 'A guest kernel panic stays inside its VM');
+      const bystander = await hb.runDetached({ image: 'busybox', command: ['sleep', '120'], isolation: 'container', name: `demo-bystander-${process.pid}` });
+      made.push(bystander.id);
+      const panic = await hb.run({ image: 'busybox', command: ['sh', '-c', 'echo c > /proc/sysrq-trigger'], isolation: 'microvm' }, { remove: true });
+      say(`   microVM: ${panic.crash}`);
+      const alive = await hb.exec(bystander.id, ['echo', 'still running']);
+      say(`   container ${bystander.name}: ${alive.stdout.trim()}; host: still up`);
+    }
+
+    step(8, 'Sandboxes on the hbx0 bridge reach each other (and nothing else)');
+    const serverKind = kinds.includes('microvm') ? 'microvm' : 'container';
+    const server = await hb.runDetached({ image: 'busybox', name: `demo-server-${process.pid}`, command: ['sleep', '60'], network: 'bridge', isolation: serverKind });
     made.push(server.id);
-    say(`   sandbox ${server.name} runs detached at ${server.ip}`);
-    const ping = await hb.run({ image: 'busybox', command: ['sh', '-c', `ip -4 -o addr show eth0 | awk '{print "client address: "$4}'; ping -c 2 -W 2 ${server.ip} | tail -2; ip route`], network: 'bridge' }, { remove: true });
+    say(`   a ${serverKind} (${server.name}) runs detached at ${server.ip}; a container pings it:`);
+    const ping = await hb.run({ image: 'busybox', command: ['sh', '-c', `ip -4 -o addr show eth0 | awk '{print "client address: "$4}'; ping -c 2 -W 2 ${server.ip} | tail -2; ip route`], network: 'bridge', isolation: 'container' }, { remove: true });
     say(indent(ping.stdout));
     say(`   -> ${outcome(ping)}`);
   } finally {

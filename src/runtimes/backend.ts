@@ -71,8 +71,9 @@ export interface Backend {
   /**
    * Starts the workload under a monitor that outlives this process; output goes to logs.
    * `self` says how to run hybridbox's own CLI (for the monitor's `internal` commands).
+   * Resolves with the monitor's pid: it owns the sandbox until its end is recorded.
    */
-  startDetached(rec: SandboxRecord, self: SelfInvocation): Promise<void>;
+  startDetached(rec: SandboxRecord, self: SelfInvocation): Promise<{ monitorPid: number }>;
   /**
    * For backends whose detached monitor is hybridbox itself (`hybridbox internal monitor
    * ID`): run the sandbox to its end, output to the logs, status to the exit record.

@@ -18,6 +18,8 @@ export interface BackendDescriptor {
     fullMachine: boolean;
     /** Documented start-up estimate before this host has measurements, ms (median, p95). */
     defaultStartupMs: { median: number; p95: number };
+    /** The same estimate when the host has no usable KVM (TCG emulation), for backends it matters to. */
+    defaultStartupMsTcg?: { median: number; p95: number };
   };
   /** null when this host can run the backend; else why not (one line). */
   unavailableReason(host: HostInfo): string | null;

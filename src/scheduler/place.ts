@@ -58,7 +58,7 @@ export function place(
       rejected.push({ backend: kind, reason: 'not implemented in this version of hybridbox' });
       continue;
     }
-    const predicted = predict(d, stats[kind]);
+    const predicted = predict(d, stats[kind], host);
     const hostReason = d.unavailableReason(host);
     const workloadReason = hostReason ? null : rejection(spec, host, load, d, predicted);
     if (workloadReason) ruledOutByWorkload.add(kind);
@@ -129,9 +129,10 @@ export function place(
   return finish(chosen, reasons, (c) => `slower predicted start-up (${ms(c.predicted.median)} vs ${ms(chosen.predicted.median)} median)`);
 }
 
-function predict(d: BackendDescriptor, s: StartupStats | undefined): Placement['predictedStartupMs'] {
+function predict(d: BackendDescriptor, s: StartupStats | undefined, host: HostInfo): Placement['predictedStartupMs'] {
   if (s && s.samples >= MIN_SAMPLES) return { median: s.median, p95: s.p95, source: 'measured' };
-  return { ...d.traits.defaultStartupMs, source: 'default' };
+  const est = !host.kvm.usable && d.traits.defaultStartupMsTcg ? d.traits.defaultStartupMsTcg : d.traits.defaultStartupMs;
+  return { ...est, source: 'default' };
 }
 
 /** Why this workload cannot run on a backend the host supports, or null. */

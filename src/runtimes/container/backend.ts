@@ -223,7 +223,7 @@ export class ContainerBackend implements Backend {
     };
   }
 
-  async startDetached(rec: SandboxRecord, self: SelfInvocation): Promise<void> {
+  async startDetached(rec: SandboxRecord, self: SelfInvocation): Promise<{ monitorPid: number }> {
     // The monitor's exit hook records the end and releases everything: `hybridbox internal reap`.
     const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
     const env = Object.entries(self.env).map(([k, v]) => `${k}=${q(v)}`);
@@ -242,7 +242,8 @@ export class ContainerBackend implements Backend {
     // Started = the runtime wrote the pid file; failed = the monitor recorded an exit first.
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline) {
-      if (existsSync(f.pid)) return;
+      // The monitor keeps its pid through the exit hook (sh, then `exec` of the reap).
+      if (existsSync(f.pid)) return { monitorPid: child.pid! };
       if (existsSync(f.exit)) {
         const err = existsSync(f.stderr) ? readFileSync(f.stderr, 'utf8') : '';
         const line = err.trim().split('\n').filter(Boolean).pop() ?? 'no output';

@@ -19,6 +19,15 @@ import type { MachineLauncher, MachineSpec } from './machine.js';
 import { AGENT_PORT } from './microvm.js';
 import { supervise, toExitStatus, type VmExit } from './supervisor.js';
 
+/** Records how the VM ended; a sandbox removed meanwhile (`rm -f`) has no directory left to write to. */
+function writeExit(path: string, x: VmExit): void {
+  try {
+    writeFileSync(path, JSON.stringify(x) + '\n');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+}
+
 /** What a VM backend keeps in a sandbox record's `runtime` object. */
 interface VmRuntime {
   dir: string;
@@ -110,7 +119,7 @@ export class VmBackend implements Backend {
   async runAttached(rec: SandboxRecord, sink: OutputSink): Promise<AttachedRun> {
     const rt = this.rt(rec);
     const exited = supervise(this.launcher, rt.machine, vmFiles(rt.dir), rt.proc, sink, { bootTimeoutMs: this.bootTimeoutMs() }).then((x) => {
-      writeFileSync(vmFiles(rt.dir).exit, JSON.stringify(x) + '\n');
+      writeExit(vmFiles(rt.dir).exit, x);
       return toExitStatus(x);
     });
     return { exited };
@@ -126,10 +135,10 @@ export class VmBackend implements Backend {
       timeoutMs: (rec.spec as WorkloadSpec).timeoutMs,
     });
     await Promise.all([new Promise((r) => out.end(r)), new Promise((r) => err.end(r))]);
-    writeFileSync(files.exit, JSON.stringify(x) + '\n');
+    writeExit(files.exit, x);
   }
 
-  async startDetached(rec: SandboxRecord, monitor: SelfInvocation): Promise<void> {
+  async startDetached(rec: SandboxRecord, monitor: SelfInvocation): Promise<{ monitorPid: number }> {
     const files = vmFiles(this.rt(rec).dir);
     const [cmd, ...args] = [...monitor.argv, 'internal', 'monitor', rec.id];
     const child = spawn(cmd!, args, { stdio: 'ignore', detached: true, env: { ...process.env, ...monitor.env } });
@@ -137,11 +146,11 @@ export class VmBackend implements Backend {
     // Started = the agent is up; failed = the monitor recorded an end first.
     const deadline = Date.now() + this.bootTimeoutMs() + 15_000;
     while (Date.now() < deadline) {
-      if (existsSync(files.ready)) return;
+      if (existsSync(files.ready)) return { monitorPid: child.pid! };
       if (existsSync(files.exit)) {
         const x = JSON.parse(readFileSync(files.exit, 'utf8')) as VmExit;
         if (x.crash) throw new RuntimeError(`sandbox ${rec.id} did not start: ${x.crash}`);
-        return;
+        return { monitorPid: child.pid! };
       }
       await sleep(10);
     }
