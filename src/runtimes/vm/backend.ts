@@ -234,7 +234,9 @@ export class VmBackend implements Backend {
 
   async describe(rec: SandboxRecord): Promise<Record<string, unknown>> {
     const rt = this.rt(rec);
-    return { ip: rt.ip, kernel: rt.machine.boot, cmdline: rt.machine.cmdline, ...this.launcher.describe(rt.machine, vmFiles(rt.dir)) };
+    const files = vmFiles(rt.dir);
+    const live = await this.launcher.status(rec.id, files).catch((e: Error) => ({ error: e.message }));
+    return { ip: rt.ip, kernel: rt.machine.boot, cmdline: rt.machine.cmdline, machine: live, ...this.launcher.describe(rt.machine, files) };
   }
 }
 

@@ -42,4 +42,6 @@ export interface MachineLauncher {
   destroy(id: string, files: VmFiles): Promise<void>;
   /** The QEMU command line or domain XML, for `inspect`. */
   describe(spec: MachineSpec, files: VmFiles): Record<string, unknown>;
+  /** The live machine's state as its hypervisor reports it (QMP, virsh), or null when stopped. */
+  status(id: string, files: VmFiles): Promise<Record<string, unknown> | null>;
 }

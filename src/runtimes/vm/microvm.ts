@@ -3,7 +3,8 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { HostError } from '../../errors.js';
 import { packageRoot } from '../../util/paths.js';
-import { isSameProcessAlive, sleep } from '../../util/proc.js';
+import { isSameProcessAlive, sleep, within } from '../../util/proc.js';
+import { QmpClient } from './qmp.js';
 import type { VmFiles } from './files.js';
 import type { MachineHandle, MachineLauncher, MachineSpec } from './machine.js';
 
@@ -50,6 +51,15 @@ export function microvmArgv(spec: MachineSpec, files: VmFiles): string[] {
   return argv;
 }
 
+async function quitOverQmp(files: VmFiles): Promise<void> {
+  const qmp = await QmpClient.connect(files.qmpSock, 1000);
+  try {
+    await qmp.execute('quit');
+  } finally {
+    qmp.close();
+  }
+}
+
 /** The pid in a VM's pid file, if that process is still the QEMU of this sandbox. */
 export function qemuPid(id: string, files: VmFiles): number | null {
   try {
@@ -93,7 +103,11 @@ export const microvmLauncher: MachineLauncher = {
       pid: child.pid!,
       stopped,
       kill: async () => {
-        child.kill('SIGKILL');
+        // A clean `quit` over QMP first (QEMU flushes and closes its files), SIGKILL if it hangs.
+        if (child.exitCode === null && child.signalCode === null) {
+          await quitOverQmp(files).catch(() => undefined);
+          if (!(await within(stopped, 2000))) child.kill('SIGKILL');
+        }
         await stopped;
       },
     };
@@ -104,6 +118,9 @@ export const microvmLauncher: MachineLauncher = {
   async destroy(id: string, files: VmFiles): Promise<void> {
     const pid = qemuPid(id, files);
     if (pid === null) return;
+    await quitOverQmp(files).catch(() => undefined);
+    for (let i = 0; i < 100 && qemuPid(id, files) !== null; i++) await sleep(10);
+    if (qemuPid(id, files) === null) return;
     try {
       process.kill(pid, 'SIGKILL');
     } catch {
@@ -114,5 +131,17 @@ export const microvmLauncher: MachineLauncher = {
 
   describe(spec: MachineSpec, files: VmFiles): Record<string, unknown> {
     return { qemuCommandLine: microvmArgv(spec, files) };
+  },
+
+  async status(id: string, files: VmFiles): Promise<Record<string, unknown> | null> {
+    if (qemuPid(id, files) === null) return null;
+    const qmp = await QmpClient.connect(files.qmpSock, 2000);
+    try {
+      const status = await qmp.execute<{ status: string; running: boolean }>('query-status');
+      const memory = await qmp.execute<{ 'base-memory': number }>('query-memory-size-summary');
+      return { status: status.status, running: status.running, guestMemoryBytes: memory['base-memory'] };
+    } finally {
+      qmp.close();
+    }
   },
 };
