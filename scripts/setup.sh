@@ -40,12 +40,22 @@ node scripts/build.mjs
 
 # The guest kernel and the agent's initramfs: slow to build the first time, then cached
 # outside the clone by their inputs (see kernels/README.md and guest-images/README.md).
+# HYBRIDBOX_GUEST_KERNEL=debian skips the kernel build: Debian's cloud kernel, unpacked,
+# with its virtio modules in the initramfs (no 9p volumes: that kernel has no 9p).
 cache="${HYBRIDBOX_CACHE:-/var/cache/hybridbox}"
 mkdir -p "$cache"
-kernel=$(bash kernels/build.sh | tail -n 1)
-initrd=$(bash guest-images/build-initramfs.sh | tail -n 1)
-release=$(sed -n 's/^release=//p' "$(dirname "$kernel")/build-info" 2>/dev/null)
-boot_json=$(printf '{"kernel":"%s","initrd":"%s","flavour":"custom","kernelRelease":"%s"}\n' "$kernel" "$initrd" "$release")
+if [ "${HYBRIDBOX_GUEST_KERNEL:-custom}" = debian ]; then
+  flavour=debian
+  kernel=$(bash kernels/debian-fallback.sh | tail -n 1)
+  initrd=$(bash guest-images/build-initramfs.sh --modules-dir "$(dirname "$kernel")/modules" | tail -n 1)
+  release=$(basename "$(dirname "$kernel")" | sed -e 's/^debian-//' -e 's/_.*//')
+else
+  flavour=custom
+  kernel=$(bash kernels/build.sh | tail -n 1)
+  initrd=$(bash guest-images/build-initramfs.sh | tail -n 1)
+  release=$(sed -n 's/^release=//p' "$(dirname "$kernel")/build-info" 2>/dev/null)
+fi
+boot_json=$(printf '{"kernel":"%s","initrd":"%s","flavour":"%s","kernelRelease":"%s"}\n' "$kernel" "$initrd" "$flavour" "$release")
 if [ "$(cat "$cache/guest-boot.json" 2>/dev/null)" != "$boot_json" ]; then
   printf '%s\n' "$boot_json" > "$cache/guest-boot.json.tmp" && mv "$cache/guest-boot.json.tmp" "$cache/guest-boot.json"
 fi
