@@ -81,10 +81,11 @@ export async function supervise(
       return end({ crash: why });
     }
     readyAtMs = Date.now();
-    writeFileSync(files.ready, JSON.stringify({ readyAtMs }) + '\n');
-    ctl = serveControl(files.ctlSock, agent);
+    // Ready for others (ready.json) only once `exec` can be served.
+    ctl = await serveControl(files.ctlSock, agent);
     const main = agent.startSession(0, proc, sink);
     main.catch(() => undefined);
+    writeFileSync(files.ready, JSON.stringify({ readyAtMs }) + '\n');
     let timer: NodeJS.Timeout | undefined;
     const limit = new Promise<'timeout'>((resolve) => {
       if (opts.timeoutMs !== undefined) timer = setTimeout(() => resolve('timeout'), opts.timeoutMs);
@@ -116,7 +117,7 @@ export async function supervise(
  * framing: `S` starts a session (the supervisor picks its id), `K` signals it (session 0 in
  * a `K` means the main workload: that is how `stop` asks for a clean end).
  */
-function serveControl(path: string, agent: AgentClient): Server {
+function serveControl(path: string, agent: AgentClient): Promise<Server> {
   rmSync(path, { force: true });
   let nextId = 1;
   const server = createServer((sock: Socket) => {
@@ -143,8 +144,10 @@ function serveControl(path: string, agent: AgentClient): Server {
       }
     });
   });
-  server.listen(path);
-  return server;
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve(server));
+  });
 }
 
 /** Turns a VmExit into the status every backend reports. */
