@@ -104,6 +104,7 @@ export class VmBackend implements Backend {
           volumes,
           agentPort: AGENT_PORT,
           loadModules: boot.flavour === 'debian',
+          extra: this.launcher.kernelArgs?.(boot, useKvm) ?? [],
         }),
       };
       const rt: VmRuntime = { dir: ctx.dir, imageRootfs: ctx.image.rootfs, machine, proc: workloadProcess(spec, ctx.image, ctx.name), ip };

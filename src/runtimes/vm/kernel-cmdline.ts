@@ -10,6 +10,8 @@ export interface GuestParams {
   agentPort: string;
   /** Load the initramfs's modules first (a distro kernel without built-in virtio). */
   loadModules: boolean;
+  /** Machine-specific extras (MachineLauncher.kernelArgs). */
+  extra: string[];
 }
 
 /**
@@ -22,6 +24,7 @@ export interface GuestParams {
 export function kernelCmdline(host: HostInfo, useKvm: boolean, p: GuestParams): string {
   const args = ['console=ttyS0', 'reboot=t', 'panic=-1', 'quiet', 'loglevel=1', 'i8042.noaux', 'i8042.nokbd', 'cryptomgr.notests', 'no_timer_check', 'tsc=reliable'];
   if (!useKvm && host.cpuMHz) args.push(`tsc_early_khz=${Math.round(host.cpuMHz * 1000)}`);
+  args.push(...p.extra);
   // rootrw: the disk is the VM's own qcow2 overlay, its writable layer (the base stays shared).
   args.push(`hbx.hostname=${p.hostname}`, `hbx.agent=${p.agentPort}`, 'hbx.rootrw=1');
   if (p.ip) args.push(`hbx.ip=${p.ip}`);

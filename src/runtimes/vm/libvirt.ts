@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { Builder } from 'xml2js';
@@ -117,11 +118,13 @@ export async function ensureLibvirtd(hideKvm: boolean): Promise<void> {
     await run('systemctl', ['start', 'virtlogd.socket', 'libvirtd.socket', 'libvirtd']);
   } else {
     if (!existsSync('/run/virtlogd.pid') || !(await pidFileAlive('/run/virtlogd.pid'))) await run('virtlogd', ['-d']);
-    if (hideKvm && existsSync('/dev/kvm')) {
-      await run('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind /dev/null /dev/kvm && exec libvirtd -d']);
-    } else {
-      await run('libvirtd', ['-d']);
-    }
+    // Under tini as a subreaper: the QEMU processes libvirtd double-forks are reaped at once.
+    // Left to a PID 1 that reaps slowly, each finished domain lingers (1-2 s measured here)
+    // while libvirt waits for its QEMU to be gone.
+    const daemon = `exec ${existsSync('/usr/bin/tini-static') ? '/usr/bin/tini-static' : 'tini'} -s -- libvirtd`;
+    const script = hideKvm && existsSync('/dev/kvm') ? `mount --bind /dev/null /dev/kvm && ${daemon}` : daemon;
+    const child = spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script], { detached: true, stdio: 'ignore' });
+    child.unref();
   }
   for (let i = 0; i < 200; i++) {
     if (await socketAnswers(SOCKET)) return;
@@ -174,7 +177,8 @@ export const libvirtLauncher: MachineLauncher = {
         if (!r.ok) throw new HostError(`virsh resume failed: ${r.out}`);
       },
       kill: async () => {
-        await virsh(['destroy', name]);
+        // After a clean power-off the domain is gone already; destroying it would only wait and fail.
+        if (libvirtQemuPid(spec.id) !== null) await virsh(['destroy', name]);
         await stopped;
       },
     };

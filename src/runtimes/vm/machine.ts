@@ -36,6 +36,8 @@ export interface MachineHandle {
 export interface MachineLauncher {
   /** Starts the machine paused or early enough that the agent's first frame is not missed. */
   launch(spec: MachineSpec, files: VmFiles): Promise<MachineHandle>;
+  /** Kernel arguments this machine type wants on top of the common ones. */
+  kernelArgs?(boot: GuestBoot, useKvm: boolean): string[];
   /** QEMU's pid for this sandbox, or null when it is not running. */
   pid(id: string, files: VmFiles): number | null;
   /** Ends a machine by its files (pid file, domain name) when no handle is at hand. Idempotent. */
