@@ -157,7 +157,9 @@ test.serial('detached: logs, exec, stop with SIGTERM, then SIGKILL for a workloa
   t.is(stopped.exitCode, 7);
   t.regex(await logsOf(hb, d.id), /got-term/);
 
-  const stubborn = await hb.runDetached(sh('trap "" TERM; while :; do sleep 0.1; done'));
+  const stubborn = await hb.runDetached(sh('trap "" TERM; echo armed; while :; do sleep 0.1; done'));
+  // Stop only once the trap is set: a TERM before it would end the shell at once.
+  await waitFor(() => readLogs(stubborn.id).includes('armed'), 5000);
   const t0 = Date.now();
   const s2 = await hb.stop(stubborn.id, { graceMs: 500 });
   t.is(s2.state, 'exited');
