@@ -145,7 +145,7 @@ test('untrusted sandbox: cannot mount, unshare or write /proc/sys; root is not h
 });
 
 test.serial('detached: logs, exec, stop with SIGTERM, then SIGKILL for a workload that ignores it', async (t) => {
-  const d = await hb.runDetached(sh('echo started; trap "echo got-term; exit 7" TERM; while :; do sleep 0.1; done'));
+  const d = await hb.runDetached(sh('trap "echo got-term; exit 7" TERM; echo started; while :; do sleep 0.1; done'));
   t.is(d.state, 'running');
   await waitFor(() => readLogs(d.id).includes('started'), 5000);
   t.regex(await logsOf(hb, d.id), /started/);

@@ -70,7 +70,7 @@ for (const kind of KINDS) {
   });
 
   test.serial(`${kind}: detached, exec into the running VM, logs, stop; the description is valid`, async (t) => {
-    const d = await hb.runDetached(sh('echo started; trap "echo bye; exit 0" TERM; while :; do sleep 0.2; done', { isolation: kind, name: `${kind}-life-${process.pid}` }));
+    const d = await hb.runDetached(sh('trap "echo bye; exit 0" TERM; echo started; while :; do sleep 0.2; done', { isolation: kind, name: `${kind}-life-${process.pid}` }));
     t.is(d.state, 'running');
     const e = await hb.exec(d.id, ['sh', '-c', 'hostname; echo to-stderr >&2; exit 5']);
     t.is(e.exitCode, 5);
