@@ -1,12 +1,12 @@
 import { spawn } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
 import { RuntimeError, SpecError } from '../../errors.js';
 import type { HostInfo } from '../../host/types.js';
 import { createOverlay, ensureVmDisk, type ImageStore } from '../../images/index.js';
 import { macFor, type BridgeNetwork } from '../../network/index.js';
 import type { WorkloadSpec } from '../../spec/index.js';
 import type { SandboxRecord, StateStore } from '../../store/index.js';
+import { connectUnix } from '../../util/net.js';
 import { sleep } from '../../util/proc.js';
 import type { AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, OutputSink, SelfInvocation } from '../backend.js';
 import type { BackendDescriptor } from '../descriptor.js';
@@ -167,10 +167,8 @@ export class VmBackend implements Backend {
       workdir: opts.workdir ?? rt.proc.workdir,
       ...(opts.user ? resolveUser(opts.user, rt.imageRootfs) : {}),
     };
-    const sock = await new Promise<Socket>((resolve, reject) => {
-      const s = connect(vmFiles(rt.dir).ctlSock);
-      s.once('connect', () => resolve(s));
-      s.once('error', (e) => reject(new RuntimeError(`cannot reach the VM's supervisor: ${e.message}`)));
+    const sock = await connectUnix(vmFiles(rt.dir).ctlSock).catch((e: Error) => {
+      throw new RuntimeError(`cannot reach the VM's supervisor: ${e.message}`);
     });
     return new Promise<number>((resolve, reject) => {
       const decoder = new FrameDecoder();
@@ -200,11 +198,12 @@ export class VmBackend implements Backend {
     const files = vmFiles(this.rt(rec).dir);
     if (signal === 'KILL') return this.launcher.destroy(rec.id, files);
     // A clean end: the workload gets SIGTERM through the agent, and the guest powers off.
+    const s = await connectUnix(files.ctlSock).catch(() => null);
+    if (!s) return;
     await new Promise<void>((resolve) => {
-      const s = connect(files.ctlSock);
-      s.once('connect', () => s.end(encodeFrame('K', 0, Buffer.from(JSON.stringify({ signal: 'SIGTERM' })))));
       s.once('close', () => resolve());
       s.once('error', () => resolve());
+      s.end(encodeFrame('K', 0, Buffer.from(JSON.stringify({ signal: 'SIGTERM' }))));
     });
   }
 

@@ -1,6 +1,6 @@
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { RuntimeError } from '../../errors.js';
-import { sleep } from '../../util/proc.js';
+import { connectUnixWithRetry } from '../../util/net.js';
 
 /**
  * A small client for QEMU's machine protocol (QMP): JSON lines over a unix socket. One
@@ -26,23 +26,11 @@ export class QmpClient {
 
   /** Connects, retrying until QEMU has created the socket, and negotiates capabilities. */
   static async connect(path: string, timeoutMs = 10_000): Promise<QmpClient> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      try {
-        const socket = await new Promise<Socket>((resolve, reject) => {
-          const s = connect(path);
-          s.once('connect', () => resolve(s));
-          s.once('error', reject);
-        });
-        const c = new QmpClient(socket);
-        await c.next(); // greeting
-        await c.execute('qmp_capabilities');
-        return c;
-      } catch (e) {
-        if (Date.now() > deadline) throw new RuntimeError(`cannot connect to QMP at ${path}: ${(e as Error).message}`);
-        await sleep(10);
-      }
-    }
+    const socket = await connectUnixWithRetry(path, timeoutMs, (e) => new RuntimeError(`cannot connect to QMP at ${path}: ${e.message}`));
+    const c = new QmpClient(socket);
+    await c.next(); // greeting
+    await c.execute('qmp_capabilities');
+    return c;
   }
 
   private next(): Promise<unknown> {

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { RuntimeError } from '../../../errors.js';
-import { sleep } from '../../../util/proc.js';
+import { connectUnixWithRetry } from '../../../util/net.js';
 import { FrameDecoder, MAX_PAYLOAD, decodeJsonPayload, encodeFrame, encodeJsonFrame, type Frame } from './protocol.js';
 
 /** The `R` payload: the agent has the root filesystem, network and volumes ready. */
@@ -91,23 +91,13 @@ export class AgentClient extends EventEmitter {
 
   /** Connects to the unix socket QEMU listens on, retrying until QEMU has created it. */
   static async connect(path: string, timeoutMs = 10_000): Promise<AgentClient> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      try {
-        const socket = await new Promise<Socket>((resolve, reject) => {
-          const s = connect(path);
-          s.once('connect', () => {
-            s.off('error', reject);
-            resolve(s);
-          });
-          s.once('error', reject);
-        });
-        return new AgentClient(socket);
-      } catch (e) {
-        if (Date.now() >= deadline) throw new AgentTimeoutError(`cannot connect to the guest agent socket ${path} within ${timeoutMs} ms: ${(e as Error).message}`);
-        await sleep(20);
-      }
-    }
+    const socket = await connectUnixWithRetry(
+      path,
+      timeoutMs,
+      (e) => new AgentTimeoutError(`cannot connect to the guest agent socket ${path} within ${timeoutMs} ms: ${e.message}`),
+      20,
+    );
+    return new AgentClient(socket);
   }
 
   get isClosed(): boolean {

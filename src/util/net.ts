@@ -1,0 +1,30 @@
+import { connect, type Socket } from 'node:net';
+import { sleep } from './proc.js';
+
+/** Connects once to a unix socket. */
+export function connectUnix(path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.off('error', reject);
+      resolve(s);
+    });
+    s.once('error', reject);
+  });
+}
+
+/**
+ * Connects to a unix socket that a process is about to create (QEMU's agent and QMP
+ * sockets), retrying until `timeoutMs`; then rejects with `onTimeout(lastError)`.
+ */
+export async function connectUnixWithRetry(path: string, timeoutMs: number, onTimeout: (e: Error) => Error, stepMs = 10): Promise<Socket> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await connectUnix(path);
+    } catch (e) {
+      if (Date.now() >= deadline) throw onTimeout(e as Error);
+      await sleep(stepMs);
+    }
+  }
+}
