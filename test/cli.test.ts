@@ -151,3 +151,13 @@ test.serial('--runtime runc: the same verbs, and later calls find the runtime by
   const r = await hbx(['--runtime', 'runc', 'run', '--rm', 'busybox', '--', 'sh', '-c', 'exit 9']);
   t.is(r.exitCode, 9);
 });
+
+test.serial('info --json: the host and each backend, available or why not', async (t) => {
+  const r = await hbx(['info', '--json']);
+  t.is(r.exitCode, 0, r.stderr);
+  const info = JSON.parse(r.stdout) as { host: { kvm: { usable: boolean }; cgroup: { layout: string } }; backends: { kind: string; available: boolean; reason: string | null }[] };
+  t.is(typeof info.host.kvm.usable, 'boolean');
+  t.regex(info.host.cgroup.layout, /^(v1|hybrid|v2)$/);
+  t.deepEqual(info.backends.map((b) => b.kind), ['container', 'microvm', 'vm']);
+  for (const b of info.backends) t.is(b.available, b.reason === null);
+});

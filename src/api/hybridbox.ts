@@ -7,7 +7,7 @@ import type { HostInfo, HostLoad } from '../host/types.js';
 import { ImageStore, buildBusyboxImage } from '../images/index.js';
 import { BridgeNetwork } from '../network/index.js';
 import type { Backend, ExitStatus, OutputSink, SelfInvocation } from '../runtimes/backend.js';
-import { BackendRegistry, type BackendOptions } from '../runtimes/registry.js';
+import { BackendRegistry, type BackendAvailability, type BackendOptions } from '../runtimes/registry.js';
 import { place, type Placement } from '../scheduler/index.js';
 import { validateForHost, validateSpec, type WorkloadSpec, type WorkloadSpecInput } from '../spec/index.js';
 import { StateStore, type SandboxRecord } from '../store/index.js';
@@ -153,6 +153,11 @@ export class Hybridbox {
 
   close(): void {
     this.store.close();
+  }
+
+  /** The host and every backend as hybridbox sees them (`hybridbox info`). */
+  info(): { host: HostInfo; backends: BackendAvailability[] } {
+    return { host: this.host, backends: this.backends.availability() };
   }
 
   /** Builds the base images that are missing (busybox from the host's busybox-static). */

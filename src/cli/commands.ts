@@ -65,17 +65,21 @@ function status(s: SandboxInfo): string {
 
 export const commands: Record<string, Handler> = {
   async info(_cmd, _args, opts) {
-    const { probeHost } = await import('../host/probe.js');
-    const { findGuestBoot, guestBootFile } = await import('../runtimes/vm/boot.js');
-    const info = await probeHost({});
-    const guest = findGuestBoot();
-    if (opts.json) return json({ ...info, guestKernel: guest });
-    out(formatHostInfo(info));
-    out(
-      guest
-        ? `guest     ${guest.flavour === 'custom' ? "hybridbox's own kernel" : 'Debian cloud kernel (fallback)'} ${guest.kernelRelease}: ${guest.kernel}`
-        : `guest     no guest kernel built yet (${guestBootFile()}): run \`npm run setup\``,
-    );
+    const hb = await open(opts);
+    try {
+      const info = hb.info();
+      if (opts.json) return json(info);
+      out(formatHostInfo(info.host));
+      out('\nbackends:');
+      for (const b of info.backends) {
+        out(`  ${b.kind.padEnd(9)} ${b.available ? 'available' : `unavailable: ${b.reason}`}`);
+        for (const [k, v] of Object.entries(b)) {
+          if (!['kind', 'summary', 'available', 'reason'].includes(k)) out(`  ${''.padEnd(9)} ${k}: ${String(v)}`);
+        }
+      }
+    } finally {
+      hb.close();
+    }
   },
 
   async setup(_cmd, _args, opts) {

@@ -23,4 +23,6 @@ export interface BackendDescriptor {
   };
   /** null when this host can run the backend; else why not (one line). */
   unavailableReason(host: HostInfo): string | null;
+  /** What else a user should know about this backend on this host (e.g. which guest kernel). */
+  hostNotes?(host: HostInfo): Record<string, unknown>;
 }

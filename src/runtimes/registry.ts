@@ -14,6 +14,14 @@ import { microvmLauncher } from './vm/microvm.js';
 /** Every backend this version of hybridbox implements. The scheduler sees only these descriptors. */
 export const DESCRIPTORS: BackendDescriptor[] = [containerDescriptor, microvmDescriptor, libvirtDescriptor];
 
+export interface BackendAvailability {
+  kind: BackendKind;
+  summary: string;
+  available: boolean;
+  reason: string | null;
+  [note: string]: unknown;
+}
+
 export interface BackendOptions {
   ociRuntime?: OciRuntimeName;
 }
@@ -53,6 +61,14 @@ export class BackendRegistry {
 
   descriptors(): BackendDescriptor[] {
     return DESCRIPTORS;
+  }
+
+  /** Each backend as this host sees it: available or why not, and what else to know. */
+  availability(): BackendAvailability[] {
+    return DESCRIPTORS.map((d) => {
+      const reason = d.unavailableReason(this.host);
+      return { kind: d.kind, summary: d.summary, available: reason === null, reason, ...(d.hostNotes?.(this.host) ?? {}) };
+    });
   }
 
   /**

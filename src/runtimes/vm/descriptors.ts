@@ -2,6 +2,16 @@ import type { HostInfo } from '../../host/types.js';
 import type { BackendDescriptor } from '../descriptor.js';
 import { findGuestBoot, guestBootFile } from './boot.js';
 
+function guestNotes(host: HostInfo): Record<string, unknown> {
+  const boot = findGuestBoot();
+  return {
+    guestKernel: boot
+      ? `${boot.flavour === 'custom' ? "hybridbox's own kernel" : 'Debian cloud kernel (fallback)'} ${boot.kernelRelease} (${boot.kernel})`
+      : `none built yet (${guestBootFile()}): run \`npm run setup\``,
+    acceleration: host.kvm.usable ? 'KVM' : 'TCG (software emulation)',
+  };
+}
+
 function vmUnavailable(host: HostInfo): string | null {
   if (!host.isRoot) return 'VM sandboxes need root on this host (tap devices on the bridge)';
   if (!host.tools.qemu) return 'QEMU is not installed (apt-get install qemu-system-x86)';
@@ -21,6 +31,7 @@ export const microvmDescriptor: BackendDescriptor = {
     defaultStartupMsTcg: { median: 1300, p95: 2500 },
   },
   unavailableReason: vmUnavailable,
+  hostNotes: guestNotes,
 };
 
 export const libvirtDescriptor: BackendDescriptor = {
@@ -38,4 +49,5 @@ export const libvirtDescriptor: BackendDescriptor = {
     if (!host.tools.libvirtd || !host.tools.virsh) return 'libvirt is not installed (apt-get install libvirt-daemon-system libvirt-clients)';
     return vmUnavailable(host);
   },
+  hostNotes: guestNotes,
 };
