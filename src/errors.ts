@@ -62,15 +62,6 @@ export class RuntimeError extends HybridboxError {
   }
 }
 
-/** The command could not be executed inside the sandbox: 126 = not executable, 127 = not found. */
-export class CommandNotRunnableError extends HybridboxError {
-  override readonly exitCode: number;
-  constructor(message: string, exitCode: 126 | 127) {
-    super(message);
-    this.exitCode = exitCode;
-  }
-}
-
 export function describeValue(value: unknown): string {
   if (value === undefined) return 'a missing value';
   if (typeof value === 'string') return JSON.stringify(value);

@@ -222,16 +222,3 @@ export function removeCgroups(id: string): string[] {
   }
   return left;
 }
-
-/** Sandbox ids that have a cgroup in any hierarchy. */
-export function cgroupSandboxIds(): string[] {
-  const ids = new Set<string>();
-  for (const m of cgroupMounts()) {
-    try {
-      for (const e of readdirSync(join(m.path, CGROUP_PARENT), { withFileTypes: true })) if (e.isDirectory()) ids.add(e.name);
-    } catch {
-      /* no parent here */
-    }
-  }
-  return [...ids];
-}
