@@ -11,7 +11,7 @@ import { BackendRegistry, type BackendAvailability, type BackendOptions } from '
 import { place, type Placement } from '../scheduler/index.js';
 import { validateForHost, validateSpec, type WorkloadSpec, type WorkloadSpecInput } from '../spec/index.js';
 import { StateStore, type SandboxRecord } from '../store/index.js';
-import { packageRoot, stateRoot } from '../util/paths.js';
+import { ensureSbinOnPath, packageRoot, stateRoot } from '../util/paths.js';
 import { isSameProcessAlive, processStartTime, sleep } from '../util/proc.js';
 
 const newId = customAlphabet('0123456789abcdefghijklmnopqrstuvwxyz', 12);
@@ -143,6 +143,7 @@ export class Hybridbox {
   }
 
   static async open(options: HybridboxOptions = {}): Promise<Hybridbox> {
+    ensureSbinOnPath();
     const root = options.root ?? stateRoot();
     mkdirSync(root, { recursive: true, mode: 0o711 });
     // Sandboxes with a user namespace must traverse the state root as an unmapped uid.

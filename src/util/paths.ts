@@ -20,6 +20,16 @@ export function packageRoot(): string {
   }
 }
 
+/**
+ * The tools hybridbox drives (ip, mkfs.ext4, libvirtd, runc) live in sbin directories, which
+ * some environments leave out of PATH. Added once, at the end, so a user's own order wins.
+ */
+export function ensureSbinOnPath(): void {
+  const parts = (process.env.PATH ?? '').split(':').filter(Boolean);
+  const missing = ['/usr/local/sbin', '/usr/sbin', '/sbin'].filter((d) => !parts.includes(d));
+  if (missing.length) process.env.PATH = [...parts, ...missing].join(':');
+}
+
 /** Default state directory; tests point HYBRIDBOX_ROOT at a temporary one. */
 export function stateRoot(): string {
   return process.env.HYBRIDBOX_ROOT ?? '/var/lib/hybridbox';
