@@ -56,6 +56,7 @@ key=$(
     echo "hbx-initramfs 1"
     sha256sum <"$here/agent/hbx-agent.c"
     sha256sum <"$here/agent/build.sh"
+    sha256sum <"$here/../scripts/cc-static.sh"
     sha256sum <"$self"
     "${MUSL_CC:-musl-gcc}" --version 2>/dev/null | head -n 1 || true
     if [ -n "$mods" ]; then
