@@ -1,0 +1,15 @@
+export { BlobStore, MEDIA_TYPES, parseDigest, sha256Hex } from './blobs.js';
+export type { Descriptor } from './blobs.js';
+export { createLayer, applyLayer, LayerEscapeError, WHITEOUT_PREFIX, OPAQUE_WHITEOUT } from './layer.js';
+export type { Layer, CreateLayerOptions } from './layer.js';
+export {
+  writeImage,
+  tagImage,
+  untag,
+  resolveTag,
+  listTags,
+  readManifest,
+  readConfig,
+  REF_NAME_ANNOTATION,
+} from './manifest.js';
+export type { ImageManifest, ImageConfigBlob, ImageIndex, ImageRuntimeConfig, WriteImageOptions } from './manifest.js';
