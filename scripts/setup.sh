@@ -15,10 +15,11 @@ fi
 # the hbx-shim helper; qemu-system-x86/qemu-utils run VMs and make their disks (e2fsprogs),
 # libvirt-* run full VMs (libxml2-utils for virt-xml-validate), musl-tools/cpio build the
 # guest agent and its initramfs; flex, bison, libelf-dev, bc, make, xz-utils build the
-# guest kernel.
+# guest kernel; skopeo and umoci read and write OCI images independently of hybridbox (the
+# tests use them as the other side of interop).
 PACKAGES=(crun runc tini busybox-static iproute2 gcc libc6-dev
   qemu-system-x86 qemu-utils e2fsprogs libvirt-daemon-system libvirt-clients libxml2-utils
-  musl-tools cpio flex bison libelf-dev bc make xz-utils)
+  musl-tools cpio flex bison libelf-dev bc make xz-utils skopeo umoci)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
