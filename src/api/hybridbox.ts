@@ -183,8 +183,7 @@ export class Hybridbox {
   private load(): HostLoad {
     const running = { container: 0, microvm: 0, vm: 0 };
     let committedMemoryMiB = 0;
-    for (const r of this.store.list()) {
-      if (r.state !== 'running') continue;
+    for (const r of this.store.list('running')) {
       running[r.backend]++;
       committedMemoryMiB += (r.spec as WorkloadSpec).resources.memoryMiB ?? 0;
     }

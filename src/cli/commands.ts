@@ -9,7 +9,15 @@ import { parseDuration, specFromFlags, type CliRunFlags } from '../spec/index.js
 type Opts = Record<string, unknown>;
 type Handler = (cmd: Command, args: unknown[], opts: Opts) => Promise<void>;
 
-const open = (opts: Opts): Promise<Hybridbox> => Hybridbox.open({ ociRuntime: opts.runtime as 'crun' | 'runc' });
+/** Opens the library for one command and always closes it (the state DB stays consistent). */
+async function withHybridbox<T>(opts: Opts, fn: (hb: Hybridbox) => Promise<T>): Promise<T> {
+  const hb = await Hybridbox.open({ ociRuntime: opts.runtime as 'crun' | 'runc' });
+  try {
+    return await fn(hb);
+  } finally {
+    hb.close();
+  }
+}
 
 function warn(warnings: string[]): void {
   for (const w of warnings) process.stderr.write(`hybridbox: warning: ${w}\n`);
@@ -65,8 +73,7 @@ function status(s: SandboxInfo): string {
 
 export const commands: Record<string, Handler> = {
   async info(_cmd, _args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       const info = hb.info();
       if (opts.json) return json(info);
       out(formatHostInfo(info.host));
@@ -77,35 +84,26 @@ export const commands: Record<string, Handler> = {
           if (!['kind', 'summary', 'available', 'reason'].includes(k)) out(`  ${''.padEnd(9)} ${k}: ${String(v)}`);
         }
       }
-    } finally {
-      hb.close();
-    }
+    });
   },
 
   async setup(_cmd, _args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       await hb.ensureBaseImages();
       out(`images: ${hb.images.list().join(', ')}`);
-    } finally {
-      hb.close();
-    }
+    });
   },
 
   async place(_cmd, args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       const p = hb.place(specInput(args, opts));
       if (opts.json) json(p);
       else out(formatPlacement(p));
-    } finally {
-      hb.close();
-    }
+    });
   },
 
   async run(_cmd, args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       const input = specInput(args, opts);
       if (opts.detach) {
         const info = await hb.runDetached(input);
@@ -119,54 +117,42 @@ export const commands: Record<string, Handler> = {
         remove: !!opts.rm,
         onStdout: stream ? (c) => process.stdout.write(c) : undefined,
         onStderr: stream ? (c) => process.stderr.write(c) : undefined,
-      });
-      if (opts.json) json(r);
-      else {
-        warn(r.warnings);
-        if (r.oomKilled) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: out of memory (limit reached)\n`);
-        if (r.timedOut) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: timeout reached\n`);
-        if (r.crash) process.stderr.write(`hybridbox: sandbox ${r.name} crashed: ${r.crash}\n`);
-      }
-      // A crash has no workload exit code: report it as hybridbox's own failure.
-      process.exitCode = r.crash ? 125 : shellExitCode(r);
-    } finally {
-      hb.close();
+    });
+    if (opts.json) json(r);
+    else {
+      warn(r.warnings);
+      if (r.oomKilled) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: out of memory (limit reached)\n`);
+      if (r.timedOut) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: timeout reached\n`);
+      if (r.crash) process.stderr.write(`hybridbox: sandbox ${r.name} crashed: ${r.crash}\n`);
     }
+    // A crash has no workload exit code: report it as hybridbox's own failure.
+    process.exitCode = r.crash ? 125 : shellExitCode(r);
+    });
   },
 
   async create(_cmd, args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       const info = await hb.create(specInput(args, opts));
       warn(info.warnings);
       out(info.id);
-    } finally {
-      hb.close();
-    }
+    });
   },
 
   async start(_cmd, args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       for (const ref of args[0] as string[]) out((await hb.start(ref)).id);
-    } finally {
-      hb.close();
-    }
+    });
   },
 
   async stop(_cmd, args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       const graceMs = parseDuration(String(opts.time), 'time');
       for (const ref of args[0] as string[]) out((await hb.stop(ref, { graceMs })).id);
-    } finally {
-      hb.close();
-    }
+    });
   },
 
   async rm(_cmd, args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       let failed: unknown;
       for (const ref of args[0] as string[]) {
         try {
@@ -179,14 +165,11 @@ export const commands: Record<string, Handler> = {
         }
       }
       if (failed) process.exitCode = 125;
-    } finally {
-      hb.close();
-    }
+    });
   },
 
   async ps(_cmd, _args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       const list = await hb.list({ all: !!opts.all });
       if (opts.json) return json(list);
       const rows = [['ID', 'NAME', 'BACKEND', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS', 'IP']];
@@ -195,14 +178,11 @@ export const commands: Record<string, Handler> = {
         rows.push([s.id, s.name, s.backend, s.image, cmd.length > 24 ? cmd.slice(0, 21) + '...' : cmd, ago(s.createdAtMs), status(s), s.ip ?? '-']);
       }
       out(table(rows));
-    } finally {
-      hb.close();
-    }
+    });
   },
 
   async logs(_cmd, args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       const ac = new AbortController();
       process.once('SIGINT', () => ac.abort());
       await hb.logs(args[0] as string, {
@@ -210,15 +190,12 @@ export const commands: Record<string, Handler> = {
         signal: ac.signal,
         onStdout: (c) => process.stdout.write(c),
         onStderr: (c) => process.stderr.write(c),
-      });
-    } finally {
-      hb.close();
-    }
+    });
+    });
   },
 
   async exec(_cmd, args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       const env: Record<string, string> = {};
       for (const kv of (opts.env as string[] | undefined) ?? []) {
         const i = kv.indexOf('=');
@@ -233,34 +210,26 @@ export const commands: Record<string, Handler> = {
         stdin: opts.interactive ? process.stdin : undefined,
         onStdout: (c) => process.stdout.write(c),
         onStderr: (c) => process.stderr.write(c),
-      });
-      process.exitCode = r.exitCode;
-    } finally {
-      hb.close();
-    }
+    });
+    process.exitCode = r.exitCode;
+    });
   },
 
   async inspect(_cmd, args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       json(await hb.inspect(args[0] as string));
-    } finally {
-      hb.close();
-    }
+    });
   },
 
   async images(_cmd, _args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       const list = hb.images.list().map((ref) => {
         const img = hb.images.resolve(ref);
         return { ref, digest: img.digest, rootfs: img.rootfs };
-      });
-      if (opts.json) return json(list);
-      out(table([['IMAGE', 'DIGEST'], ...list.map((i) => [i.ref, i.digest.slice(0, 19)])]));
-    } finally {
-      hb.close();
-    }
+    });
+    if (opts.json) return json(list);
+    out(table([['IMAGE', 'DIGEST'], ...list.map((i) => [i.ref, i.digest.slice(0, 19)])]));
+    });
   },
 
   async demo(_cmd, _args, opts) {
@@ -269,20 +238,14 @@ export const commands: Record<string, Handler> = {
   },
 
   async monitor(_cmd, args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       await hb.monitor(args[0] as string);
-    } finally {
-      hb.close();
-    }
+    });
   },
 
   async reap(_cmd, args, opts) {
-    const hb = await open(opts);
-    try {
+    await withHybridbox(opts, async (hb) => {
       await hb.reap(args[0] as string);
-    } finally {
-      hb.close();
-    }
+    });
   },
 };

@@ -213,8 +213,12 @@ export class StateStore {
     return r?.id ?? null;
   }
 
-  list(): SandboxRecord[] {
-    return (this.db.prepare('SELECT * FROM sandboxes ORDER BY created_at_ms').all() as Row[]).map(fromRow);
+  /** All records, or only those in `state` (placement reads the running ones on every start). */
+  list(state?: SandboxState): SandboxRecord[] {
+    const rows = state
+      ? this.db.prepare('SELECT * FROM sandboxes WHERE state = ? ORDER BY created_at_ms').all(state)
+      : this.db.prepare('SELECT * FROM sandboxes ORDER BY created_at_ms').all();
+    return (rows as Row[]).map(fromRow);
   }
 
   delete(id: string): void {
