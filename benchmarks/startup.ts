@@ -321,7 +321,7 @@ async function prepareRawBundle(hb: Hybridbox, bundle: string): Promise<Record<s
     await hb.remove(info.id, { force: true });
   }
   // The image's own root filesystem, read-only (the library mounts an overlay over it instead).
-  config.root = { path: hb.images.resolve(SPEC.image).rootfs, readonly: true };
+  config.root = { path: singleLayer(await hb.images.resolve(SPEC.image)), readonly: true };
   // tini stays PID 1, but its mount target cannot be /.hbx/init: the image has no /.hbx,
   // and crun would create it in the shared image directory (it makes the root read-only
   // only after the mounts). Inside the config's own /dev tmpfs the target costs nothing.
@@ -861,3 +861,9 @@ main().then(
     process.exitCode = e instanceof BenchError ? e.exitCode : 1;
   },
 );
+
+/** The raw baseline mounts the image directly, which only a one-layer image allows. */
+function singleLayer(image: { ref: string; layers: string[] }): string {
+  if (image.layers.length !== 1) throw new BenchError(`the raw crun baseline needs a one-layer image; ${image.ref} has ${image.layers.length}`);
+  return image.layers[0]!;
+}

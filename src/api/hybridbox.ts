@@ -1,10 +1,11 @@
 import { customAlphabet } from 'nanoid';
 import { chmodSync, createReadStream, existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { NameConflictError, RuntimeError, SandboxNotFoundError, StateError } from '../errors.js';
+import { ImageNotFoundError, NameConflictError, RuntimeError, SandboxNotFoundError, StateError } from '../errors.js';
 import { probeHost } from '../host/probe.js';
 import type { HostInfo, HostLoad } from '../host/types.js';
-import { ImageStore, buildBusyboxImage } from '../images/index.js';
+import { ImageStore, buildBusyboxImage, normalizeRef, type PruneResult } from '../images/index.js';
+import { buildImage, type BuildOptions, type BuildResult, type StepRunner } from '../images/build/index.js';
 import { BridgeNetwork } from '../network/index.js';
 import type { Backend, ExitStatus, OutputSink, SelfInvocation } from '../runtimes/backend.js';
 import { BackendRegistry, type BackendAvailability, type BackendOptions } from '../runtimes/registry.js';
@@ -15,6 +16,11 @@ import { ensureSbinOnPath, packageRoot, stateRoot } from '../util/paths.js';
 import { isSameProcessAlive, processStartTime, sleep } from '../util/proc.js';
 
 const newId = customAlphabet('0123456789abcdefghijklmnopqrstuvwxyz', 12);
+
+/** Base images made on this host from local packages (no registry is needed). */
+const BASE_IMAGES: Record<string, (store: ImageStore) => Promise<unknown>> = {
+  'busybox:latest': (store) => buildBusyboxImage(store),
+};
 
 export interface HybridboxOptions extends BackendOptions {
   /** State directory (default /var/lib/hybridbox, or HYBRIDBOX_ROOT). */
@@ -163,7 +169,66 @@ export class Hybridbox {
 
   /** Builds the base images that are missing (busybox from the host's busybox-static). */
   async ensureBaseImages(): Promise<void> {
-    if (!this.images.has('busybox')) await buildBusyboxImage(this.images);
+    await this.ensureBaseImage('busybox:latest');
+  }
+
+  /** Makes a base image hybridbox knows how to build locally; false for any other name. */
+  async ensureBaseImage(ref: string): Promise<boolean> {
+    const full = normalizeRef(ref);
+    if (this.images.has(full)) return true;
+    const make = BASE_IMAGES[full];
+    if (!make) return false;
+    await make(this.images);
+    return true;
+  }
+
+  /**
+   * Builds an image from a Sandboxfile. RUN steps run as container sandboxes of this
+   * hybridbox (network off unless asked), whose filesystem changes become the layers.
+   */
+  async build(opts: Omit<BuildOptions, 'ensureBase'>): Promise<BuildResult> {
+    const runner: StepRunner = {
+      withStep: async (req, use) => {
+        const name = `build-${newId()}`;
+        try {
+          const r = await this.run(
+            { image: req.image, command: req.argv, env: req.env, workdir: req.workdir, user: req.user, network: req.network, isolation: 'container', name },
+            { onStdout: req.onStdout, onStderr: req.onStderr, maxBufferBytes: 0 },
+          );
+          const rec = this.store.get(r.id)!;
+          const changes = this.backendOf(rec).filesystemChanges?.(rec);
+          if (!changes) throw new RuntimeError(`the ${rec.backend} backend cannot report filesystem changes, which a build step needs`);
+          return await use({ exitCode: r.exitCode, signal: r.signal, changes });
+        } finally {
+          const rec = this.store.find(name);
+          if (rec) await this.removeRecord(rec);
+        }
+      },
+    };
+    return buildImage(this.images, runner, { ...opts, ensureBase: (ref) => this.ensureBaseImage(ref) });
+  }
+
+  /** Manifest digests that sandboxes (in any state) were made from: never pruned. */
+  private imagesInUse(): Map<string, string[]> {
+    const used = new Map<string, string[]>();
+    for (const r of this.store.list()) if (r.imageDigest) used.set(r.imageDigest, [...(used.get(r.imageDigest) ?? []), r.name]);
+    return used;
+  }
+
+  /** Removes image tags; refuses while a sandbox uses the image unless `force` (its data stays until prune). */
+  async removeImage(ref: string, opts: { force?: boolean } = {}): Promise<string> {
+    const digest = this.images.digestOf(ref);
+    if (!digest) throw new ImageNotFoundError(ref, this.images.list());
+    const users = this.imagesInUse().get(digest);
+    if (users && !opts.force) {
+      throw new StateError(`image ${normalizeRef(ref)} is used by sandbox ${users.join(', ')}; remove ${users.length > 1 ? 'them' : 'it'} first, or use \`hybridbox image rm -f\` (the sandbox keeps its copy until it is removed)`);
+    }
+    return this.images.untag(ref);
+  }
+
+  /** Deletes image data no tag and no sandbox reaches. */
+  async pruneImages(): Promise<PruneResult> {
+    return this.images.prune(this.imagesInUse().keys());
   }
 
   /** Validates a spec against the schema and this host; throws a one-line SpecError. */
@@ -216,13 +281,14 @@ export class Hybridbox {
   private async createRecord(input: WorkloadSpecInput | unknown, attached = false): Promise<SandboxRecord> {
     const spec = this.validate(input);
     const placement = this.decide(spec);
-    const image = this.images.resolve(spec.image);
+    const image = await this.images.resolve(spec.image);
     const id = newId();
     const rec: SandboxRecord = {
       id,
       name: spec.name ?? `sb-${id.slice(0, 8)}`,
       backend: placement.backend,
-      image: image.ref,
+      image: spec.image.startsWith('sha256:') ? spec.image : image.ref,
+      imageDigest: image.digest,
       state: 'created',
       spec,
       placement,

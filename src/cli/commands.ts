@@ -55,6 +55,16 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
 }
 
+function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
+}
+
 function ago(ms: number | null): string {
   if (ms === null) return '-';
   const s = Math.round((Date.now() - ms) / 1000);
@@ -223,12 +233,66 @@ export const commands: Record<string, Handler> = {
 
   async images(_cmd, _args, opts) {
     await withHybridbox(opts, async (hb) => {
-      const list = hb.images.list().map((ref) => {
-        const img = hb.images.resolve(ref);
-        return { ref, digest: img.digest, rootfs: img.rootfs };
+      const list = [];
+      for (const { ref, digest } of hb.images.entries()) {
+        const d = await hb.images.inspect(ref);
+        list.push({ ref, digest, layers: d.manifest.layers.length, sizeBytes: d.sizeBytes, created: d.config.created ?? null });
+      }
+      if (opts.json) return json(list);
+      out(table([['IMAGE', 'DIGEST', 'LAYERS', 'SIZE'], ...list.map((i) => [i.ref, i.digest.slice(0, 19), String(i.layers), formatBytes(i.sizeBytes)])]));
     });
-    if (opts.json) return json(list);
-    out(table([['IMAGE', 'DIGEST'], ...list.map((i) => [i.ref, i.digest.slice(0, 19)])]));
+  },
+
+  async imageInspect(_cmd, args, opts) {
+    await withHybridbox(opts, async (hb) => {
+      json(await hb.images.inspect(args[0] as string));
+    });
+  },
+
+  async imageRm(_cmd, args, opts) {
+    await withHybridbox(opts, async (hb) => {
+      for (const ref of args[0] as string[]) out(`untagged ${ref} (${(await hb.removeImage(ref, { force: opts.force === true })).slice(0, 19)})`);
+    });
+  },
+
+  async imagePrune(_cmd, _args, opts) {
+    await withHybridbox(opts, async (hb) => {
+      const r = await hb.pruneImages();
+      out(`removed ${r.blobs} blobs, ${r.layers} unpacked layers, ${r.disks} VM disks; freed ${formatBytes(r.bytesFreed)} of blobs and disks`);
+    });
+  },
+
+  async tag(_cmd, args, opts) {
+    await withHybridbox(opts, async (hb) => {
+      await hb.images.tag(args[0] as string, args[1] as string);
+    });
+  },
+
+  async build(_cmd, args, opts) {
+    const { resolve, join } = await import('node:path');
+    const context = resolve(args[0] as string);
+    const tags = (opts.tag as string[] | undefined) ?? [];
+    const buildArgs: Record<string, string> = {};
+    for (const kv of (opts.buildArg as string[] | undefined) ?? []) {
+      const i = kv.indexOf('=');
+      if (i <= 0) throw new HybridboxError(`--build-arg: "${kv}" is not KEY=VALUE`);
+      buildArgs[kv.slice(0, i)] = kv.slice(i + 1);
+    }
+    const quiet = opts.quiet === true || opts.json === true;
+    await withHybridbox(opts, async (hb) => {
+      const r = await hb.build({
+        file: opts.file ? resolve(opts.file as string) : join(context, 'Sandboxfile'),
+        contextDir: context,
+        tags,
+        buildArgs,
+        network: opts.network as 'none' | 'bridge',
+        noCache: opts.cache === false,
+        onLog: quiet ? undefined : (line) => process.stderr.write(`${line}\n`),
+        onOutput: quiet ? undefined : (chunk) => process.stderr.write(chunk),
+      });
+      if (opts.json) return json(r);
+      if (!quiet) process.stderr.write(`built ${r.digest} in ${(r.durationMs / 1000).toFixed(2)} s (${r.steps.filter((s) => s.cached).length} cached steps)${r.tags.length ? `; tagged ${r.tags.join(', ')}` : ''}\n`);
+      out(r.digest);
     });
   },
 

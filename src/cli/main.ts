@@ -94,6 +94,24 @@ export function buildProgram(): Command {
     .action(action('exec'));
   program.command('inspect').description('show everything about a sandbox').argument('<sandbox>').action(action('inspect'));
   program.command('images').description('list local images').option('--json', 'machine-readable output').action(action('images'));
+  program
+    .command('build')
+    .description('build an image from a Sandboxfile (FROM, RUN, COPY, ADD, WORKDIR, ENV, ARG, USER, LABEL, ENTRYPOINT, CMD)')
+    .argument('[context]', 'build context directory: COPY and ADD read from here', '.')
+    .option('-f, --file <path>', 'the Sandboxfile (default: CONTEXT/Sandboxfile)')
+    .option('-t, --tag <name:tag>', 'name the image (repeatable)', collect)
+    .option('--build-arg <KEY=VALUE>', 'value for an ARG (repeatable)', collect)
+    .addOption(new Option('--network <mode>', 'network for RUN steps').choices(['none', 'bridge']).default('none'))
+    .option('--no-cache', 'run every step, ignoring the build cache')
+    .option('-q, --quiet', "print only the image digest, not the steps' output")
+    .option('--json', 'print the result as JSON')
+    .action(action('build'));
+  program.command('tag').description('give an image another name').argument('<source>').argument('<target>').action(action('tag'));
+  const image = program.command('image').description('manage local images');
+  image.command('ls').description('list local images').option('--json', 'machine-readable output').action(action('images'));
+  image.command('inspect').description("show an image's manifest, config and layers").argument('<image>').action(action('imageInspect'));
+  image.command('rm').description('remove image tags (data stays until prune)').argument('<image...>').option('-f, --force', 'even if a sandbox uses it').action(action('imageRm'));
+  image.command('prune').description('delete blobs, unpacked layers and VM disks that no image or sandbox uses').action(action('imagePrune'));
   program.command('demo').description('a guided tour: placement, a container run, limits holding, networking').action(action('demo'));
 
   const internal = program.command('internal', { hidden: true });

@@ -1,7 +1,8 @@
 import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { HostError } from '../errors.js';
-import { run } from '../util/exec.js';
+import { runChecked } from '../util/exec.js';
+import { applyLayer } from './oci/index.js';
 import type { Image, ImageStore } from './store.js';
 
 /** Bytes used by a directory tree (files and symlinks), for sizing its disk. */
@@ -15,32 +16,33 @@ function treeBytes(dir: string): number {
   return total;
 }
 
-async function must(file: string, args: string[], what: string): Promise<void> {
-  const r = await run(file, args);
-  if (r.exitCode !== 0) throw new HostError(`${what} failed: ${(r.stderr || r.stdout).trim().split('\n').pop()}`);
-}
+const must = (file: string, args: string[], what: string) => runChecked(file, args, what, (m) => new HostError(m));
 
 /**
- * The image as a VM disk: an ext4 filesystem made from the unpacked root filesystem
- * (`mkfs.ext4 -d`, no loop mount), converted to a qcow2 base that every VM of this image
- * shares read-only through its own overlay. Cached by the image digest; built under a
+ * The image as a VM disk: its layers flattened into one tree, made into an ext4 filesystem
+ * (`mkfs.ext4 -d`, no loop mount) and converted to a qcow2 base that every VM of this image
+ * shares read-only through its own overlay. Cached by the manifest digest; built under a
  * temporary name and renamed, so a crash never leaves a half-made base behind.
  */
 export async function ensureVmDisk(store: ImageStore, image: Image): Promise<string> {
-  const dir = join(store.dir, 'disks');
-  const base = join(dir, `${image.digest.replace(':', '-')}.qcow2`);
+  const base = store.vmDiskPath(image.digest);
   if (existsSync(base)) return base;
-  mkdirSync(dir, { recursive: true });
-  const tmp = join(dir, `.tmp-${process.pid}-${Date.now()}`);
+  mkdirSync(store.disksDir, { recursive: true });
+  const tmp = join(store.disksDir, `.tmp-${process.pid}-${Date.now()}`);
   const raw = `${tmp}.raw`;
+  const tree = `${tmp}.tree`;
   try {
-    // Room for the files plus ext4 metadata and journal, and some free space for the guest.
-    const mib = Math.ceil((treeBytes(image.rootfs) * 1.3) / 1048576) + 64;
-    await must('mkfs.ext4', ['-q', '-F', '-L', 'hbxroot', '-E', 'root_owner=0:0', '-O', '^has_journal', '-d', image.rootfs, raw, `${mib}M`], 'mkfs.ext4');
+    const { manifest } = await store.inspect(image.digest);
+    mkdirSync(tree, { mode: 0o755 });
+    for (const layer of manifest.layers) await applyLayer(store.blobs.path(layer.digest), tree);
+    // Room for the files plus ext4 metadata, and some free space for the guest.
+    const mib = Math.ceil((treeBytes(tree) * 1.3) / 1048576) + 64;
+    await must('mkfs.ext4', ['-q', '-F', '-L', 'hbxroot', '-E', 'root_owner=0:0', '-O', '^has_journal', '-d', tree, raw, `${mib}M`], 'mkfs.ext4');
     await must('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, `${tmp}.qcow2`], 'qemu-img convert');
     renameSync(`${tmp}.qcow2`, base);
     return base;
   } finally {
+    rmSync(tree, { recursive: true, force: true });
     rmSync(raw, { force: true });
     rmSync(`${tmp}.qcow2`, { force: true });
   }

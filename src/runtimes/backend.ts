@@ -88,6 +88,13 @@ export interface Backend {
   collectExit(rec: SandboxRecord): Promise<ExitStatus | null>;
   /** Paths of the stdout and stderr logs of a detached sandbox. */
   logPaths(rec: SandboxRecord): { stdout: string; stderr: string };
+  /**
+   * What the workload changed in its root filesystem, as a directory of changed files in
+   * overlayfs upper form (deletions as 0/0 devices, opaque directories by xattr), and the
+   * paths in it that the backend made itself (mount points) rather than the workload.
+   * Backends that cannot tell leave this out; image builds need it.
+   */
+  filesystemChanges?(rec: SandboxRecord): { dir: string; madeByBackend: string[] };
   /** Releases what a run holds (processes, cgroups, network). Idempotent; safe after a crash. */
   teardown(rec: { id: string; runtime: Record<string, unknown> }): Promise<void>;
   /** Backend-specific details for `inspect` (for containers: the OCI config). */

@@ -13,6 +13,8 @@ export interface SandboxRecord {
   name: string;
   backend: BackendKind;
   image: string;
+  /** Manifest digest of the image at create time: what keeps it from being pruned. */
+  imageDigest: string;
   state: SandboxState;
   /** The validated WorkloadSpec (JSON). */
   spec: unknown;
@@ -43,7 +45,7 @@ function nativeBinding(): string {
   return join(dirname(pkg), 'build', 'Release', 'better_sqlite3.node');
 }
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -51,6 +53,7 @@ CREATE TABLE IF NOT EXISTS sandboxes (
   name TEXT NOT NULL UNIQUE,
   backend TEXT NOT NULL,
   image TEXT NOT NULL,
+  image_digest TEXT NOT NULL DEFAULT '',
   state TEXT NOT NULL,
   spec TEXT NOT NULL,
   placement TEXT NOT NULL,
@@ -83,6 +86,7 @@ interface Row {
   name: string;
   backend: string;
   image: string;
+  image_digest: string;
   state: string;
   spec: string;
   placement: string;
@@ -106,6 +110,7 @@ function fromRow(r: Row): SandboxRecord {
     name: r.name,
     backend: r.backend as BackendKind,
     image: r.image,
+    imageDigest: r.image_digest,
     state: r.state as SandboxState,
     spec: JSON.parse(r.spec),
     placement: JSON.parse(r.placement),
@@ -128,6 +133,7 @@ const COLUMN: Record<keyof Omit<SandboxRecord, 'id'>, string> = {
   name: 'name',
   backend: 'backend',
   image: 'image',
+  imageDigest: 'image_digest',
   state: 'state',
   spec: 'spec',
   placement: 'placement',
@@ -167,7 +173,11 @@ export class StateStore {
     this.db.pragma('synchronous = NORMAL');
     const version = this.db.pragma('user_version', { simple: true }) as number;
     const fresh = (this.db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'sandboxes'").get() as { n: number }).n === 0;
-    if (!fresh && version !== SCHEMA_VERSION) {
+    // Version 1 lacked the image digest that `image prune` needs to spare images in use.
+    if (!fresh && version === 1) {
+      this.db.exec("ALTER TABLE sandboxes ADD COLUMN image_digest TEXT NOT NULL DEFAULT ''");
+      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    } else if (!fresh && version !== SCHEMA_VERSION) {
       throw new StateError(`the state database ${join(root, 'state.db')} has schema version ${version}, this hybridbox needs ${SCHEMA_VERSION}; remove the sandboxes with the version that made them, or move the state directory away`);
     }
     this.db.exec(SCHEMA);

@@ -15,3 +15,10 @@ export async function run(file: string, args: readonly string[], options: { inpu
   const r = await execa(file, args, { reject: false, input: options.input, timeout: options.timeoutMs, encoding: 'utf8', stripFinalNewline: true });
   return { exitCode: r.exitCode, stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), failed: r.failed };
 }
+
+/** Runs a command that must succeed; a failure becomes one line: what failed and its last words. */
+export async function runChecked(file: string, args: readonly string[], what: string, makeError: (msg: string) => Error): Promise<RunOutcome> {
+  const r = await run(file, args);
+  if (r.exitCode !== 0) throw makeError(`${what} failed: ${(r.stderr || r.stdout || `exit ${r.exitCode}`).trim().split('\n').pop()}`);
+  return r;
+}

@@ -12,3 +12,5 @@ export type {
   UserInstruction,
   WorkdirInstruction,
 } from './sandboxfile.js';
+export { buildImage, BuildError } from './builder.js';
+export type { BuildOptions, BuildResult, BuildStep, StepRequest, StepOutcome, StepRunner } from './builder.js';

@@ -1,7 +1,7 @@
 export { BlobStore, MEDIA_TYPES, parseDigest, sha256Hex } from './blobs.js';
 export type { Descriptor } from './blobs.js';
 export { createLayer, applyLayer, LayerEscapeError, WHITEOUT_PREFIX, OPAQUE_WHITEOUT } from './layer.js';
-export type { Layer, CreateLayerOptions } from './layer.js';
+export type { Layer, CreateLayerOptions, ApplyLayerOptions, LayerMarks } from './layer.js';
 export {
   writeImage,
   tagImage,

@@ -20,6 +20,14 @@ export interface CreateLayerOptions {
   store: BlobStore;
   /** Unpacked rootfs of the parent layer; when set, only the difference is archived. */
   base?: string;
+  /**
+   * `rootDir` is an overlayfs upper directory: its 0/0 character devices are deletions and
+   * the directories listed here (paths relative to rootDir) were marked opaque. Both become
+   * OCI whiteouts. Exclusive with `base`.
+   */
+  overlayUpper?: { opaqueDirs: ReadonlySet<string> };
+  /** Paths (relative to rootDir) left out when they are an empty file or directory: mount points a runtime made. */
+  exclude?: ReadonlySet<string>;
   /** Seconds since the epoch stamped on every entry; fixed so rebuilds are byte-identical. */
   mtime?: number;
 }
@@ -162,7 +170,11 @@ async function unchanged(newPath: string, n: Stats, basePath: string, b: Stats):
   }
 }
 
-async function* tarEntries(root: string, base: string | undefined, mtime: number): AsyncGenerator<Buffer> {
+const isOverlayWhiteout = (st: Stats): boolean => st.isCharacterDevice() && st.rdev === 0;
+
+async function* tarEntries(root: string, opts: CreateLayerOptions): AsyncGenerator<Buffer> {
+  const { base, overlayUpper: upper, exclude } = opts;
+  const mtime = opts.mtime ?? 0;
   // Hard links are only emitted against a path already written in this same layer;
   // otherwise the link would dangle when the layer is applied on its own.
   const inodes = new Map<string, string>();
@@ -199,8 +211,13 @@ async function* tarEntries(root: string, base: string | undefined, mtime: number
     const names = new Set(await readdir(newDir));
     const baseNames = baseDir ? await readdir(baseDir).catch(() => [] as string[]) : [];
     type Item = { key: string; name: string; deleted: boolean };
-    const items: Item[] = [...names].map((name) => ({ key: name, name, deleted: false }));
+    const items: Item[] = [];
+    for (const name of names) {
+      const deleted = upper !== undefined && isOverlayWhiteout(await lstat(join(newDir, name)));
+      items.push({ key: deleted ? WHITEOUT_PREFIX + name : name, name, deleted });
+    }
     for (const name of baseNames) if (!names.has(name)) items.push({ key: WHITEOUT_PREFIX + name, name, deleted: true });
+    if (upper?.opaqueDirs.has(relDir)) items.push({ key: OPAQUE_WHITEOUT, name: '', deleted: true });
     items.sort((a, b) => byteOrder(a.key, b.key));
 
     for (const item of items) {
@@ -212,6 +229,7 @@ async function* tarEntries(root: string, base: string | undefined, mtime: number
       }
       const abs = join(newDir, item.name);
       const st = await lstat(abs);
+      if (exclude?.has(rel) && (st.isDirectory() ? (await readdir(abs)).length === 0 : st.size === 0)) continue;
       const baseAbs = baseDir ? join(baseDir, item.name) : null;
       const bst = baseAbs ? await lstatOrNull(baseAbs) : null;
       const same = bst && baseAbs ? await unchanged(abs, st, baseAbs, bst) : false;
@@ -238,7 +256,7 @@ export async function createLayer(rootDir: string, opts: CreateLayerOptions): Pr
     },
   });
   const gz = createGzip({ level: 6 });
-  const packed = pipeline(Readable.from(tarEntries(rootDir, opts.base, opts.mtime ?? 0)), tap, gz);
+  const packed = pipeline(Readable.from(tarEntries(rootDir, opts)), tap, gz);
   const [, descriptor] = await Promise.all([packed, opts.store.putStream(gz, MEDIA_TYPES.layerGzip)]);
   return { descriptor, diffId: `sha256:${diff.digest('hex')}` };
 }
@@ -299,16 +317,33 @@ function removeExisting(p: string, keepDir: boolean): void {
   fs.rmSync(p, { recursive: true, force: true });
 }
 
+/** Whiteouts met while unpacking a layer on its own, as paths relative to the target. */
+export interface LayerMarks {
+  deleted: string[];
+  opaqueDirs: string[];
+}
+
+export interface ApplyLayerOptions {
+  /**
+   * `apply` (default) deletes what whiteouts name in `targetDir`: flattening layers into one
+   * tree. `record` leaves them out and returns them, for a layer unpacked into its own
+   * directory (an overlayfs lower layer, where they become 0/0 devices and opaque xattrs).
+   */
+  whiteouts?: 'apply' | 'record';
+}
+
 /**
  * Unpacks a (gzip or plain) tar layer onto `targetDir`, applying OCI whiteouts.
  * The first unsafe entry rejects the promise and stops extraction; entries before it stay applied.
  */
-export function applyLayer(blobPath: string, targetDir: string): Promise<void> {
+export function applyLayer(blobPath: string, targetDir: string, opts: ApplyLayerOptions = {}): Promise<LayerMarks> {
   fs.mkdirSync(targetDir, { recursive: true });
   // Paths this layer itself created: an opaque marker hides only lower layers, not these.
   const created = new Set<string>();
+  const marks: LayerMarks = { deleted: [], opaqueDirs: [] };
+  const record = opts.whiteouts === 'record';
 
-  return new Promise<void>((resolve, reject) => {
+  return new Promise<LayerMarks>((resolve, reject) => {
     let failed = false;
     const input = createReadStream(blobPath);
     // The default ratio cap (1000) sits below gzip's own ceiling (~1032:1), so it rejects
@@ -333,7 +368,7 @@ export function applyLayer(blobPath: string, targetDir: string): Promise<void> {
     parser.on('error', fail);
     input.on('error', fail);
     parser.on('end', () => {
-      if (!failed) resolve();
+      if (!failed) resolve(marks);
     });
     input.pipe(parser as unknown as NodeJS.WritableStream);
 
@@ -348,6 +383,10 @@ export function applyLayer(blobPath: string, targetDir: string): Promise<void> {
 
       if (name === OPAQUE_WHITEOUT) {
         const parentRel = parts.slice(0, -1).join('/');
+        if (record) {
+          marks.opaqueDirs.push(parentRel);
+          return void entry.resume();
+        }
         for (const child of fs.readdirSync(parent)) {
           const childRel = parentRel ? `${parentRel}/${child}` : child;
           if (!created.has(childRel)) fs.rmSync(join(parent, child), { recursive: true, force: true });
@@ -357,6 +396,10 @@ export function applyLayer(blobPath: string, targetDir: string): Promise<void> {
       if (name.startsWith(WHITEOUT_PREFIX)) {
         const victim = name.slice(WHITEOUT_PREFIX.length);
         if (victim === '' || victim === '.' || victim === '..') throw new LayerEscapeError(raw, 'bad whiteout');
+        if (record) {
+          marks.deleted.push(parts.slice(0, -1).concat(victim).join('/'));
+          return void entry.resume();
+        }
         fs.rmSync(join(parent, victim), { recursive: true, force: true });
         return void entry.resume();
       }

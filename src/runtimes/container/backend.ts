@@ -4,6 +4,7 @@ import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, write
 import { dirname, join } from 'node:path';
 import { HostError, RuntimeError } from '../../errors.js';
 import type { HostInfo } from '../../host/types.js';
+import { imagePathExists } from '../../images/index.js';
 import type { WorkloadSpec } from '../../spec/index.js';
 import type { BridgeNetwork } from '../../network/index.js';
 import type { StateStore, SandboxRecord } from '../../store/index.js';
@@ -33,7 +34,10 @@ export const containerDescriptor: BackendDescriptor = {
 interface ContainerRuntime {
   ociRuntime: OciRuntimeName;
   dir: string;
-  imageRootfs: string;
+  /** The image's unpacked layers, lowest first. */
+  imageLayers: string[];
+  /** Mount points made in the upper directory because the image lacks them (not workload output). */
+  mountStubs: string[];
   ip: string | null;
   netnsPath: string | null;
   uidBase: number | null;
@@ -111,6 +115,7 @@ export class ContainerBackend implements Backend {
     mkdirSync(f.work, { mode: 0o700 });
     let uidBase: number | null = null;
     let ip: string | null = null;
+    let mountStubs: string[] = [];
     let netnsPath: string | null = null;
     const caps = cgroupCaps();
     const warnings: string[] = [];
@@ -144,13 +149,14 @@ export class ContainerBackend implements Backend {
         cgroupCaps: caps,
       });
       writeFileSync(f.config, JSON.stringify(config, null, 1));
-      prepareMountTargets(config, ctx.image.rootfs, f.upper, uidBase ?? 0);
+      overlayLowerdir(ctx.image.layers);
+      mountStubs = prepareMountTargets(config, ctx.image.layers, f.upper, uidBase ?? 0);
     } catch (e) {
       await this.teardown({ id: ctx.id, runtime: {} });
       rmSync(ctx.dir, { recursive: true, force: true });
       throw e;
     }
-    const rt: ContainerRuntime = { ociRuntime: this.ociRuntime, dir: ctx.dir, imageRootfs: ctx.image.rootfs, ip, netnsPath, uidBase };
+    const rt: ContainerRuntime = { ociRuntime: this.ociRuntime, dir: ctx.dir, imageLayers: ctx.image.layers, mountStubs, ip, netnsPath, uidBase };
     return { runtime: rt as unknown as Record<string, unknown>, warnings };
   }
 
@@ -162,7 +168,7 @@ export class ContainerBackend implements Backend {
     rmSync(f.exit, { force: true });
     writeFileSync(f.oomBase, String(hostOomKills()));
     ensureSandboxCgroup(rec.id);
-    return [...this.nsArgs(this.runtimeOf(rec).path), '--overlay', rt.imageRootfs, f.upper, f.work, f.rootfs];
+    return [...this.nsArgs(this.runtimeOf(rec).path), '--overlay', overlayLowerdir(rt.imageLayers), f.upper, f.work, f.rootfs];
   }
 
   private runtimeRun(rec: SandboxRecord): string[] {
@@ -318,6 +324,11 @@ export class ContainerBackend implements Backend {
     return { stdout: f.stdout, stderr: f.stderr };
   }
 
+  filesystemChanges(rec: SandboxRecord): { dir: string; madeByBackend: string[] } {
+    const rt = this.rt(rec);
+    return { dir: files(rt.dir).upper, madeByBackend: rt.mountStubs ?? [] };
+  }
+
   private startedAtMs(rec: SandboxRecord): number | null {
     try {
       return statSync(files(this.rt(rec).dir).pid).mtimeMs;
@@ -374,10 +385,22 @@ export class ContainerBackend implements Backend {
  * as root on the host. The runtime would create them itself, but inside a user namespace
  * container root cannot write into directories owned by host root.
  */
-function prepareMountTargets(config: Record<string, unknown>, lower: string, upper: string, idShift: number): void {
+/**
+ * overlayfs takes the lower layers top first, colon-separated, and all of its options must
+ * fit in one page: an image with more layers than that cannot be mounted as it is.
+ */
+function overlayLowerdir(layers: readonly string[]): string {
+  const lower = [...layers].reverse().join(':');
+  if (lower.length > 3800) throw new RuntimeError(`image has too many layers (${layers.length}) for one overlayfs mount; rebuild it with fewer RUN/COPY instructions`);
+  return lower;
+}
+
+/** Makes the mount points the image lacks in the upper directory; returns them (relative paths). */
+function prepareMountTargets(config: Record<string, unknown>, layers: readonly string[], upper: string, idShift: number): string[] {
+  const made: string[] = [];
   const mounts = config.mounts as { destination: string; source: string; type: string }[];
   const proc = (config.process as { cwd: string; user: { uid: number; gid: number } });
-  const missing = (p: string): boolean => !existsSync(join(lower, p)) && !existsSync(join(upper, p));
+  const missing = (p: string): boolean => !imagePathExists(layers, p) && !existsSync(join(upper, p));
   // A target inside an earlier mount (/dev/pts in the /dev tmpfs) is made by the runtime there.
   const covered = (d: string, i: number): boolean => mounts.slice(0, i).some((m) => d.startsWith(m.destination === '/' ? '/' : `${m.destination}/`));
   for (const [i, m] of mounts.entries()) {
@@ -386,12 +409,14 @@ function prepareMountTargets(config: Record<string, unknown>, lower: string, upp
     const target = join(upper, m.destination);
     mkdirSync(isFile ? dirname(target) : target, { recursive: true, mode: 0o755 });
     if (isFile) writeFileSync(target, '', { mode: 0o755 });
+    made.push(m.destination.replace(/^\/+/, ''));
   }
   if (missing(proc.cwd)) {
     const dir = join(upper, proc.cwd);
     mkdirSync(dir, { recursive: true, mode: 0o755 });
     chownSync(dir, idShift + proc.user.uid, idShift + proc.user.gid);
   }
+  return made;
 }
 
 const SIGNALS = ['', 'HUP', 'INT', 'QUIT', 'ILL', 'TRAP', 'ABRT', 'BUS', 'FPE', 'KILL', 'USR1', 'SEGV', 'USR2', 'PIPE', 'ALRM', 'TERM'];

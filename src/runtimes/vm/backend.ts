@@ -32,7 +32,7 @@ function writeExit(path: string, x: VmExit): void {
 interface VmRuntime {
   dir: string;
   /** For names in `exec --user`, looked up in the image's /etc/passwd. */
-  imageRootfs: string;
+  imageLayers: string[];
   machine: MachineSpec;
   proc: Process;
   ip: string | null;
@@ -107,7 +107,7 @@ export class VmBackend implements Backend {
           extra: this.launcher.kernelArgs?.(boot, useKvm) ?? [],
         }),
       };
-      const rt: VmRuntime = { dir: ctx.dir, imageRootfs: ctx.image.rootfs, machine, proc: workloadProcess(spec, ctx.image, ctx.name), ip };
+      const rt: VmRuntime = { dir: ctx.dir, imageLayers: ctx.image.layers, machine, proc: workloadProcess(spec, ctx.image, ctx.name), ip };
       return { runtime: rt as unknown as Record<string, unknown>, warnings };
     } catch (e) {
       await this.network.detach(ctx.id);
@@ -165,7 +165,7 @@ export class VmBackend implements Backend {
       argv,
       env: { ...rt.proc.env, ...(opts.env ?? {}) },
       workdir: opts.workdir ?? rt.proc.workdir,
-      ...(opts.user ? resolveUser(opts.user, rt.imageRootfs) : {}),
+      ...(opts.user ? resolveUser(opts.user, rt.imageLayers) : {}),
     };
     const sock = await connectUnix(vmFiles(rt.dir).ctlSock).catch((e: Error) => {
       throw new RuntimeError(`cannot reach the VM's supervisor: ${e.message}`);
