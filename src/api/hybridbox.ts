@@ -220,7 +220,9 @@ export class Hybridbox {
     const digest = this.images.digestOf(ref);
     if (!digest) throw new ImageNotFoundError(ref, this.images.list());
     const users = this.imagesInUse().get(digest);
-    if (users && !opts.force) {
+    // Another tag still naming the image keeps it reachable: only the last one is guarded.
+    const lastTag = this.images.entries().filter((e) => e.digest === digest).length <= 1;
+    if (users && lastTag && !opts.force) {
       throw new StateError(`image ${normalizeRef(ref)} is used by sandbox ${users.join(', ')}; remove ${users.length > 1 ? 'them' : 'it'} first, or use \`hybridbox image rm -f\` (the sandbox keeps its copy until it is removed)`);
     }
     return this.images.untag(ref);

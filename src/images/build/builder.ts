@@ -96,7 +96,8 @@ const TAIL_LINES = 5;
 export async function buildImage(store: ImageStore, runner: StepRunner, opts: BuildOptions): Promise<BuildResult> {
   const t0 = performance.now();
   const file = opts.file;
-  const shown = relative(process.cwd(), file) || file;
+  // Paths below the working directory are shown as the user would type them.
+  const shown = file.startsWith(process.cwd() + sep) ? relative(process.cwd(), file) : file;
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
