@@ -9,6 +9,8 @@ export const MEDIA_TYPES = {
   manifest: 'application/vnd.oci.image.manifest.v1+json',
   config: 'application/vnd.oci.image.config.v1+json',
   layerGzip: 'application/vnd.oci.image.layer.v1.tar+gzip',
+  /** Uncompressed layer: its digest is its diff_id (what docker-archive layers are). */
+  layerTar: 'application/vnd.oci.image.layer.v1.tar',
   index: 'application/vnd.oci.image.index.v1+json',
   octet: 'application/octet-stream',
 } as const;
@@ -79,8 +81,17 @@ export class BlobStore {
     return this.putStream(createReadStream(file), mediaType);
   }
 
-  /** Hashes while copying so a blob is read exactly once, however large. */
-  async putStream(input: NodeJS.ReadableStream | Readable, mediaType: string = MEDIA_TYPES.octet): Promise<Descriptor> {
+  /**
+   * Hashes while copying so a blob is read exactly once, however large. With `expectedDigest`
+   * (content from elsewhere, e.g. a registry) a stream that hashes to anything else is refused:
+   * the temp file is deleted and the error has `code: 'ERR_DIGEST_MISMATCH'`.
+   */
+  async putStream(
+    input: NodeJS.ReadableStream | Readable,
+    mediaType: string = MEDIA_TYPES.octet,
+    expectedDigest?: string,
+  ): Promise<Descriptor> {
+    if (expectedDigest !== undefined) parseDigest(expectedDigest);
     await mkdir(this.blobsDir, { recursive: true });
     // The temp file lives inside the layout so the final link() stays on one filesystem.
     const tmp = join(this.layoutDir, `.tmp-${process.pid}-${randomBytes(8).toString('hex')}`);
@@ -96,6 +107,12 @@ export class BlobStore {
     try {
       await pipeline(input, tap, createWriteStream(tmp, { flags: 'wx', mode: 0o644 }));
       const digest = `sha256:${hash.digest('hex')}`;
+      if (expectedDigest !== undefined && digest !== expectedDigest) {
+        throw Object.assign(
+          new Error(`blob content does not match its digest: expected ${expectedDigest}, got ${digest} (${size} bytes); nothing was stored`),
+          { code: 'ERR_DIGEST_MISMATCH', expectedDigest, actualDigest: digest, size },
+        );
+      }
       try {
         // link() rather than rename(): it fails with EEXIST instead of replacing, so an
         // existing (possibly in-use) blob is never overwritten, even by a concurrent writer.

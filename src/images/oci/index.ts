@@ -13,3 +13,5 @@ export {
   REF_NAME_ANNOTATION,
 } from './manifest.js';
 export type { ImageManifest, ImageConfigBlob, ImageIndex, ImageRuntimeConfig, WriteImageOptions } from './manifest.js';
+export { importArchive, exportArchive, normalizeImageName, ArchiveError } from './archive.js';
+export type { ArchiveFormat, ArchiveImage, ImportOptions, ImportResult, ExportOptions, ExportResult } from './archive.js';

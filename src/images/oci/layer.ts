@@ -273,6 +273,8 @@ export class LayerEscapeError extends Error {
 
 /** Splits an archive path into safe components, or throws if it could leave the target. */
 function safeComponents(raw: string): string[] {
+  // umoci writes the layer's root directory itself as "/": it names the target, not a path outside it.
+  if (/^\/+$/.test(raw)) return [];
   if (raw.startsWith('/')) throw new LayerEscapeError(raw, 'absolute path');
   const parts = raw.split('/').filter((p) => p !== '' && p !== '.');
   if (parts.includes('..')) throw new LayerEscapeError(raw, 'contains ".."');
@@ -365,9 +367,16 @@ export function applyLayer(blobPath: string, targetDir: string, opts: ApplyLayer
         fail(err);
       }
     });
-    parser.on('error', fail);
+    // umoci 0.4 ends a layer right after the last file's data, without its padding and the
+    // end-of-archive blocks. That is the one truncation accepted: only if no data is missing.
+    let shortTail: ReadEntry | undefined;
+    parser.on('error', (err: Error & { code?: string; entry?: ReadEntry }) => {
+      if (err.code === 'TAR_BAD_ARCHIVE' && err.entry && shortTail === undefined) shortTail = err.entry;
+      else fail(err);
+    });
     input.on('error', fail);
     parser.on('end', () => {
+      if (shortTail && shortTail.remain > 0) fail(new Error(`layer ${blobPath} is truncated inside ${JSON.stringify(shortTail.path)}`));
       if (!failed) resolve(marks);
     });
     input.pipe(parser as unknown as NodeJS.WritableStream);

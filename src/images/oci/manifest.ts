@@ -82,7 +82,7 @@ export async function readConfig(store: BlobStore, manifest: ImageManifest): Pro
 // OCI ref.name grammar (image-layout spec, "annotations").
 const REF_RE = /^[A-Za-z0-9]+(?:(?:[-._:@+]|--|\/)[A-Za-z0-9]+)*$/;
 
-function checkRef(ref: string): void {
+export function checkRef(ref: string): void {
   if (!REF_RE.test(ref)) throw new Error(`invalid OCI ref name: ${JSON.stringify(ref)}`);
 }
 
