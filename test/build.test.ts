@@ -172,3 +172,48 @@ test.serial('tag, image rm and prune: data in use by a sandbox survives, the res
   t.true(hb.images.has('busybox'), 'tagged images stay');
   rmSync(dir, { recursive: true, force: true });
 });
+
+test.serial('interop: an image built by buildah imports through the CLI and runs; our export passes skopeo inspect', async (t) => {
+  const { execa } = await import('execa');
+  const { CLI } = await import('./helpers.js');
+  const work = mkdtempSync(join(tmpdir(), 'hbx-interop-'));
+  const storage = ['--root', join(work, 'root'), '--runroot', join(work, 'runroot'), '--storage-driver', 'vfs'];
+  try {
+    // A rootfs of one static binary and a file, assembled by buildah from scratch.
+    const rootfs = join(work, 'rootfs');
+    mkdirSync(join(rootfs, 'bin'), { recursive: true });
+    mkdirSync(join(rootfs, 'etc'));
+    writeFileSync(join(rootfs, 'etc/greeting'), 'made by buildah\n');
+    await execa('cp', ['/bin/busybox', join(rootfs, 'bin/busybox')]);
+    const ctr = (await execa('buildah', [...storage, 'from', 'scratch'])).stdout.trim();
+    await execa('buildah', [...storage, 'copy', ctr, rootfs, '/']);
+    await execa('buildah', [...storage, 'config', '--cmd', '/bin/busybox cat /etc/greeting', '--env', 'FROM_BUILDAH=1', ctr]);
+    await execa('buildah', [...storage, 'commit', ctr, 'localhost/fromb:1']);
+    const archive = join(work, 'fromb.tar');
+    await execa('buildah', [...storage, 'push', 'localhost/fromb:1', `oci-archive:${archive}:fromb:1`]);
+
+    const env = { ...process.env, HYBRIDBOX_ROOT: root };
+    const imp = await execa('node', [CLI, 'image', 'import', archive, '-t', 'fromb:1'], { env });
+    t.regex(imp.stdout, /imported fromb:1 \(sha256:/);
+    const ran = await execa('node', [CLI, 'run', '--rm', 'fromb:1'], { env });
+    t.is(ran.stdout, 'made by buildah');
+    const vm = await execa('node', [CLI, 'run', '--rm', '--isolation', 'microvm', 'fromb:1', '/bin/busybox', 'sh', '-c', 'echo $FROM_BUILDAH; cat /etc/greeting'], { env });
+    t.is(vm.stdout, '1\nmade by buildah');
+
+    const out = join(work, 'export.tar');
+    await execa('node', [CLI, 'image', 'export', 'fromb:1', '-o', out], { env });
+    const inspected = JSON.parse((await execa('skopeo', ['inspect', `oci-archive:${out}:fromb:1`])).stdout) as { Digest: string; Layers: string[] };
+    t.is(inspected.Digest, hb.images.digestOf('fromb:1'));
+    t.is(inspected.Layers.length, 1);
+
+    // Bad input: a file that is no archive, and an archive without a name.
+    writeFileSync(join(work, 'junk.tar'), 'not a tar at all');
+    const junk = await execa('node', [CLI, 'image', 'import', join(work, 'junk.tar')], { env, reject: false });
+    t.is(junk.exitCode, 125);
+    t.is(junk.stderr.trim().split('\n').length, 1, junk.stderr);
+  } finally {
+    await execa('buildah', [...storage, 'rm', '--all'], { reject: false });
+    await execa('buildah', [...storage, 'rmi', '--all', '--force'], { reject: false });
+    rmSync(work, { recursive: true, force: true });
+  }
+});

@@ -255,6 +255,20 @@ export const commands: Record<string, Handler> = {
     });
   },
 
+  async imageImport(_cmd, args, opts) {
+    await withHybridbox(opts, async (hb) => {
+      const r = await hb.images.import(args[0] as string, { ref: opts.tag as string | undefined });
+      for (const i of r.images) out(`imported ${i.ref} (${i.manifest.digest.slice(0, 19)}) from a ${r.format} archive`);
+    });
+  },
+
+  async imageExport(_cmd, args, opts) {
+    await withHybridbox(opts, async (hb) => {
+      const r = await hb.images.export(args[0] as string[], opts.output as string, { format: opts.format as 'oci' | 'docker' });
+      out(`wrote ${r.images.map((i) => i.ref).join(', ')} to ${opts.output as string} (${r.format} archive, ${formatBytes(r.bytes)})`);
+    });
+  },
+
   async imagePrune(_cmd, _args, opts) {
     await withHybridbox(opts, async (hb) => {
       const r = await hb.pruneImages();

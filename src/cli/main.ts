@@ -111,6 +111,19 @@ export function buildProgram(): Command {
   image.command('ls').description('list local images').option('--json', 'machine-readable output').action(action('images'));
   image.command('inspect').description("show an image's manifest, config and layers").argument('<image>').action(action('imageInspect'));
   image.command('rm').description('remove image tags (data stays until prune)').argument('<image...>').option('-f, --force', 'even if a sandbox uses it').action(action('imageRm'));
+  image
+    .command('import')
+    .description('import an OCI archive or a docker/podman save tarball')
+    .argument('<file>')
+    .option('-t, --tag <name:tag>', 'name for the image (needed when the archive names none)')
+    .action(action('imageImport'));
+  image
+    .command('export')
+    .description('write images to an archive that skopeo, podman and docker read')
+    .argument('<image...>')
+    .requiredOption('-o, --output <file>', 'archive to write')
+    .addOption(new Option('--format <format>', 'archive format').choices(['oci', 'docker']).default('oci'))
+    .action(action('imageExport'));
   image.command('prune').description('delete blobs, unpacked layers and VM disks that no image or sandbox uses').action(action('imagePrune'));
   program.command('demo').description('a guided tour: placement, a container run, limits holding, networking').action(action('demo'));
 

@@ -22,6 +22,7 @@ import {
   type ImageRuntimeConfig,
   type Layer,
 } from './oci/index.js';
+import { exportArchive, importArchive, type ArchiveFormat, type ExportResult, type ImportResult } from './oci/archive.js';
 
 /** What a sandbox needs from an image's config (the OCI config's `config` object, in our names). */
 export interface ImageConfig {
@@ -276,6 +277,22 @@ export class ImageStore {
     const digest = this.must(full);
     await untag(this.blobs, full);
     return digest;
+  }
+
+  /** Imports an OCI archive or a `docker save`/`podman save` tarball; tags last, guarded from prune. */
+  async import(file: string, opts: { ref?: string } = {}): Promise<ImportResult> {
+    const end = this.beginBuild();
+    try {
+      return await importArchive(this.blobs, file, opts.ref ? { ref: checkRef(opts.ref) } : {});
+    } finally {
+      end();
+    }
+  }
+
+  /** Writes images to one archive file (OCI by default, or the docker-archive format). */
+  async export(refs: string[], file: string, opts: { format?: ArchiveFormat } = {}): Promise<ExportResult> {
+    for (const r of refs) this.must(r);
+    return exportArchive(this.blobs, refs.map((r) => normalizeRef(r)), file, opts);
   }
 
   vmDiskPath(digest: string): string {
