@@ -89,6 +89,30 @@ test.serial('the same image runs as a microVM, with every layer applied', async 
   rmSync(dir, { recursive: true, force: true });
 });
 
+test.serial('a build FROM debian:bookworm (made locally by mmdebstrap) runs as a container and as a microVM', async (t) => {
+  const dir = context({
+    Sandboxfile: [
+      'FROM debian:bookworm',
+      'RUN useradd --create-home --uid 1234 app && dpkg-query -W -f "\${Package}\\n" | wc -l > /etc/package-count',
+      'COPY hello.sh /usr/local/bin/hello',
+      'RUN chmod 755 /usr/local/bin/hello',
+      'USER app',
+      'WORKDIR /home/app',
+      'CMD ["hello"]',
+      '',
+    ].join('\n'),
+    'hello.sh': '#!/bin/bash\necho "hello from $(. /etc/os-release; echo $VERSION_CODENAME) as $(id -un) in $PWD, $(cat /etc/package-count) packages"\n',
+  });
+  await build(dir, ['deb-app:1']);
+  const c = await hb.run({ image: 'deb-app:1' }, { remove: true });
+  t.is(c.exitCode, 0, c.stderr);
+  t.regex(c.stdout, /^hello from bookworm as app in \/home\/app, \d+ packages\n$/);
+  const vm = await hb.run({ image: 'deb-app:1', isolation: 'microvm', resources: { memoryMiB: 256 } }, { remove: true });
+  t.is(vm.exitCode, 0, vm.stderr);
+  t.is(vm.stdout, c.stdout, 'the same image, the same answer, in a VM');
+  rmSync(dir, { recursive: true, force: true });
+});
+
 const ERRORS: [string, Record<string, string>, RegExp][] = [
   ['an unknown instruction', { Sandboxfile: 'FROM busybox\nRUN true\nFROBNICATE x\n' }, /\/Sandboxfile:3: FROBNICATE: unknown instruction/],
   ['a COPY source outside the context', { Sandboxfile: 'FROM busybox\nCOPY ../x /x\n' }, /\/Sandboxfile:2: COPY: source "\.\.\/x" is outside the build context/],
@@ -203,7 +227,7 @@ test.serial('interop: an image built by buildah imports through the CLI and runs
     const out = join(work, 'export.tar');
     await execa('node', [CLI, 'image', 'export', 'fromb:1', '-o', out], { env });
     const inspected = JSON.parse((await execa('skopeo', ['inspect', `oci-archive:${out}:fromb:1`])).stdout) as { Digest: string; Layers: string[] };
-    t.is(inspected.Digest, hb.images.digestOf('fromb:1'));
+    t.is(hb.images.digestOf('fromb:1'), inspected.Digest);
     t.is(inspected.Layers.length, 1);
 
     // Bad input: a file that is no archive, and an archive without a name.

@@ -20,6 +20,7 @@ const newId = customAlphabet('0123456789abcdefghijklmnopqrstuvwxyz', 12);
 /** Base images made on this host from local packages (no registry is needed). */
 const BASE_IMAGES: Record<string, (store: ImageStore) => Promise<unknown>> = {
   'busybox:latest': (store) => buildBusyboxImage(store),
+  'debian:bookworm': async (store) => (await import('../images/bases/debian.js')).buildDebianImage(store),
 };
 
 export interface HybridboxOptions extends BackendOptions {
@@ -167,9 +168,10 @@ export class Hybridbox {
     return { host: this.host, backends: this.backends.availability() };
   }
 
-  /** Builds the base images that are missing (busybox from the host's busybox-static). */
-  async ensureBaseImages(): Promise<void> {
+  /** Builds the base images that are missing: busybox from busybox-static, debian:bookworm with mmdebstrap. */
+  async ensureBaseImages(opts: { debian?: boolean } = {}): Promise<void> {
     await this.ensureBaseImage('busybox:latest');
+    if (opts.debian) await this.ensureBaseImage('debian:bookworm');
   }
 
   /** Makes a base image hybridbox knows how to build locally; false for any other name. */

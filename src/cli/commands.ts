@@ -100,6 +100,12 @@ export const commands: Record<string, Handler> = {
   async setup(_cmd, _args, opts) {
     await withHybridbox(opts, async (hb) => {
       await hb.ensureBaseImages();
+      // debian:bookworm needs Debian's mirror; without it, everything busybox-based still works.
+      try {
+        await hb.ensureBaseImage('debian:bookworm');
+      } catch (e) {
+        process.stderr.write(`hybridbox: warning: debian:bookworm was not built: ${(e as Error).message}\n`);
+      }
       out(`images: ${hb.images.list().join(', ')}`);
     });
   },
