@@ -8,7 +8,12 @@ const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url),
 rmSync('dist/chunks', { recursive: true, force: true });
 mkdirSync('dist', { recursive: true });
 await build({
-  entryPoints: { cli: 'src/cli/index.ts', index: 'src/index.ts', 'benchmarks/startup': 'benchmarks/startup.ts' },
+  entryPoints: {
+    cli: 'src/cli/index.ts',
+    index: 'src/index.ts',
+    'benchmarks/startup': 'benchmarks/startup.ts',
+    'benchmarks/registry': 'benchmarks/registry.ts',
+  },
   outdir: 'dist',
   chunkNames: 'chunks/[name]-[hash]',
   bundle: true,
