@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { ImageNotFoundError, NameConflictError, RuntimeError, SandboxNotFoundError, StateError } from '../errors.js';
 import { probeHost } from '../host/probe.js';
 import type { HostInfo, HostLoad } from '../host/types.js';
-import { ImageStore, buildBusyboxImage, normalizeRef, type PruneResult } from '../images/index.js';
+import { ImageStore, buildBusyboxImage, checkRef, ensureVmDisk, normalizeRef, type PruneResult } from '../images/index.js';
+import type { ProgressReporter, PullResult, PushResult, Registry } from '../registry/index.js';
 import { buildImage, type BuildOptions, type BuildResult, type StepRunner } from '../images/build/index.js';
 import { BridgeNetwork } from '../network/index.js';
 import type { Backend, ExitStatus, OutputSink, SelfInvocation } from '../runtimes/backend.js';
@@ -28,6 +29,18 @@ export interface HybridboxOptions extends BackendOptions {
   root?: string;
   /** Host description; probed when absent. */
   host?: HostInfo;
+}
+
+export interface RegistryTransferOptions {
+  /** s3://bucket/prefix; default from the registry config, else the embedded registry. */
+  registry?: string;
+  /** Name in the registry when it differs from the local one. */
+  remoteRef?: string;
+  /** Move the image's VM disk (ext4/qcow2) too, so a VM starts without making it. */
+  withVmDisk?: boolean;
+  /** `bars` (a terminal) or lines, `quiet` (the summary only), `none`. Default: bars or lines. */
+  progress?: 'auto' | 'quiet' | 'none';
+  signal?: AbortSignal;
 }
 
 export interface RunOptions {
@@ -228,6 +241,50 @@ export class Hybridbox {
       throw new StateError(`image ${normalizeRef(ref)} is used by sandbox ${users.join(', ')}; remove ${users.length > 1 ? 'them' : 'it'} first, or use \`hybridbox image rm -f\` (the sandbox keeps its copy until it is removed)`);
     }
     return this.images.untag(ref);
+  }
+
+  /**
+   * Pushes an image (and with `withVmDisk` its VM disk) to an S3 registry: blobs first,
+   * skipping those already there, the tag last. No registry configured: the embedded one.
+   */
+  async push(ref: string, opts: RegistryTransferOptions = {}): Promise<PushResult> {
+    const digest = this.images.digestOf(ref);
+    if (!digest) throw new ImageNotFoundError(ref, this.images.list());
+    const vmDisk = opts.withVmDisk ? { path: await ensureVmDisk(this.images, await this.images.resolve(ref)) } : undefined;
+    return this.withRegistry(opts, (reg, progress) =>
+      reg.push({ blobs: this.images.blobs, ref: normalizeRef(ref), remoteRef: opts.remoteRef, vmDisk, progress, signal: opts.signal }),
+    );
+  }
+
+  /** Pulls an image from an S3 registry, verifying every blob while it streams; the tag last. */
+  async pull(ref: string, opts: RegistryTransferOptions = {}): Promise<PullResult> {
+    const end = this.images.beginBuild();
+    try {
+      if (opts.withVmDisk) mkdirSync(this.images.disksDir, { recursive: true });
+      return await this.withRegistry(opts, (reg, progress) =>
+        reg.pull({
+          blobs: this.images.blobs,
+          ref: checkRef(ref, 'image'),
+          remoteRef: opts.remoteRef,
+          vmDiskPath: opts.withVmDisk ? (digest) => this.images.vmDiskPath(digest) : undefined,
+          progress,
+          signal: opts.signal,
+        }),
+      );
+    } finally {
+      end();
+    }
+  }
+
+  private async withRegistry<T>(opts: RegistryTransferOptions, fn: (reg: Registry, progress: ProgressReporter) => Promise<T>): Promise<T> {
+    const { resolveRegistryConfig, openRegistry, createProgressReporter, silentProgress } = await import('../registry/index.js');
+    const config = resolveRegistryConfig(process.env, this.root, { url: opts.registry });
+    const reg = await openRegistry(config);
+    try {
+      return await fn(reg, opts.progress === 'none' ? silentProgress : createProgressReporter({ quiet: opts.progress === 'quiet' }));
+    } finally {
+      await reg.close();
+    }
   }
 
   /** Deletes image data no tag and no sandbox reaches. */

@@ -81,6 +81,18 @@ function status(s: SandboxInfo): string {
   return s.state;
 }
 
+async function registryCommand(verb: 'push' | 'pull', ref: string, opts: Opts): Promise<void> {
+  await withHybridbox(opts, async (hb) => {
+    const r = await hb[verb](ref, {
+      registry: opts.registry as string | undefined,
+      remoteRef: opts.remote as string | undefined,
+      withVmDisk: opts.withVmDisk === true,
+      progress: opts.json ? 'none' : opts.quiet ? 'quiet' : 'auto',
+    });
+    if (opts.json) json(r);
+  });
+}
+
 export const commands: Record<string, Handler> = {
   async info(_cmd, _args, opts) {
     await withHybridbox(opts, async (hb) => {
@@ -259,6 +271,14 @@ export const commands: Record<string, Handler> = {
     await withHybridbox(opts, async (hb) => {
       for (const ref of args[0] as string[]) out(`untagged ${ref} (${(await hb.removeImage(ref, { force: opts.force === true })).slice(0, 19)})`);
     });
+  },
+
+  async push(_cmd, args, opts) {
+    await registryCommand('push', args[0] as string, opts);
+  },
+
+  async pull(_cmd, args, opts) {
+    await registryCommand('pull', args[0] as string, opts);
   },
 
   async imageImport(_cmd, args, opts) {

@@ -107,6 +107,21 @@ export function buildProgram(): Command {
     .option('--json', 'print the result as JSON')
     .action(action('build'));
   program.command('tag').description('give an image another name').argument('<source>').argument('<target>').action(action('tag'));
+  for (const [verb, what] of [
+    ['push', 'upload an image to an S3 registry (blobs not already there, then the tag)'],
+    ['pull', 'download an image from an S3 registry, verifying every blob'],
+  ] as const) {
+    program
+      .command(verb)
+      .description(what)
+      .argument('<image>', 'name:tag')
+      .option('--registry <url>', 's3://bucket/prefix (default: the config file, else the embedded registry)')
+      .option('--remote <name:tag>', 'name in the registry, when it differs from the local name')
+      .option('--with-vm-disk', "also move the image's VM disk")
+      .option('-q, --quiet', 'print only the summary line')
+      .option('--json', 'print the result as JSON')
+      .action(action(verb));
+  }
   const image = program.command('image').description('manage local images');
   image.command('ls').description('list local images').option('--json', 'machine-readable output').action(action('images'));
   image.command('inspect').description("show an image's manifest, config and layers").argument('<image>').action(action('imageInspect'));
