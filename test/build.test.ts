@@ -241,3 +241,28 @@ test.serial('interop: an image built by buildah imports through the CLI and runs
     rmSync(work, { recursive: true, force: true });
   }
 });
+
+test.serial('kill -9 of a build half-way leaves no tag, and the next build or prune sweeps its leftovers', async (t) => {
+  const { execa } = await import('execa');
+  const { CLI, waitFor } = await import('./helpers.js');
+  const dir = context({ Sandboxfile: 'FROM busybox\nCOPY big.bin /big.bin\nRUN touch /started && sleep 30\n', 'big.bin': 'x'.repeat(1 << 20) });
+  const env = { ...process.env, HYBRIDBOX_ROOT: root };
+  const child = execa('node', [CLI, 'build', '-t', 'killed:1', dir], { env, reject: false });
+  // Wait until the RUN step's sandbox is up, then kill the CLI outright.
+  t.true(await waitFor(async () => (await hb.list()).some((s) => s.name.startsWith('build-')), 20_000));
+  child.kill('SIGKILL');
+  await child;
+  t.false(hb.images.has('killed:1'));
+  // The build sandbox dies with its CLI and is cleaned up by the next call.
+  t.true(await waitFor(async () => (await hb.list()).length === 0, 10_000));
+  // What a writer killed in the middle of a COPY or a blob write leaves behind.
+  const dead = (await execa('sh', ['-c', 'echo $$'])).stdout.trim();
+  mkdirSync(join(root, 'images', `.stage-${dead}-0a1b`, 'app'), { recursive: true });
+  writeFileSync(join(root, 'images', 'oci', `.tmp-${dead}-0a1b2c3d`), 'half a blob');
+  await hb.pruneImages();
+  const temps = [join(root, 'images'), join(root, 'images', 'oci'), join(root, 'images', 'layers')].flatMap((d) =>
+    existsSync(d) ? readdirSync(d).filter((n) => n.startsWith('.') && n !== '.' && /-\d+-/.test(n)) : [],
+  );
+  t.deepEqual(temps, []);
+  rmSync(dir, { recursive: true, force: true });
+});

@@ -3,6 +3,7 @@ import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync
 import { dirname, join } from 'node:path';
 import { HostError, HybridboxError, ImageNotFoundError } from '../errors.js';
 import { runChecked } from '../util/exec.js';
+import { sweepStaleTemps } from '../util/fs.js';
 import { isSameProcessAlive } from '../util/proc.js';
 import {
   BlobStore,
@@ -306,7 +307,8 @@ export class ImageStore {
    */
   async prune(inUse: Iterable<string>): Promise<PruneResult> {
     const busy = this.activeBuilds();
-    if (busy.length) throw new HybridboxError(`image prune: a build is running (pid ${busy.join(', ')}); run prune again when it has finished`);
+    if (busy.length) throw new HybridboxError(`image prune: a build, import or pull is running (pid ${busy.join(', ')}); run prune again when it has finished`);
+    this.sweep();
     const keepManifests = new Set([...this.tags().values()].map((d) => d.digest));
     for (const d of inUse) if (d && existsSync(this.blobs.path(d))) keepManifests.add(d);
     const keepBlobs = new Set<string>(keepManifests);
@@ -329,16 +331,33 @@ export class ImageStore {
     for (const name of listDir(this.disksDir)) {
       if (!name.endsWith('.qcow2') || !keepManifests.has(`sha256:${name.slice(0, -'.qcow2'.length)}`)) drop(join(this.disksDir, name), 'disks');
     }
+    // Build-cache entries whose layer is gone can never hit again.
+    const cacheDir = join(this.dir, 'build-cache');
+    for (const name of listDir(cacheDir)) {
+      try {
+        const entry = JSON.parse(readFileSync(join(cacheDir, name), 'utf8')) as Layer;
+        if (existsSync(this.blobs.path(entry.descriptor.digest))) continue;
+      } catch {
+        /* unreadable: drop it */
+      }
+      rmSync(join(cacheDir, name), { force: true });
+    }
     return result;
   }
 
   /** Marks a build as running until the returned function is called (or the process dies). */
   beginBuild(): () => void {
+    this.sweep();
     const dir = join(this.dir, 'builds');
     mkdirSync(dir, { recursive: true });
     const marker = join(dir, `${process.pid}-${randomBytes(4).toString('hex')}`);
     writeFileSync(marker, '');
     return () => rmSync(marker, { force: true });
+  }
+
+  /** Temporary files of writers that died half-way (kill -9, a crash) are removed. */
+  private sweep(): void {
+    sweepStaleTemps([this.dir, this.blobs.layoutDir, this.layersDir, this.disksDir]);
   }
 
   private activeBuilds(): number[] {

@@ -18,7 +18,7 @@ export async function buildBusyboxImage(store: ImageStore, ref = 'busybox:latest
   }
   const { stdout } = await run(BUSYBOX, ['--list-full']);
   const applets = stdout.split('\n').filter(Boolean);
-  const root = mkdtempSync(join(store.dir, '.busybox-'));
+  const root = mkdtempSync(join(store.dir, `.busybox-${process.pid}-`));
   try {
     chmodSync(root, 0o755);
     for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'etc', 'proc', 'sys', 'dev', 'tmp', 'root', 'home', 'var/tmp', 'run', 'mnt']) {

@@ -25,6 +25,7 @@ import { tmpdir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
 import { HostError } from '../../errors.js';
 import { run } from '../../util/exec.js';
+import { discardTree } from '../../util/fs.js';
 import type { ImageConfig, ImageStore } from '../store.js';
 import { createLayer } from '../oci/index.js';
 
@@ -235,20 +236,6 @@ function checkHost(): void {
   if (!existsSync(APT_HELPER)) throw new HostError(`${APT_HELPER} is missing; install it with \`apt-get install apt\``);
   if (!existsSync(MERGED_USR_HOOKS)) throw new HostError(`${MERGED_USR_HOOKS} is missing; reinstall mmdebstrap (\`apt-get install --reinstall mmdebstrap\`)`);
   if (process.getuid?.() !== 0) throw new HostError('building the debian base image needs root (mmdebstrap --mode=root)');
-}
-
-/** Paths mounted at or below `dir`: a tree with any must never be removed recursively. */
-function mountsUnder(dir: string): string[] {
-  const prefix = resolve(dir);
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4]?.replace(/\\040/g, ' '))
-    .filter((p): p is string => p !== undefined && (p === prefix || p.startsWith(`${prefix}/`)));
-}
-
-/** Removes a failed build's tree, unless something is still mounted inside it. */
-function discardTree(dir: string): void {
-  if (mountsUnder(dir).length === 0) rmSync(dir, { recursive: true, force: true });
 }
 
 // Hooks run by mmdebstrap under `sh -c` with the chroot as $1. Paths come in through the
@@ -555,7 +542,7 @@ export const BASE_ARCHIVE_DIR = '/var/cache/hybridbox/bases';
  * root, or a rebuild while the mirror has not changed, imports it instead of bootstrapping.
  */
 export async function buildDebianImage(store: ImageStore, ref = 'debian:bookworm', opts: DebianBaseOptions = {}): Promise<string> {
-  const work = mkdtempSync(join(store.dir, '.debian-'));
+  const work = mkdtempSync(join(store.dir, `.debian-${process.pid}-`));
   let archive = '';
   try {
     const root = join(work, 'rootfs');

@@ -592,7 +592,7 @@ export async function importArchive(blobs: BlobStore, file: string, opts: Import
   }
   await blobs.init();
   // Staged inside the layout so that adopting a blob is a link(), never a second copy.
-  const stageDir = await mkdtemp(join(blobs.layoutDir, '.import-'));
+  const stageDir = await mkdtemp(join(blobs.layoutDir, `.import-${process.pid}-`));
   try {
     const a = await stageArchive(file, new BlobStore(stageDir));
     let format: ArchiveFormat;
