@@ -1,2 +1,2 @@
-export { place, type Placement } from './place.js';
+export { place, type Placement, type StartupStats } from './place.js';
 export { formatPlacement } from './format.js';

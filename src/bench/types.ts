@@ -1,0 +1,146 @@
+// The shapes every benchmark writes and the report reads. A result is one JSON document,
+// stored in the state database (bench/results.ts) with the host it was measured on, so runs
+// on different hosts and days can be compared.
+import type { BackendKind } from '../spec/schema.js';
+
+/** Summary of one set of timings (milliseconds). */
+export interface Stats {
+  n: number;
+  minMs: number;
+  medianMs: number;
+  meanMs: number;
+  p95Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  /** 95% bootstrap confidence interval of the median. */
+  medianCiMs: [number, number];
+  /** The spread is too wide to trust small differences: (p95 - min) / median above a threshold, or a CI wider than 20% of the median. */
+  noisy: boolean;
+}
+
+/** What a result was measured on: enough to tell whether two results are comparable. */
+export interface HostDescription {
+  /** Short hash of CPU model, cores, memory, kernel, accel and cgroup layout: results with the same key compare. */
+  key: string;
+  hostname: string;
+  cpuModel: string;
+  cores: number;
+  memoryBytes: number;
+  kernel: string;
+  accel: 'kvm' | 'tcg';
+  cgroup: 'v1' | 'v2' | 'hybrid';
+  versions: Record<string, string | null>;
+}
+
+export type BenchKind = 'startup' | 'isolation' | 'density';
+
+interface BenchResultBase {
+  kind: BenchKind;
+  /** Set when stored. */
+  id?: number;
+  startedAtMs: number;
+  durationMs: number;
+  host: HostDescription;
+  /** The options the run was given (runs, backends, image, command, ...). */
+  options: Record<string, unknown>;
+  /** Plain-language findings, one sentence each, for the terminal and the report. */
+  summary: string[];
+}
+
+/** A scenario is a hybridbox backend or a raw baseline measured next to it. */
+export interface StartupScenario {
+  name: string;
+  kind: 'backend' | 'baseline';
+  /** The backend this scenario is, or the one it is the baseline of. */
+  backend: BackendKind | null;
+  description: string;
+  /** Wall time of each measured run, in run order (after warm-up). */
+  totalMs: number[];
+  /** Time to the first byte of the workload's output, per run (null where not observable). */
+  firstOutputMs: (number | null)[];
+  /** Per-phase durations per run (placement, prepare, create, start, first-output, exit, teardown), where the scenario has them. */
+  phasesMs: Record<string, number[]>;
+  stats: Stats;
+  firstOutputStats: Stats | null;
+  phaseStats: Record<string, Stats>;
+  /** Why the scenario could not run on this host (then the arrays are empty). */
+  skipped?: string;
+}
+
+export interface StartupRatio {
+  /** e.g. "container / crun-raw" */
+  name: string;
+  numerator: string;
+  denominator: string;
+  /** median(numerator) / median(denominator) */
+  value: number;
+  /** A target the project has set for this ratio, and whether it was met. */
+  target?: { max: number; met: boolean };
+}
+
+export interface StartupResult extends BenchResultBase {
+  kind: 'startup';
+  scenarios: StartupScenario[];
+  ratios: StartupRatio[];
+}
+
+export interface PerformanceCase {
+  backend: BackendKind;
+  neighbour: 'none' | 'cpu-hog' | 'memory-bomb' | 'fork-bomb' | 'disk-writer' | 'network-flood';
+  /** Victim throughput (workload-specific units, higher is better) per repetition. */
+  victimScore: number[];
+  /** Percent lost against the same backend alone: 100 * (1 - median(case) / median(alone)). */
+  degradationPct: number | null;
+  /** Was the neighbour held by its limits (limit hit, OOM kill, pids cap), and how we know. */
+  contained: boolean | null;
+  containment: string;
+  /** Host responsiveness during the stress: latency of a host probe. */
+  hostProbeMs: Stats | null;
+}
+
+export interface SecurityRow {
+  /** Probe name, e.g. "kernel shared with host", "mount succeeds". */
+  probe: string;
+  /** Per backend: the observed value and whether it is the safer outcome. */
+  values: Partial<Record<BackendKind | 'host', { value: string; safe: boolean | null }>>;
+}
+
+export interface FaultCase {
+  fault: string;
+  /** The sandbox the fault was injected into. */
+  in: BackendKind;
+  /** Other sandboxes running at the time, and whether each kept running. */
+  survivors: { backend: BackendKind; name: string; keptRunning: boolean }[];
+  hostUp: boolean;
+  detail: string;
+}
+
+export interface IsolationResult extends BenchResultBase {
+  kind: 'isolation';
+  performance: PerformanceCase[];
+  security: SecurityRow[];
+  fault: FaultCase[];
+}
+
+export interface DensityBackend {
+  backend: BackendKind;
+  started: number;
+  /** Why starting stopped: budget reached, count reached, a start failed (with the error). */
+  stopReason: string;
+  /** Sandboxes per second over the whole ramp. */
+  startRatePerS: number;
+  /** Host memory used per sandbox beyond the idle workload itself (RSS of QEMU, shim, runtime; cgroup usage). */
+  overheadBytesPerSandbox: number;
+  hostRssBytesPerSandbox: number;
+  cgroupBytesPerSandbox: number | null;
+  /** (count, cumulative seconds, host memory used) at each step, for the report's chart. */
+  ramp: { count: number; elapsedMs: number; hostUsedBytes: number }[];
+}
+
+export interface DensityResult extends BenchResultBase {
+  kind: 'density';
+  memoryBudgetBytes: number;
+  backends: DensityBackend[];
+}
+
+export type BenchResult = StartupResult | IsolationResult | DensityResult;
