@@ -5,7 +5,7 @@ import { ImageNotFoundError, NameConflictError, RuntimeError, SandboxNotFoundErr
 import { probeHost } from '../host/probe.js';
 import type { HostInfo, HostLoad } from '../host/types.js';
 import { ImageStore, buildBusyboxImage, checkRef, ensureVmDisk, normalizeRef, type PruneResult } from '../images/index.js';
-import type { ProgressReporter, PullResult, PushResult, Registry } from '../registry/index.js';
+import type { ProgressReporter, PullResult, PushResult, Registry, RegistryConfigFile } from '../registry/index.js';
 import { buildImage, type BuildOptions, type BuildResult, type StepRunner } from '../images/build/index.js';
 import { BridgeNetwork } from '../network/index.js';
 import type { Backend, ExitStatus, OutputSink, SelfInvocation } from '../runtimes/backend.js';
@@ -38,6 +38,8 @@ export interface RegistryTransferOptions {
   remoteRef?: string;
   /** Move the image's VM disk (ext4/qcow2) too, so a VM starts without making it. */
   withVmDisk?: boolean;
+  /** Settings that take precedence over the environment and the config file (docs/registry.md). */
+  registryConfig?: RegistryConfigFile;
   /** `bars` (a terminal) or lines, `quiet` (the summary only), `none`. Default: bars or lines. */
   progress?: 'auto' | 'quiet' | 'none';
   signal?: AbortSignal;
@@ -278,7 +280,7 @@ export class Hybridbox {
 
   private async withRegistry<T>(opts: RegistryTransferOptions, fn: (reg: Registry, progress: ProgressReporter) => Promise<T>): Promise<T> {
     const { resolveRegistryConfig, openRegistry, createProgressReporter, silentProgress } = await import('../registry/index.js');
-    const config = resolveRegistryConfig(process.env, this.root, { url: opts.registry });
+    const config = resolveRegistryConfig(process.env, this.root, { url: opts.registry, overrides: opts.registryConfig });
     const reg = await openRegistry(config);
     try {
       return await fn(reg, opts.progress === 'none' ? silentProgress : createProgressReporter({ quiet: opts.progress === 'quiet' }));

@@ -100,9 +100,68 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     const ping = await hb.run({ image: 'busybox', command: ['sh', '-c', `ip -4 -o addr show eth0 | awk '{print "client address: "$4}'; ping -c 2 -W 2 ${server.ip} | tail -2; ip route`], network: 'bridge', isolation: 'container' }, { remove: true });
     say(indent(ping.stdout));
     say(`   -> ${outcome(ping)}`);
+
+    step(9, 'An image from a Sandboxfile: built once, run as a container and a microVM, pushed to S3');
+    await imagesTour(hb, kinds.includes('microvm'));
   } finally {
     for (const id of made) await hb.remove(id, { force: true }).catch(() => undefined);
     hb.close();
   }
   say(`\n${bold('Done.')} Every sandbox of this tour has been removed.`);
+}
+
+const SANDBOXFILE = `FROM debian:bookworm
+ARG GREETING=hello
+ENV GREETING=$GREETING
+RUN useradd --create-home --uid 1000 judge
+COPY grade.sh /usr/local/bin/grade
+RUN chmod 755 /usr/local/bin/grade
+USER judge
+WORKDIR /home/judge
+CMD ["grade"]
+`;
+
+const GRADE = `#!/bin/bash
+echo "$GREETING from $(. /etc/os-release; echo "$PRETTY_NAME") as $(id -un), kernel $(uname -r)"
+`;
+
+async function imagesTour(hb: Hybridbox, withVm: boolean): Promise<void> {
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  if (!(await hb.ensureBaseImage('debian:bookworm').catch(() => false))) {
+    say('   debian:bookworm could not be built here (no Debian mirror reachable); skipping the image tour');
+    return;
+  }
+  const ctx = mkdtempSync(join(tmpdir(), 'hbx-demo-'));
+  const tag = 'demo/grader:1';
+  try {
+    writeFileSync(join(ctx, 'Sandboxfile'), SANDBOXFILE);
+    writeFileSync(join(ctx, 'grade.sh'), GRADE);
+    say(indent(SANDBOXFILE));
+    const first = await hb.build({ file: join(ctx, 'Sandboxfile'), contextDir: ctx, tags: [tag], noCache: true, onLog: (l) => say(`   ${l}`) });
+    say(`   -> ${first.digest.slice(0, 19)} in ${(first.durationMs / 1000).toFixed(2)} s`);
+    const again = await hb.build({ file: join(ctx, 'Sandboxfile'), contextDir: ctx, tags: [tag] });
+    say(`   rebuilt unchanged: ${again.steps.filter((st) => st.cached).length} of ${again.steps.filter((st) => st.layerDigest).length} layer steps from the cache, ${again.durationMs} ms, same digest: ${again.digest === first.digest}`);
+    for (const isolation of withVm ? (['container', 'microvm'] as const) : (['container'] as const)) {
+      const r = await hb.run({ image: tag, isolation }, { remove: true });
+      say(`   ${isolation.padEnd(9)} ${r.stdout.trim()}`);
+    }
+    const pushed = await hb.push(tag, { progress: 'none' });
+    say(`   push to the embedded S3 registry: ${pushed.blobsUploaded} blobs uploaded (${mib(pushed.bytesUploaded)}), ${pushed.blobsSkipped} already there, ${pushed.durationMs} ms`);
+    const repushed = await hb.push(tag, { progress: 'none' });
+    say(`   push again: ${repushed.blobsUploaded} uploaded, ${repushed.blobsSkipped} already there (${mib(repushed.bytesSkipped)} not sent), ${repushed.durationMs} ms`);
+    // A second, empty image store stands in for another machine pulling from the same bucket.
+    const other = await Hybridbox.open({ root: join(ctx, 'other-host') });
+    try {
+      const pulled = await other.pull(tag, { progress: 'none', registryConfig: { embeddedDataDir: join(hb.root, 's3') } });
+      say(`   an empty store pulls it: ${pulled.blobsDownloaded} blobs downloaded (${mib(pulled.bytesDownloaded)}), each verified against its sha256 while streaming, ${pulled.durationMs} ms`);
+      const r = await other.run({ image: tag, isolation: 'container' }, { remove: true });
+      say(`   and runs it: ${r.stdout.trim()}`);
+    } finally {
+      other.close();
+    }
+  } finally {
+    rmSync(ctx, { recursive: true, force: true });
+  }
 }
