@@ -33,3 +33,4 @@ await build({
 });
 execFileSync('chmod', ['+x', 'dist/cli.js']);
 execFileSync('bash', ['src/runtimes/container/shim/build.sh', 'dist/hbx-shim'], { stdio: 'inherit' });
+execFileSync('sh', ['src/bench/probe/build.sh', 'dist/hbx-probe'], { stdio: 'inherit' });

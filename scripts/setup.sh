@@ -20,10 +20,10 @@ fi
 # overlayfs xattrs that mark opaque directories in image layers; podman and buildah are the
 # other side of the image import/export interop tests; mmdebstrap bootstraps the
 # debian:bookworm base image from Debian's mirror; rclone is the S3 client the registry
-# benchmark compares push and pull with.
+# benchmark compares push and pull with; chromium opens the HTML report in its test.
 PACKAGES=(crun runc tini busybox-static iproute2 gcc libc6-dev
   qemu-system-x86 qemu-utils e2fsprogs libvirt-daemon-system libvirt-clients libxml2-utils
-  musl-tools cpio flex bison libelf-dev bc make xz-utils skopeo umoci attr podman buildah mmdebstrap rclone)
+  musl-tools cpio flex bison libelf-dev bc make xz-utils skopeo umoci attr podman buildah mmdebstrap rclone chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

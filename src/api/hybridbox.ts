@@ -1,6 +1,8 @@
 import { customAlphabet } from 'nanoid';
 import { chmodSync, createReadStream, existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { BenchResults } from '../bench/results.js';
+import { hostKey } from '../bench/host.js';
 import { ImageNotFoundError, NameConflictError, RuntimeError, SandboxNotFoundError, StateError } from '../errors.js';
 import { probeHost } from '../host/probe.js';
 import type { HostInfo, HostLoad } from '../host/types.js';
@@ -323,8 +325,26 @@ export class Hybridbox {
     return this.decide(this.validate(input));
   }
 
+  private benchResultsStore: BenchResults | null = null;
+  private hostKeyCache: string | null = null;
+
+  /** Benchmark results stored in this state root (`hybridbox bench`), which the scheduler reads. */
+  benchResults(): BenchResults {
+    return (this.benchResultsStore ??= new BenchResults(this.store.db));
+  }
+
+  /** The key this host's benchmark results are stored under (computed once, spawns nothing). */
+  hostKey(): string {
+    return (this.hostKeyCache ??= hostKey(this.host));
+  }
+
+  /**
+   * Every placement predicts start-up from this host's newest `bench startup` result (time
+   * to the workload's first output), and from the backends' documented defaults before one.
+   */
   private decide(spec: WorkloadSpec): Placement {
-    return place(spec, this.host, this.load(), this.backends.descriptors());
+    const measured = this.benchResults().startupStats(this.hostKey(), { measure: 'firstOutput' });
+    return place(spec, this.host, this.load(), this.backends.descriptors(), measured);
   }
 
   private backendOf(rec: SandboxRecord): Backend {

@@ -15,16 +15,24 @@ async function firstLine(file: string, args: string[]): Promise<string | null> {
   }
 }
 
+/**
+ * The key results of this host are stored under: a short hash of CPU model, cores, memory,
+ * kernel, accel and cgroup layout. Synchronous and spawns nothing (the scheduler computes it
+ * on every `place`).
+ */
+export function hostKey(host: HostInfo): string {
+  return createHash('sha256')
+    .update(JSON.stringify([host.cpuModel, host.cpus, host.memTotalBytes, host.kernelRelease, host.kvm.usable ? 'kvm' : 'tcg', host.cgroup.layout]))
+    .digest('hex')
+    .slice(0, 16);
+}
+
 /** The host a result was measured on, with the versions of everything that shapes the numbers. */
 export async function describeHost(host: HostInfo): Promise<HostDescription> {
   const accel = host.kvm.usable ? 'kvm' : 'tcg';
   const cgroup = host.cgroup.layout;
-  const key = createHash('sha256')
-    .update(JSON.stringify([host.cpuModel, host.cpus, host.memTotalBytes, host.kernelRelease, accel, cgroup]))
-    .digest('hex')
-    .slice(0, 16);
   return {
-    key,
+    key: hostKey(host),
     hostname: hostname(),
     cpuModel: host.cpuModel,
     cores: host.cpus,

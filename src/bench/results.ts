@@ -1,7 +1,10 @@
 import type Database from 'better-sqlite3';
-import type { BackendKind } from '../spec/schema.js';
+import { BACKEND_KINDS, type BackendKind } from '../spec/schema.js';
 import type { StartupStats } from '../scheduler/index.js';
 import type { BenchKind, BenchResult, StartupResult } from './types.js';
+
+/** Which time of a startup result the scheduler's figures come from (see startupStats). */
+export type StartupMeasure = 'total' | 'firstOutput';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS bench_results (
@@ -51,11 +54,24 @@ export class BenchResults {
     return rows.map((r) => ({ id: r.id, kind: r.kind, hostKey: r.host_key, startedAtMs: r.started_at_ms }));
   }
 
+  /** Memo of startupStats: valid while no startup result of that host was added or removed. */
+  private startupMemo: { hostKey: string; measure: StartupMeasure; version: string; stats: Partial<Record<BackendKind, StartupStats>> } | null = null;
+
   /**
    * What the scheduler predicts start-up from: per backend, the median and p95 of the
-   * newest startup result on this host that measured it.
+   * newest startup result on this host that measured it. `measure`: the wall time of the
+   * whole run (`total`, the default), or the time to the workload's first output
+   * (`firstOutput`, what a caller waits for; the wall time where a run printed nothing).
+   * Cheap to call again: the answer is kept until this host's startup results change.
    */
-  startupStats(hostKey: string): Partial<Record<BackendKind, StartupStats>> {
+  startupStats(hostKey: string, opts: { measure?: StartupMeasure } = {}): Partial<Record<BackendKind, StartupStats>> {
+    const measure = opts.measure ?? 'total';
+    const v = this.db
+      .prepare("SELECT COUNT(*) AS n, MAX(id) AS last FROM bench_results WHERE kind = 'startup' AND host_key = ?")
+      .get(hostKey) as { n: number; last: number | null };
+    const version = `${v.n}:${v.last}`;
+    const memo = this.startupMemo;
+    if (memo && memo.hostKey === hostKey && memo.measure === measure && memo.version === version) return { ...memo.stats };
     const out: Partial<Record<BackendKind, StartupStats>> = {};
     const rows = this.db
       .prepare("SELECT result FROM bench_results WHERE kind = 'startup' AND host_key = ? ORDER BY started_at_ms DESC, id DESC LIMIT 20")
@@ -64,9 +80,12 @@ export class BenchResults {
       const r = JSON.parse(row.result) as StartupResult;
       for (const s of r.scenarios) {
         if (s.kind !== 'backend' || !s.backend || out[s.backend] || s.stats.n === 0) continue;
-        out[s.backend] = { median: s.stats.medianMs, p95: s.stats.p95Ms, samples: s.stats.n };
+        const st = measure === 'firstOutput' && s.firstOutputStats && s.firstOutputStats.n > 0 ? s.firstOutputStats : s.stats;
+        out[s.backend] = { median: st.medianMs, p95: st.p95Ms, samples: st.n };
       }
+      if (BACKEND_KINDS.every((k) => out[k])) break;
     }
-    return out;
+    this.startupMemo = { hostKey, measure, version, stats: out };
+    return { ...out };
   }
 }

@@ -74,6 +74,8 @@ export interface StartupRatio {
   denominator: string;
   /** median(numerator) / median(denominator) */
   value: number;
+  /** Which medians: of the whole run's wall time (default), or of the time to the workload's first output. */
+  basis?: 'total' | 'firstOutput';
   /** A target the project has set for this ratio, and whether it was met. */
   target?: { max: number; met: boolean };
 }
@@ -96,13 +98,30 @@ export interface PerformanceCase {
   containment: string;
   /** Host responsiveness during the stress: latency of a host probe. */
   hostProbeMs: Stats | null;
+  /** A second host probe, where measured: how far a 10 ms sleep on the host overshoots. */
+  hostSleepOvershootMs?: Stats | null;
+  /** The neighbour's own account of what it did (counters it printed), where it has one. */
+  neighbourReport?: Record<string, unknown> | null;
+  /** The host's 1-minute load average at the end of the case: other load on the host shows here. */
+  hostLoadAvg?: number | null;
+}
+
+/** One cell of the security matrix. */
+export interface SecurityCell {
+  value: string;
+  safe: boolean | null;
 }
 
 export interface SecurityRow {
   /** Probe name, e.g. "kernel shared with host", "mount succeeds". */
   probe: string;
   /** Per backend: the observed value and whether it is the safer outcome. */
-  values: Partial<Record<BackendKind | 'host', { value: string; safe: boolean | null }>>;
+  values: Partial<Record<BackendKind | 'host', SecurityCell>>;
+  /**
+   * Further columns: a backend run with other settings, keyed "<backend>:<variant>"
+   * (e.g. "container:untrusted"). Optional; results without it have one column per backend.
+   */
+  variants?: Record<string, SecurityCell>;
 }
 
 export interface FaultCase {
@@ -120,6 +139,8 @@ export interface IsolationResult extends BenchResultBase {
   performance: PerformanceCase[];
   security: SecurityRow[];
   fault: FaultCase[];
+  /** The raw output of the security probe per column ("host", a backend, or "<backend>:<variant>"). Optional. */
+  securityProbes?: Record<string, Record<string, unknown>>;
 }
 
 export interface DensityBackend {
@@ -135,6 +156,14 @@ export interface DensityBackend {
   cgroupBytesPerSandbox: number | null;
   /** (count, cumulative seconds, host memory used) at each step, for the report's chart. */
   ramp: { count: number; elapsedMs: number; hostUsedBytes: number }[];
+  /** Memory limit (container) or guest memory (VM) each sandbox was given; null: none set. */
+  memoryMiB?: number | null;
+  /** Rise of host used memory (MemTotal - MemAvailable) per sandbox over the ramp: everything, daemons and kernel included. */
+  hostUsedBytesPerSandbox?: number;
+  /** hostRssBytesPerSandbox by program (hbx-shim, crun, node, qemu-system-x86_64, ...), mean per sandbox. */
+  rssByProcessBytes?: Record<string, number>;
+  /** Time of each start (the library call until the sandbox runs). */
+  startStats?: Stats;
 }
 
 export interface DensityResult extends BenchResultBase {

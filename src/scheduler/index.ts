@@ -1,2 +1,2 @@
-export { place, type Placement, type StartupStats } from './place.js';
+export { place, predictionSource, type Placement, type PredictedStartup, type StartupStats } from './place.js';
 export { formatPlacement } from './format.js';

@@ -9,13 +9,27 @@ export interface StartupStats {
   samples: number;
 }
 
+/**
+ * A start-up prediction: measured on this host (`hybridbox bench startup`, stored in the
+ * state database) or, before that, the backend's documented default.
+ */
+export interface PredictedStartup {
+  median: number;
+  p95: number;
+  source: 'measured' | 'default';
+  /** How many measured starts the figures come from (measured only). */
+  samples?: number;
+}
+
 export interface Placement {
   backend: BackendKind;
   /** Full sentences: why this backend was chosen. */
   reasons: string[];
   /** Every backend not chosen, with why. */
   rejected: { backend: BackendKind; reason: string }[];
-  predictedStartupMs: { median: number; p95: number; source: 'measured' | 'default' };
+  predictedStartupMs: PredictedStartup;
+  /** The prediction for every backend this host can run (chosen or not), lightest first. */
+  predictedStartupByBackend: ({ backend: BackendKind } & PredictedStartup)[];
 }
 
 /** Fewer measured starts than this say more about noise than about the backend. */
@@ -30,12 +44,16 @@ const needsFullMachine = (_spec: WorkloadSpec): boolean => false;
 
 interface Candidate {
   d: BackendDescriptor;
-  predicted: Placement['predictedStartupMs'];
+  predicted: PredictedStartup;
 }
 
 const mib = (bytes: number): number => Math.floor(bytes / (1024 * 1024));
 const ms = (n: number): string => `${Math.round(n)} ms`;
-const source = (p: Placement['predictedStartupMs']): string => (p.source === 'measured' ? 'measured on this host' : 'default estimate');
+/** Where a prediction comes from, in words: "measured on this host" (with `runs`: ", 30 runs") or "default estimate". */
+export function predictionSource(p: PredictedStartup, opts: { runs?: boolean } = {}): string {
+  if (p.source !== 'measured') return 'default estimate';
+  return opts.runs && p.samples !== undefined ? `measured on this host, ${p.samples} runs` : 'measured on this host';
+}
 
 /**
  * Chooses where a workload runs. Pure: everything it knows comes in as arguments, so the
@@ -50,6 +68,7 @@ export function place(
 ): Placement {
   const rejected: Placement['rejected'] = [];
   const fits: Candidate[] = [];
+  const predictions: Placement['predictedStartupByBackend'] = [];
   // Backends this host could run but that this particular workload rules out (budget, memory, kernel).
   const ruledOutByWorkload = new Set<BackendKind>();
   for (const kind of BACKEND_KINDS) {
@@ -60,6 +79,7 @@ export function place(
     }
     const predicted = predict(d, stats[kind], host);
     const hostReason = d.unavailableReason(host);
+    if (!hostReason) predictions.push({ backend: kind, ...predicted });
     const workloadReason = hostReason ? null : rejection(spec, host, load, d, predicted);
     if (workloadReason) ruledOutByWorkload.add(kind);
     if (hostReason || workloadReason) rejected.push({ backend: kind, reason: (hostReason ?? workloadReason)! });
@@ -73,6 +93,7 @@ export function place(
       reasons,
       rejected: [...rejected, ...notChosen].sort((a, b) => ORDER[a.backend] - ORDER[b.backend]),
       predictedStartupMs: chosen.predicted,
+      predictedStartupByBackend: predictions.sort((a, b) => ORDER[a.backend] - ORDER[b.backend]),
     };
   };
 
@@ -129,14 +150,14 @@ export function place(
   return finish(chosen, reasons, (c) => `slower predicted start-up (${ms(c.predicted.median)} vs ${ms(chosen.predicted.median)} median)`);
 }
 
-function predict(d: BackendDescriptor, s: StartupStats | undefined, host: HostInfo): Placement['predictedStartupMs'] {
-  if (s && s.samples >= MIN_SAMPLES) return { median: s.median, p95: s.p95, source: 'measured' };
+function predict(d: BackendDescriptor, s: StartupStats | undefined, host: HostInfo): PredictedStartup {
+  if (s && s.samples >= MIN_SAMPLES) return { median: s.median, p95: s.p95, source: 'measured', samples: s.samples };
   const est = !host.kvm.usable && d.traits.defaultStartupMsTcg ? d.traits.defaultStartupMsTcg : d.traits.defaultStartupMs;
   return { ...est, source: 'default' };
 }
 
 /** Why this workload cannot run on a backend the host supports, or null. */
-function rejection(spec: WorkloadSpec, host: HostInfo, load: HostLoad, d: BackendDescriptor, predicted: Placement['predictedStartupMs']): string | null {
+function rejection(spec: WorkloadSpec, host: HostInfo, load: HostLoad, d: BackendDescriptor, predicted: PredictedStartup): string | null {
   if (spec.kernel.ownKernel && !d.traits.ownKernel) return "the workload needs its own kernel, and this backend shares the host's kernel";
   const want = spec.resources.memoryMiB;
   const available = mib(host.memAvailableBytes);
@@ -144,7 +165,7 @@ function rejection(spec: WorkloadSpec, host: HostInfo, load: HostLoad, d: Backen
     return `the workload asks for ${want} MiB of memory; with the ${load.committedMemoryMiB} MiB already promised to running sandboxes that makes ${want + load.committedMemoryMiB} MiB, more than the ${available} MiB this host has available`;
   }
   if (spec.startupBudgetMs !== undefined && spec.startupBudgetMs < predicted.p95) {
-    return `its predicted start-up p95 of ${ms(predicted.p95)} (${source(predicted)}) is over the start-up budget of ${ms(spec.startupBudgetMs)}`;
+    return `its predicted start-up p95 of ${ms(predicted.p95)} (${predictionSource(predicted)}) is over the start-up budget of ${ms(spec.startupBudgetMs)}`;
   }
   return null;
 }

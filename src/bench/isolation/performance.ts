@@ -1,0 +1,320 @@
+// Performance isolation, after the Isolation Benchmark Suite (Matthews et al. 2007): a
+// well-behaved victim runs a fixed workload alone, then next to a misbehaving neighbour of
+// the same backend with the same nominal limits. Reported per backend and neighbour: how
+// much the victim lost, whether the neighbour was held by its limits (and the evidence),
+// and how responsive the host stayed meanwhile.
+import { readFileSync } from 'node:fs';
+import type { Hybridbox, RunResult, SandboxInfo } from '../../api/hybridbox.js';
+import type { BackendKind, WorkloadSpecInput } from '../../spec/schema.js';
+import { sleep } from '../../util/proc.js';
+import { median, summarize } from '../stats.js';
+import type { PerformanceCase } from '../types.js';
+import { HostLatencyProbe, HostSampler, LIMITS, PROBE_IN_IMAGE, lastJson, withTimeout, type Log, type SandboxRegister } from './context.js';
+
+export const NEIGHBOURS = ['cpu-hog', 'memory-bomb', 'fork-bomb', 'disk-writer', 'network-flood'] as const;
+export type Neighbour = (typeof NEIGHBOURS)[number];
+
+export interface PerformanceContext {
+  hb: Hybridbox;
+  image: string;
+  /** The probe on the host (for the host latency probe). */
+  probe: string;
+  register: SandboxRegister;
+  log: Log;
+}
+
+export interface PerformanceOptions {
+  backends: BackendKind[];
+  neighbours: readonly Neighbour[];
+  /** Victim measurements per case. */
+  reps: number;
+  /** Length of one victim measurement. */
+  seconds: number;
+  /** Measure the victim alone again after the neighbours, and pool both baselines. */
+  baselineAfter: boolean;
+}
+
+const MiB = 1048576;
+/** Neighbours end themselves only after this long: the bench stops them when the victim is done. */
+const NEIGHBOUR_MAX_S = 900;
+
+function limits(): WorkloadSpecInput['resources'] {
+  return { cpus: LIMITS.cpus, memoryMiB: LIMITS.memoryMiB, pids: LIMITS.pids };
+}
+
+function neighbourCommand(n: Neighbour, victimIp: string | null): string[] {
+  const s = String(NEIGHBOUR_MAX_S);
+  switch (n) {
+    case 'cpu-hog':
+      return [PROBE_IN_IMAGE, 'cpu-hog', s];
+    case 'memory-bomb':
+      return [PROBE_IN_IMAGE, 'mem-bomb', s];
+    case 'fork-bomb':
+      return [PROBE_IN_IMAGE, 'fork-bomb', s];
+    case 'disk-writer':
+      // The root filesystem: the overlay's upper directory on the host disk for a
+      // container, the VM's qcow2 overlay for a VM (/tmp is a tmpfs in both).
+      return [PROBE_IN_IMAGE, 'disk-writer', s, '/'];
+    case 'network-flood':
+      return [PROBE_IN_IMAGE, 'udp-flood', s, victimIp ?? '127.0.0.1', '9'];
+  }
+}
+
+/** Startup of a VM under TCG takes seconds; a neighbour that is not stressing after this is a failure. */
+const START_TIMEOUT_MS = 180_000;
+
+export async function runPerformance(ctx: PerformanceContext, opts: PerformanceOptions): Promise<PerformanceCase[]> {
+  const cases: PerformanceCase[] = [];
+  for (const backend of opts.backends) cases.push(...(await runBackend(ctx, opts, backend)));
+  return cases;
+}
+
+async function runBackend(ctx: PerformanceContext, opts: PerformanceOptions, backend: BackendKind): Promise<PerformanceCase[]> {
+  const { hb, register, log } = ctx;
+  const victimName = register.name(`victim-${backend}`);
+  const cases: PerformanceCase[] = [];
+  log(`performance: ${backend}: starting the victim`);
+  try {
+    const victim = await hb.runDetached({
+      name: victimName,
+      image: ctx.image,
+      command: ['sleep', '86400'],
+      isolation: backend,
+      network: 'bridge',
+      resources: limits(),
+      // Ends on its own even if this process is killed without a chance to clean up.
+      timeoutMs: 3_600_000,
+    });
+    const measure = async (): Promise<number[]> => {
+      const scores: number[] = [];
+      for (let i = 0; i < opts.reps; i++) {
+        const e = await withTimeout(hb.exec(victim.id, [PROBE_IN_IMAGE, 'work', String(opts.seconds)]), 120_000 + opts.seconds * 5000, `the ${backend} victim's workload`);
+        const j = lastJson(e.stdout);
+        if (e.exitCode === 0 && j && typeof j.score === 'number') scores.push(j.score);
+        else log(`performance: ${backend}: a victim measurement failed (exit ${e.exitCode}): ${e.stderr.trim().split('\n').pop() ?? ''}`);
+      }
+      return scores;
+    };
+
+    const alone = await measureCase(ctx, measure, null);
+    const aloneScores = [...alone.scores];
+    const neighbourCases: PerformanceCase[] = [];
+    for (const n of opts.neighbours) {
+      log(`performance: ${backend}: victim next to a ${n}`);
+      neighbourCases.push(await neighbourCase(ctx, backend, n, victim, measure));
+    }
+    if (opts.baselineAfter && opts.neighbours.length > 0) {
+      log(`performance: ${backend}: victim alone again`);
+      const again = await measureCase(ctx, measure, null);
+      aloneScores.push(...again.scores);
+      alone.latency.push(...again.latency);
+      alone.overshoot.push(...again.overshoot);
+      alone.loadAvg = Math.max(alone.loadAvg ?? 0, again.loadAvg ?? 0);
+    }
+    const base = aloneScores.length ? median(aloneScores) : NaN;
+    cases.push({
+      backend,
+      neighbour: 'none',
+      victimScore: aloneScores,
+      degradationPct: aloneScores.length ? 0 : null,
+      contained: null,
+      containment: 'no neighbour: the baseline',
+      hostProbeMs: alone.latency.length ? summarize(alone.latency) : null,
+      hostSleepOvershootMs: alone.overshoot.length ? summarize(alone.overshoot) : null,
+      neighbourReport: null,
+      hostLoadAvg: alone.loadAvg,
+    });
+    for (const c of neighbourCases) {
+      c.degradationPct = c.victimScore.length && base > 0 ? Math.round(1000 * (1 - median(c.victimScore) / base)) / 10 : null;
+      cases.push(c);
+    }
+  } finally {
+    await register.remove(victimName);
+  }
+  return cases;
+}
+
+interface Measured {
+  scores: number[];
+  latency: number[];
+  overshoot: number[];
+  loadAvg: number | null;
+}
+
+function loadAvg(): number | null {
+  try {
+    return Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
+  } catch {
+    return null;
+  }
+}
+
+/** The victim's measurements with the host latency probe running alongside. */
+async function measureCase(ctx: PerformanceContext, measure: () => Promise<number[]>, sampler: HostSampler | null): Promise<Measured> {
+  const probe = new HostLatencyProbe(ctx.probe, ctx.register);
+  await probe.start();
+  sampler?.start();
+  let scores: number[] = [];
+  let lat: Awaited<ReturnType<HostLatencyProbe['stop']>> = null;
+  try {
+    scores = await measure();
+  } finally {
+    sampler?.stop();
+    lat = await probe.stop();
+  }
+  return { scores, latency: lat?.spawnMs ?? [], overshoot: lat?.sleepOvershootMs ?? [], loadAvg: loadAvg() };
+}
+
+async function neighbourCase(
+  ctx: PerformanceContext,
+  backend: BackendKind,
+  n: Neighbour,
+  victim: SandboxInfo,
+  measure: () => Promise<number[]>,
+): Promise<PerformanceCase> {
+  const { hb, register } = ctx;
+  const name = register.name(`${backend}-${n}`);
+  const out: PerformanceCase = {
+    backend,
+    neighbour: n,
+    victimScore: [],
+    degradationPct: null,
+    contained: null,
+    containment: '',
+    hostProbeMs: null,
+    hostSleepOvershootMs: null,
+    neighbourReport: null,
+  };
+  let stdout = '';
+  let signalReady: () => void = () => undefined;
+  const ready = new Promise<void>((r) => (signalReady = r));
+  const started = performance.now();
+  const running: Promise<RunResult> = hb.run(
+    {
+      name,
+      image: ctx.image,
+      command: neighbourCommand(n, victim.ip),
+      isolation: backend,
+      network: n === 'network-flood' ? 'bridge' : 'none',
+      resources: limits(),
+      timeoutMs: (NEIGHBOUR_MAX_S + 60) * 1000,
+    },
+    {
+      maxBufferBytes: 65536,
+      onStdout: (c) => {
+        stdout += c.toString();
+        if (stdout.includes('ready\n')) signalReady();
+      },
+    },
+  );
+  running.then(signalReady, signalReady);
+  try {
+    await withTimeout(ready, START_TIMEOUT_MS, `the ${backend} ${n} neighbour's start`);
+    if (!stdout.includes('ready\n')) {
+      const r = await running.catch((e: Error) => e);
+      out.containment = `the neighbour did not start: ${r instanceof Error ? r.message : `exit ${r.exitCode}, ${r.stderr.trim().split('\n').pop() ?? ''}`}`;
+      return out;
+    }
+    // A moment for the stress to build up (a fork bomb, a memory bomb's first OOM kill).
+    await sleep(500);
+    const id = hb.store.find(name)?.id ?? null;
+    const sampler = new HostSampler(backend === 'container' ? null : () => id);
+    const m = await measureCase(ctx, measure, sampler);
+    out.victimScore = m.scores;
+    out.hostProbeMs = m.latency.length ? summarize(m.latency) : null;
+    out.hostSleepOvershootMs = m.overshoot.length ? summarize(m.overshoot) : null;
+    out.hostLoadAvg = m.loadAvg;
+    // SIGTERM: the neighbour stops, prints its counters and exits; then the run's result is complete.
+    await hb.stop(name, { graceMs: backend === 'container' ? 5000 : 20_000 }).catch(() => undefined);
+    const r = await withTimeout(running, 120_000, `the ${backend} ${n} neighbour's end`).catch((e: Error) => e);
+    const report = lastJson(stdout);
+    out.neighbourReport = report;
+    const verdict = judge(backend, n, r instanceof Error ? null : r, report, sampler);
+    out.contained = verdict.contained;
+    out.containment = r instanceof Error ? `${verdict.text}; ${r.message}` : verdict.text;
+    ctx.log(`performance: ${backend}: ${n}: ${out.containment} (${Math.round((performance.now() - started) / 100) / 10} s)`);
+    return out;
+  } finally {
+    await register.remove(name);
+    await running.catch(() => undefined);
+  }
+}
+
+const num = (v: unknown): number => (typeof v === 'number' ? v : NaN);
+const fmt = (x: number, d = 1): string => (Number.isFinite(x) ? x.toFixed(d) : '?');
+
+/** Was the neighbour held by its limits, and how we know. */
+export function judge(
+  backend: BackendKind,
+  n: Neighbour,
+  r: RunResult | null,
+  report: Record<string, unknown> | null,
+  sampler: HostSampler,
+): { contained: boolean | null; text: string } {
+  const vm = backend !== 'container';
+  const hostProcs = sampler.maxProcs - sampler.baselineProcs;
+  const extra: string[] = [];
+  if (r?.crash) extra.push(`the neighbour crashed: ${r.crash}`);
+  if (r?.timedOut) extra.push('the neighbour hit its timeout');
+  const withExtra = (v: { contained: boolean | null; text: string }) => ({ ...v, text: [v.text, ...extra].join('; ') });
+  if (!report) {
+    return withExtra({
+      contained: r?.oomKilled ? true : null,
+      text: r ? `no report from the neighbour (exit ${r.exitCode ?? r.signal}${r.oomKilled ? ', OOM-killed' : ''})` : 'no report from the neighbour',
+    });
+  }
+  const secs = num(report.seconds);
+  switch (n) {
+    case 'cpu-hog': {
+      if (!vm) {
+        const cpus = r?.cpuTimeMs != null && secs > 0 ? r.cpuTimeMs / 1000 / secs : NaN;
+        return withExtra({ contained: Number.isFinite(cpus) ? cpus <= LIMITS.cpus * 1.15 : null, text: `2 spinning processes held to ${fmt(cpus, 2)} CPU by the cgroup CPU quota (limit ${LIMITS.cpus})` });
+      }
+      const cpus = sampler.qemuCpus();
+      return withExtra({
+        contained: cpus === null ? null : cpus <= LIMITS.cpus * 1.3,
+        text: `QEMU used ${cpus === null ? '?' : fmt(cpus, 2)} host CPUs for its ${LIMITS.cpus} vCPU (2 spinning processes inside)`,
+      });
+    }
+    case 'memory-bomb': {
+      const kills = num(report.oomKills);
+      const maxMiB = num(report.maxMiB);
+      if (!vm) {
+        const peak = r?.peakMemoryBytes ?? null;
+        return withExtra({
+          contained: kills > 0 && (peak === null || peak <= LIMITS.memoryMiB * MiB * 1.05),
+          text: `OOM killer ended the bomb ${kills}x at <= ${maxMiB} MiB; cgroup peak ${peak === null ? '?' : fmt(peak / MiB, 0)} MiB (limit ${LIMITS.memoryMiB})`,
+        });
+      }
+      const rss = sampler.qemuPeakRssBytes;
+      return withExtra({
+        contained: kills > 0 && (rss === 0 || rss <= (LIMITS.memoryMiB + 256) * MiB),
+        text: `the guest's OOM killer ended the bomb ${kills}x at <= ${maxMiB} MiB; QEMU RSS peak ${rss ? fmt(rss / MiB, 0) : '?'} MiB for ${LIMITS.memoryMiB} MiB of guest RAM`,
+      });
+    }
+    case 'fork-bomb': {
+      const forks = num(report.forks);
+      const refused = num(report.forksRefused);
+      if (!vm) {
+        return withExtra({
+          contained: refused > 0 && num(report.maxAlive) <= LIMITS.pids,
+          text: `pids cap: ${refused} forks refused, ${fmt(num(report.maxAlive), 0)} processes at most (limit ${LIMITS.pids}); host processes +${hostProcs}`,
+        });
+      }
+      return withExtra({
+        contained: hostProcs < 50,
+        text: `pids limit not applied in a VM: ${forks} forks inside the guest's own process table (bomb capped at 2048 alive); host processes +${hostProcs}`,
+      });
+    }
+    case 'disk-writer':
+      return withExtra({
+        contained: null,
+        text: `no IO bandwidth limit applies (io weight is not set, and only shares contended IO); wrote ${fmt(num(report.MiBps), 0)} MiB/s${vm ? ' through QEMU' : ''}`,
+      });
+    case 'network-flood':
+      return withExtra({
+        contained: null,
+        text: `no network bandwidth limit exists; sent ${fmt(num(report.pps) / 1000, 0)} kpps (${fmt(num(report.MBps), 0)} MB/s) to the victim, bounded only by the CPU limit`,
+      });
+  }
+}
