@@ -93,6 +93,13 @@ async function registryCommand(verb: 'push' | 'pull', ref: string, opts: Opts): 
   });
 }
 
+function benchCommand(load: () => Promise<(hb: Hybridbox, opts: Opts) => Promise<void>>): Handler {
+  return async (_cmd, _args, opts) => {
+    const fn = await load();
+    await withHybridbox(opts, (hb) => fn(hb, opts));
+  };
+}
+
 export const commands: Record<string, Handler> = {
   async info(_cmd, _args, opts) {
     await withHybridbox(opts, async (hb) => {
@@ -335,6 +342,12 @@ export const commands: Record<string, Handler> = {
       out(r.digest);
     });
   },
+
+  // Each benchmark lives in src/bench/commands/<name>.ts, loaded only when asked for.
+  benchStartup: benchCommand(async () => (await import('../bench/commands/startup.js')).benchStartup),
+  benchIsolation: benchCommand(async () => (await import('../bench/commands/isolation.js')).benchIsolation),
+  benchDensity: benchCommand(async () => (await import('../bench/commands/density.js')).benchDensity),
+  report: benchCommand(async () => (await import('../bench/commands/report.js')).report),
 
   async demo(_cmd, _args, opts) {
     const { runDemo } = await import('./demo.js');

@@ -103,6 +103,19 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
 
     step(9, 'An image from a Sandboxfile: built once, run as a container and a microVM, pushed to S3');
     await imagesTour(hb, kinds.includes('microvm'));
+
+    step(10, 'Measured on this host: start-up, isolation, and a report');
+    say('   A short run (a few iterations each; `hybridbox bench startup` does 30), interleaved:');
+    const { benchStartup } = await import('../bench/commands/startup.js');
+    await benchStartup(hb, { runs: '8', warmup: '1', vmRuns: '3' });
+    say('\n   Isolation: what a workload can see and do, noisy neighbours, and faults:');
+    const { benchIsolation } = await import('../bench/commands/isolation.js');
+    await benchIsolation(hb, { quick: true });
+    const { report } = await import('../bench/commands/report.js');
+    const { resolve } = await import('node:path');
+    const out = resolve('hybridbox-report.html');
+    await report(hb, { out });
+    say(`\n   The report, with charts and the plain-language summary: ${out}`);
   } finally {
     for (const id of made) await hb.remove(id, { force: true }).catch(() => undefined);
     hb.close();

@@ -140,6 +140,43 @@ export function buildProgram(): Command {
     .addOption(new Option('--format <format>', 'archive format').choices(['oci', 'docker']).default('oci'))
     .action(action('imageExport'));
   image.command('prune').description('delete blobs, unpacked layers and VM disks that no image or sandbox uses').action(action('imagePrune'));
+  const bench = program.command('bench').description('measure the VM-versus-container trade-off on this host; results are stored for `report` and the scheduler');
+  bench
+    .command('startup')
+    .description('start-up latency of each backend next to raw baselines (host exec, crun, podman, QEMU, virsh), interleaved')
+    .option('--backends <list>', 'comma-separated scenarios: container,microvm,vm and baselines host,crun,podman,qemu,virsh (default: all available)')
+    .option('--runs <n>', 'measured runs per scenario', '30')
+    .option('--vm-runs <n>', 'measured runs of the VM scenarios (default: --runs)')
+    .option('--warmup <n>', 'warm-up runs per scenario, not counted', '2')
+    .option('--image <name>', 'image to start', 'busybox')
+    .option('--command <cmd>', 'workload, run by /bin/sh -c', 'echo ready')
+    .option('--json', 'print the result as JSON')
+    .option('--out <dir>', 'also write the result (JSON) into this directory')
+    .action(action('benchStartup'));
+  bench
+    .command('isolation')
+    .description('performance, security and fault isolation of each backend')
+    .option('--backends <list>', 'comma-separated: container,microvm,vm (default: all available)')
+    .option('--parts <list>', 'comma-separated: performance,security,fault (default: all)')
+    .option('--quick', 'fewer and shorter repetitions')
+    .option('--json', 'print the result as JSON')
+    .option('--out <dir>', 'also write the result (JSON) into this directory')
+    .action(action('benchIsolation'));
+  bench
+    .command('density')
+    .description('start idle sandboxes until a memory budget or count; per-sandbox overhead and start rate')
+    .option('--backends <list>', 'comma-separated: container,microvm,vm (default: all available)')
+    .option('--budget <size>', 'host memory the sandboxes may use (default: a quarter of host memory)')
+    .option('--count <n>', 'stop each backend after this many sandboxes')
+    .option('--json', 'print the result as JSON')
+    .option('--out <dir>', 'also write the result (JSON) into this directory')
+    .action(action('benchDensity'));
+  program
+    .command('report')
+    .description('write one self-contained HTML report of the stored benchmark results, and print their tables')
+    .option('-o, --out <file>', 'HTML file to write', 'hybridbox-report.html')
+    .option('--json', 'print the data behind the report as JSON')
+    .action(action('report'));
   program.command('demo').description('a guided tour: placement, a container run, limits holding, networking').action(action('demo'));
 
   const internal = program.command('internal', { hidden: true });
