@@ -132,7 +132,7 @@ test.serial('two bridge sandboxes reach each other; no route leads out', async (
 
 test('untrusted sandbox: cannot mount, unshare or write /proc/sys; root is not host root', async (t) => {
   const r = await hb.run(
-    sh('mount -t tmpfs x /mnt 2>/dev/null; echo mount=$?; unshare -U true 2>/dev/null; echo unshare=$?; (echo 1 > /proc/sys/kernel/ostype) 2>/dev/null; echo procsys=$?; cat /proc/self/uid_map', { trust: 'untrusted', isolation: 'container' }),
+    sh('mount -t tmpfs x /mnt 2>/dev/null; echo mount=$?; unshare -U true 2>/dev/null; echo unshare=$?; (echo 1 > /proc/sys/kernel/ostype) 2>/dev/null; echo procsys=$?; cat /proc/self/uid_map; ls /sys/class/net | tr "\\n" " "', { trust: 'untrusted', isolation: 'container' }),
     { remove: true },
   );
   const lines = r.stdout.trim().split('\n');
@@ -142,6 +142,7 @@ test('untrusted sandbox: cannot mount, unshare or write /proc/sys; root is not h
   const [inside, outside] = lines[3]!.trim().split(/\s+/).map(Number);
   t.is(inside, 0);
   t.true(outside! >= 100000, 'container root maps to an unprivileged host uid');
+  t.is(lines[4]!.trim(), 'lo', "sysfs shows the sandbox's own network devices, not the host's");
 });
 
 test.serial('detached: logs, exec, stop with SIGTERM, then SIGKILL for a workload that ignores it', async (t) => {

@@ -357,7 +357,13 @@ export class ContainerBackend implements Backend {
         rmSync(`/run/${name}/${rec.id}`, { recursive: true, force: true });
       }
     }
-    const left = removeCgroups(rec.id);
+    // A killed workload whose parent died is reaped by the host's PID 1, which can be slow; an
+    // unreaped zombie still holds its cgroup busy, so removal is retried for a while.
+    let left = removeCgroups(rec.id);
+    for (let i = 0; left.length > 0 && i < 250; i++) {
+      await sleep(20);
+      left = removeCgroups(rec.id);
+    }
     // A complete record says what the sandbox holds; an orphan's (runtime {}) does not.
     const rt = this.rt(rec);
     const complete = rt.ociRuntime !== undefined;

@@ -57,9 +57,10 @@ export function buildOciConfig(i: OciInputs): Record<string, unknown> {
     { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
     { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
-    // In a user namespace sysfs cannot be mounted fresh for a netns the namespace does not
-    // own, so it is bind-mounted read-only instead.
-    untrusted
+    // A fresh sysfs shows only the sandbox's own network devices. In a user namespace it can
+    // be mounted only for a netns that namespace owns (network none: the runtime makes the
+    // netns inside it); a netns made beforehand (the bridge) leaves the read-only host /sys.
+    untrusted && i.netnsPath
       ? { destination: '/sys', type: 'none', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', 'ro'] }
       : { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
     { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },

@@ -24,6 +24,9 @@ export function microvmArgv(spec: MachineSpec, files: VmFiles): string[] {
     '-m', String(spec.memoryMiB),
     '-smp', String(spec.vcpus),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    // QEMU's own seccomp filter (as libvirt sets it): a guest that breaks into the device
+    // model still cannot exec, gain privileges, or use obsolete and resource-control calls.
+    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
     '-kernel', spec.boot.kernel,
     '-initrd', spec.boot.initrd,
     '-append', spec.cmdline,
