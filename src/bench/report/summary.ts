@@ -7,7 +7,8 @@ import { BACKEND_NOUN, fmtBytes, fmtMs, fmtRatio, list } from './format.js';
 const VM_KINDS: BackendKind[] = ['microvm', 'vm'];
 
 
-const lowerFirst = (s: string): string => s.charAt(0).toLowerCase() + s.slice(1);
+// Acronyms (QEMU, OOM) keep their capitals: only a capitalised ordinary word is lowered.
+const lowerFirst = (s: string): string => (/^[A-Z][a-z]/.test(s) ? s.charAt(0).toLowerCase() + s.slice(1) : s);
 const upperFirst = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1);
 const article = (noun: string): string => (/^[aeiou]/i.test(noun) ? `an ${noun}` : `a ${noun}`);
 const Article = (noun: string): string => upperFirst(article(noun));
