@@ -73,9 +73,11 @@ export class BenchResults {
     const memo = this.startupMemo;
     if (memo && memo.hostKey === hostKey && memo.measure === measure && memo.version === version) return { ...memo.stats };
     const out: Partial<Record<BackendKind, StartupStats>> = {};
+    // Rows are read one at a time: the newest result usually answers for every backend, and
+    // this runs in every placement, so the older documents are neither fetched nor parsed.
     const rows = this.db
       .prepare("SELECT result FROM bench_results WHERE kind = 'startup' AND host_key = ? ORDER BY started_at_ms DESC, id DESC LIMIT 20")
-      .all(hostKey) as { result: string }[];
+      .iterate(hostKey) as IterableIterator<{ result: string }>;
     for (const row of rows) {
       const r = JSON.parse(row.result) as StartupResult;
       for (const s of r.scenarios) {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { HostError, HybridboxError, ImageNotFoundError } from '../errors.js';
+import { HybridboxError, ImageNotFoundError } from '../errors.js';
 import { runChecked } from '../util/exec.js';
 import { sweepStaleTemps } from '../util/fs.js';
 import { isSameProcessAlive } from '../util/proc.js';
@@ -106,22 +106,27 @@ export function toRuntimeConfig(c: ImageConfig): ImageRuntimeConfig {
 }
 
 /**
- * A file's text as the image shows it: the topmost layer that has the path wins, and a
- * whiteout (0/0 character device) there means the image deleted it.
+ * The entry at `rel` as the image shows it: the topmost layer that has the path wins, and a
+ * whiteout (0/0 character device) there means the image deleted it (undefined).
  */
-export function readImageFile(layers: readonly string[], rel: string): string | undefined {
+export function statInImage(layers: readonly string[], rel: string): { path: string; stat: Stats } | undefined {
   for (let i = layers.length - 1; i >= 0; i--) {
-    const p = join(layers[i]!, rel);
-    let st;
+    const path = join(layers[i]!, rel);
+    let stat: Stats;
     try {
-      st = lstatSync(p);
+      stat = lstatSync(path);
     } catch {
       continue;
     }
-    if (st.isCharacterDevice() && st.rdev === 0) return undefined;
-    return st.isFile() ? readFileSync(p, 'utf8') : undefined;
+    return stat.isCharacterDevice() && stat.rdev === 0 ? undefined : { path, stat };
   }
   return undefined;
+}
+
+/** A file's text as the image shows it (see statInImage). */
+export function readImageFile(layers: readonly string[], rel: string): string | undefined {
+  const entry = statInImage(layers, rel);
+  return entry?.stat.isFile() ? readFileSync(entry.path, 'utf8') : undefined;
 }
 
 export function imagePathExists(layers: readonly string[], rel: string): boolean {
@@ -240,12 +245,12 @@ export class ImageStore {
         const p = join(tmp, rel);
         mkdirSync(dirname(p), { recursive: true });
         rmSync(p, { recursive: true, force: true });
-        await must('mknod', [p, 'c', '0', '0'], 'mknod (layer whiteout)');
+        await runChecked('mknod', [p, 'c', '0', '0'], 'mknod (layer whiteout)');
       }
       for (const rel of marks.opaqueDirs) {
         const p = join(tmp, rel);
         mkdirSync(p, { recursive: true });
-        await must('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', p], 'setfattr (opaque directory)');
+        await runChecked('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', p], 'setfattr (opaque directory)');
       }
       try {
         renameSync(tmp, dest);
@@ -380,4 +385,3 @@ function listDir(dir: string): string[] {
   }
 }
 
-const must = (file: string, args: string[], what: string) => runChecked(file, args, what, (m) => new HostError(m));

@@ -1,6 +1,5 @@
 import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { HostError } from '../errors.js';
 import { runChecked } from '../util/exec.js';
 import { applyLayer } from './oci/index.js';
 import type { Image, ImageStore } from './store.js';
@@ -16,7 +15,6 @@ function treeBytes(dir: string): number {
   return total;
 }
 
-const must = (file: string, args: string[], what: string) => runChecked(file, args, what, (m) => new HostError(m));
 
 /**
  * The image as a VM disk: its layers flattened into one tree, made into an ext4 filesystem
@@ -37,8 +35,8 @@ export async function ensureVmDisk(store: ImageStore, image: Image): Promise<str
     for (const layer of manifest.layers) await applyLayer(store.blobs.path(layer.digest), tree);
     // Room for the files plus ext4 metadata, and some free space for the guest.
     const mib = Math.ceil((treeBytes(tree) * 1.3) / 1048576) + 64;
-    await must('mkfs.ext4', ['-q', '-F', '-L', 'hbxroot', '-E', 'root_owner=0:0', '-O', '^has_journal', '-d', tree, raw, `${mib}M`], 'mkfs.ext4');
-    await must('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, `${tmp}.qcow2`], 'qemu-img convert');
+    await runChecked('mkfs.ext4', ['-q', '-F', '-L', 'hbxroot', '-E', 'root_owner=0:0', '-O', '^has_journal', '-d', tree, raw, `${mib}M`], 'mkfs.ext4');
+    await runChecked('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, `${tmp}.qcow2`], 'qemu-img convert');
     renameSync(`${tmp}.qcow2`, base);
     return base;
   } finally {
@@ -50,5 +48,5 @@ export async function ensureVmDisk(store: ImageStore, image: Image): Promise<str
 
 /** A per-VM copy-on-write disk on top of the shared base. */
 export async function createOverlay(base: string, path: string): Promise<void> {
-  await must('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', base, path], 'qemu-img create');
+  await runChecked('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', base, path], 'qemu-img create');
 }

@@ -1,3 +1,5 @@
+import { HostError } from '../errors.js';
+
 export interface RunOutcome {
   exitCode: number | undefined;
   stdout: string;
@@ -16,8 +18,11 @@ export async function run(file: string, args: readonly string[], options: { inpu
   return { exitCode: r.exitCode, stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), failed: r.failed };
 }
 
-/** Runs a command that must succeed; a failure becomes one line: what failed and its last words. */
-export async function runChecked(file: string, args: readonly string[], what: string, makeError: (msg: string) => Error): Promise<RunOutcome> {
+/**
+ * Runs a command that must succeed; a failure becomes one line: what failed and its last
+ * words (a HostError unless the caller makes its own).
+ */
+export async function runChecked(file: string, args: readonly string[], what: string, makeError: (msg: string) => Error = (m) => new HostError(m)): Promise<RunOutcome> {
   const r = await run(file, args);
   if (r.exitCode !== 0) throw makeError(`${what} failed: ${(r.stderr || r.stdout || `exit ${r.exitCode}`).trim().split('\n').pop()}`);
   return r;

@@ -1,11 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, type Stats } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { chmodSync, chownSync, copyFileSync, existsSync, lchownSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, realpathSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, posix, relative, resolve, sep } from 'node:path';
 import { HybridboxError } from '../../errors.js';
 import { run } from '../../util/exec.js';
 import { applyLayer, createLayer, parseDigest, type Layer } from '../oci/index.js';
-import { normalizeRef, type ImageConfig, type ImageStore } from '../store.js';
+import { normalizeRef, statInImage, type ImageConfig, type ImageStore } from '../store.js';
 import { resolveUser } from '../users.js';
 import { SandboxfileError, parseSandboxfile } from './sandboxfile.js';
 import type { CopyInstruction, Instruction } from './sandboxfile.js';
@@ -363,24 +363,8 @@ async function layerDirs(store: ImageStore, state: State): Promise<string[]> {
   return (await store.resolve(parent.digest)).layers;
 }
 
-function statInImage(layers: readonly string[], rel: string): Stats | undefined {
-  for (let i = layers.length - 1; i >= 0; i--) {
-    const p = join(layers[i]!, rel);
-    if (existsSync(p) || isDanglingLink(p)) return lstatSync(p);
-  }
-  return undefined;
-}
-
-function isDanglingLink(p: string): boolean {
-  try {
-    return lstatSync(p).isSymbolicLink();
-  } catch {
-    return false;
-  }
-}
-
 function isDirInImage(layers: readonly string[], abs: string): boolean {
-  return statInImage(layers, abs.replace(/^\/+/, ''))?.isDirectory() ?? false;
+  return statInImage(layers, abs.replace(/^\/+/, ''))?.stat.isDirectory() ?? false;
 }
 
 function makeParents(stage: string, layers: readonly string[], absDir: string): void {
@@ -389,7 +373,7 @@ function makeParents(stage: string, layers: readonly string[], absDir: string): 
     rel = rel ? `${rel}/${part}` : part;
     const p = join(stage, rel);
     if (existsSync(p)) continue;
-    const st = statInImage(layers, rel);
+    const st = statInImage(layers, rel)?.stat;
     mkdirSync(p);
     chmodSync(p, st?.isDirectory() ? st.mode & 0o7777 : 0o755);
     if (st?.isDirectory()) chownSync(p, st.uid, st.gid);
