@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HostError } from '../src/errors.js';
+import { HostCapabilityError } from '../src/errors.js';
 import { DEFAULT_CACHE_DIR, buildDebianRootfs, debianImageConfig, hostDebianMirrors, type DebianRootfs } from '../src/images/bases/debian.js';
 import { BlobStore, createLayer, type Layer } from '../src/images/oci/index.js';
 import { run } from '../src/util/exec.js';
@@ -117,7 +117,7 @@ test.serial('debian base: an unreachable mirror is a one-line error, and nothing
   const work = mkdtempSync(join(tmpdir(), 'hbx-debian-test-'));
   try {
     const target = join(work, 'rootfs');
-    const err = await t.throwsAsync(buildDebianRootfs(target, { mirror: 'http://127.0.0.1:9/debian', cacheDir: false }), { instanceOf: HostError });
+    const err = await t.throwsAsync(buildDebianRootfs(target, { mirror: 'http://127.0.0.1:9/debian', cacheDir: false }), { instanceOf: HostCapabilityError });
     t.notRegex(err!.message, /\n/);
     t.regex(err!.message, /127\.0\.0\.1:9\/debian is unreachable/);
     t.false(existsSync(target));
@@ -127,14 +127,14 @@ test.serial('debian base: an unreachable mirror is a one-line error, and nothing
     process.env.PATH = '/nonexistent';
     try {
       await t.throwsAsync(buildDebianRootfs(target, { cacheDir: false }), {
-        instanceOf: HostError,
+        instanceOf: HostCapabilityError,
         message: 'mmdebstrap is missing; install it with `apt-get install mmdebstrap`',
       });
     } finally {
       process.env.PATH = path;
     }
 
-    const bad = await t.throwsAsync(buildDebianRootfs(target, { mirror: 'not a url' }), { instanceOf: HostError });
+    const bad = await t.throwsAsync(buildDebianRootfs(target, { mirror: 'not a url' }), { instanceOf: HostCapabilityError });
     t.regex(bad!.message, /^mirror "not a url" is not a valid URL/);
   } finally {
     rmSync(work, { recursive: true, force: true });

@@ -3,7 +3,7 @@ import { chmodSync, createReadStream, existsSync, mkdirSync, readdirSync, rmSync
 import { join } from 'node:path';
 import { BenchResults } from '../bench/results.js';
 import { hostKey } from '../bench/host.js';
-import { ImageNotFoundError, NameConflictError, RuntimeError, SandboxNotFoundError, StateError } from '../errors.js';
+import { ImageNotFoundError, NameConflictError, RuntimeError, SandboxNotFoundError, SandboxStateError } from '../errors.js';
 import { probeHost } from '../host/probe.js';
 import type { HostInfo, HostLoad } from '../host/types.js';
 import { ImageStore, buildBusyboxImage, checkRef, ensureVmDisk, normalizeRef, type PruneResult } from '../images/index.js';
@@ -242,7 +242,7 @@ export class Hybridbox {
     // Another tag still naming the image keeps it reachable: only the last one is guarded.
     const lastTag = this.images.entries().filter((e) => e.digest === digest).length <= 1;
     if (users && lastTag && !opts.force) {
-      throw new StateError(`image ${normalizeRef(ref)} is used by sandbox ${users.join(', ')}; remove ${users.length > 1 ? 'them' : 'it'} first, or use \`hybridbox image rm -f\` (the sandbox keeps its copy until it is removed)`);
+      throw new SandboxStateError(`image ${normalizeRef(ref)} is used by sandbox ${users.join(', ')}; remove ${users.length > 1 ? 'them' : 'it'} first, or use \`hybridbox image rm -f\` (the sandbox keeps its copy until it is removed)`);
     }
     return this.images.untag(ref);
   }
@@ -423,7 +423,7 @@ export class Hybridbox {
     let timer: NodeJS.Timeout | undefined;
     let status: ExitStatus;
     try {
-      const attached = await backend.runAttached(rec, teeSink(out, err, opts));
+      const attached = await backend.runAttached(rec, { sink: teeSink(out, err, opts) });
       if (spec.timeoutMs !== undefined) {
         timer = setTimeout(() => {
           timedOut = true;
@@ -500,9 +500,9 @@ export class Hybridbox {
 
   async start(ref: string): Promise<SandboxInfo> {
     const rec = await this.get(ref);
-    if (rec.state === 'running') throw new StateError(`sandbox ${rec.name} is already running`);
+    if (rec.state === 'running') throw new SandboxStateError(`sandbox ${rec.name} is already running`);
     if (rec.state !== 'created') {
-      throw new StateError(`sandbox ${rec.name} has ${rec.state}; only a created sandbox can be started: run a new one, or remove it with \`hybridbox rm ${rec.name}\``);
+      throw new SandboxStateError(`sandbox ${rec.name} has ${rec.state}; only a created sandbox can be started: run a new one, or remove it with \`hybridbox rm ${rec.name}\``);
     }
     return this.startRecord(rec);
   }
@@ -532,7 +532,7 @@ export class Hybridbox {
     const rec = this.store.get(id);
     if (!rec) return;
     const backend = this.backendOf(rec);
-    if (!backend.monitor) throw new StateError(`the ${rec.backend} backend has no monitor of its own`);
+    if (!backend.monitor) throw new SandboxStateError(`the ${rec.backend} backend has no monitor of its own`);
     await backend.monitor(rec);
     await this.reap(id);
   }
@@ -657,7 +657,7 @@ export class Hybridbox {
   async remove(ref: string, opts: { force?: boolean } = {}): Promise<void> {
     const rec = await this.get(ref);
     if (rec.state === 'running') {
-      if (!opts.force) throw new StateError(`sandbox ${rec.name} is running; stop it first (\`hybridbox stop ${rec.name}\`) or use \`hybridbox rm -f\``);
+      if (!opts.force) throw new SandboxStateError(`sandbox ${rec.name} is running; stop it first (\`hybridbox stop ${rec.name}\`) or use \`hybridbox rm -f\``);
       await this.backendOf(rec).signal(rec, 'KILL');
       await this.waitDead(rec, 10_000);
       // A supervisor of its own (a VM's monitor, another CLI) is finishing up: let it go first.
@@ -678,8 +678,8 @@ export class Hybridbox {
   async exec(ref: string, argv: string[], opts: { env?: Record<string, string>; workdir?: string; user?: string; onStdout?: (c: Buffer) => void; onStderr?: (c: Buffer) => void; stdin?: NodeJS.ReadableStream } = {}): Promise<ExecResult> {
     const t0 = performance.now();
     const rec = await this.get(ref);
-    if (rec.state !== 'running') throw new StateError(`sandbox ${rec.name} is ${rec.state}, not running; start it with \`hybridbox start ${rec.name}\``);
-    if (argv.length === 0 || !argv[0]) throw new StateError('exec needs a command: hybridbox exec SANDBOX -- COMMAND [ARGS...]');
+    if (rec.state !== 'running') throw new SandboxStateError(`sandbox ${rec.name} is ${rec.state}, not running; start it with \`hybridbox start ${rec.name}\``);
+    if (argv.length === 0 || !argv[0]) throw new SandboxStateError('exec needs a command: hybridbox exec SANDBOX -- COMMAND [ARGS...]');
     const out = new Capture(DEFAULT_MAX_BUFFER);
     const err = new Capture(DEFAULT_MAX_BUFFER);
     const exitCode = await this.backendOf(rec).exec(rec, argv, {

@@ -1,6 +1,6 @@
 import { run } from '../util/exec.js';
 import { existsSync, readdirSync } from 'node:fs';
-import { HostError, SpecError } from '../errors.js';
+import { HostCapabilityError, RuntimeError, SpecError } from '../errors.js';
 import type { StateStore } from '../store/index.js';
 
 export interface BridgeConfig {
@@ -66,7 +66,7 @@ export function macFor(sandboxId: string): string {
 
 async function ip(args: string[], input?: string): Promise<void> {
   const r = await run('ip', args, { input });
-  if (r.exitCode !== 0) throw new HostError(`ip ${args.join(' ')} failed: ${(r.stderr || r.stdout).trim().split('\n')[0]}`);
+  if (r.exitCode !== 0) throw new RuntimeError(`ip ${args.join(' ')} failed: ${(r.stderr || r.stdout).trim().split('\n')[0]}`);
 }
 
 /**
@@ -97,7 +97,7 @@ export class BridgeNetwork {
     });
     // Another process may have created it between the check and now.
     if (r.exitCode !== 0 && !existsSync(`/sys/class/net/${this.config.name}`)) {
-      throw new HostError(`cannot create bridge ${this.config.name}: ${r.stderr.trim().split('\n')[0]}`);
+      throw new RuntimeError(`cannot create bridge ${this.config.name}: ${r.stderr.trim().split('\n')[0]}`);
     }
   }
 
@@ -108,7 +108,7 @@ export class BridgeNetwork {
       for (let i = 2; i < size - 1; i++) yield intToIp(base + i);
     };
     const got = this.store.tx(() => this.store.lease(LEASE_KIND, sandboxId, candidates()));
-    if (!got) throw new HostError(`no free address left in ${this.config.subnet}; remove sandboxes or set HYBRIDBOX_SUBNET to a larger subnet`);
+    if (!got) throw new HostCapabilityError(`no free address left in ${this.config.subnet}; remove sandboxes or set HYBRIDBOX_SUBNET to a larger subnet`);
     return got;
   }
 

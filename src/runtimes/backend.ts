@@ -2,13 +2,25 @@ import type { BackendDescriptor } from './descriptor.js';
 import type { Image } from '../images/index.js';
 import type { WorkloadSpec } from '../spec/schema.js';
 import type { SandboxRecord } from '../store/index.js';
-import type { HostInfo } from '../host/types.js';
 
 /** Where a running workload's output goes when the caller is attached. */
 export interface OutputSink {
   onStdout(chunk: Buffer): void;
   onStderr(chunk: Buffer): void;
 }
+
+/** Signals a caller can send to a workload (a foreground CLI forwards INT, TERM and HUP). */
+export type WorkloadSignal = 'INT' | 'TERM' | 'HUP' | 'KILL';
+
+/**
+ * The time-limit promise every backend keeps, attached or detached: `spec.timeoutMs` counts
+ * from the workload's start (for a VM: from the moment the agent started it, not from boot).
+ * When it runs out the workload gets SIGTERM, then SIGKILL after TIMEOUT_GRACE_MS; the status
+ * says `timedOut: true` and `exitCode: TIMEOUT_EXIT_CODE` (124, as timeout(1) reports), with
+ * `signal` naming the signal that ended it, if one did. A timed-out sandbox is never `crash`ed.
+ */
+export const TIMEOUT_EXIT_CODE = 124;
+export const TIMEOUT_GRACE_MS = 2000;
 
 /** How a workload ended, as far as the backend can tell. */
 export interface ExitStatus {
@@ -19,8 +31,8 @@ export interface ExitStatus {
   oomKilled: boolean;
   peakMemoryBytes: number | null;
   cpuTimeMs: number | null;
-  /** The backend itself enforced the spec's timeout (detached sandboxes). */
-  timedOut?: boolean;
+  /** The spec's time limit ran out and the backend stopped the workload (see TIMEOUT_EXIT_CODE). */
+  timedOut: boolean;
   /** Set when the sandbox died without its workload ending (a guest kernel panic): why. */
   crash?: string;
 }
@@ -34,6 +46,12 @@ export interface AttachedRun {
 export interface SelfInvocation {
   argv: string[];
   env: Record<string, string>;
+}
+
+export interface AttachOptions {
+  sink: OutputSink;
+  /** The workload's standard input, passed through with its EOF; absent or null: /dev/null. */
+  stdin?: NodeJS.ReadableStream | null;
 }
 
 export interface ExecOptions {
@@ -66,8 +84,11 @@ export interface Backend {
    * what of the spec this host cannot honour (said to the user, not silently dropped).
    */
   create(ctx: CreateContext): Promise<{ runtime: Record<string, unknown>; warnings: string[] }>;
-  /** Starts the workload with output streamed to `sink`; the sandbox dies with this process. */
-  runAttached(rec: SandboxRecord, sink: OutputSink): Promise<AttachedRun>;
+  /**
+   * Starts the workload with output streamed to `opts.sink`; the sandbox dies with this
+   * process (for every backend, libvirt's too). Enforces `spec.timeoutMs` (see TIMEOUT_EXIT_CODE).
+   */
+  runAttached(rec: SandboxRecord, opts: AttachOptions): Promise<AttachedRun>;
   /**
    * Starts the workload under a monitor that outlives this process; output goes to logs.
    * `self` says how to run hybridbox's own CLI (for the monitor's `internal` commands).
@@ -81,7 +102,8 @@ export interface Backend {
   monitor?(rec: SandboxRecord): Promise<void>;
   /** Runs another command inside a running sandbox; resolves with its exit code. */
   exec(rec: SandboxRecord, argv: string[], opts: ExecOptions): Promise<number>;
-  signal(rec: SandboxRecord, signal: 'TERM' | 'KILL'): Promise<void>;
+  /** Sends a signal to the workload (KILL ends the whole sandbox). A no-op once it has ended. */
+  signal(rec: SandboxRecord, signal: WorkloadSignal): Promise<void>;
   /** Whether any process of the sandbox is alive, checked against the host, not the database. */
   isAlive(rec: SandboxRecord): Promise<boolean>;
   /** For a detached sandbox that has exited: its status, or null if it never recorded one. */
@@ -100,5 +122,3 @@ export interface Backend {
   /** Backend-specific details for `inspect` (for containers: the OCI config). */
   describe(rec: SandboxRecord): Promise<Record<string, unknown>>;
 }
-
-export type BackendFactory = (host: HostInfo) => Backend;

@@ -2,7 +2,7 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { StateError } from '../errors.js';
+import { StateStoreError } from '../errors.js';
 import type { BackendKind } from '../spec/schema.js';
 
 export type SandboxState = 'created' | 'running' | 'exited' | 'crashed';
@@ -178,7 +178,7 @@ export class StateStore {
       this.db.exec("ALTER TABLE sandboxes ADD COLUMN image_digest TEXT NOT NULL DEFAULT ''");
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
     } else if (!fresh && version !== SCHEMA_VERSION) {
-      throw new StateError(`the state database ${join(root, 'state.db')} has schema version ${version}, this hybridbox needs ${SCHEMA_VERSION}; remove the sandboxes with the version that made them, or move the state directory away`);
+      throw new StateStoreError(`the state database ${join(root, 'state.db')} has schema version ${version}, this hybridbox needs ${SCHEMA_VERSION}; remove the sandboxes with the version that made them, or move the state directory away`);
     }
     this.db.exec(SCHEMA);
     if (fresh) this.db.pragma(`user_version = ${SCHEMA_VERSION}`);

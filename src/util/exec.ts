@@ -1,4 +1,4 @@
-import { HostError } from '../errors.js';
+import { HostCapabilityError } from '../errors.js';
 
 export interface RunOutcome {
   exitCode: number | undefined;
@@ -20,9 +20,9 @@ export async function run(file: string, args: readonly string[], options: { inpu
 
 /**
  * Runs a command that must succeed; a failure becomes one line: what failed and its last
- * words (a HostError unless the caller makes its own).
+ * words (a HostCapabilityError unless the caller makes its own).
  */
-export async function runChecked(file: string, args: readonly string[], what: string, makeError: (msg: string) => Error = (m) => new HostError(m)): Promise<RunOutcome> {
+export async function runChecked(file: string, args: readonly string[], what: string, makeError: (msg: string) => Error = (m) => new HostCapabilityError(m)): Promise<RunOutcome> {
   const r = await run(file, args);
   if (r.exitCode !== 0) throw makeError(`${what} failed: ${(r.stderr || r.stdout || `exit ${r.exitCode}`).trim().split('\n').pop()}`);
   return r;

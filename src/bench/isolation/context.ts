@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, copyFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Hybridbox } from '../../api/hybridbox.js';
-import { HostError, SandboxNotFoundError } from '../../errors.js';
+import { HostCapabilityError, SandboxNotFoundError } from '../../errors.js';
 import type { BackendKind } from '../../spec/schema.js';
 import { run } from '../../util/exec.js';
 import { packageRoot } from '../../util/paths.js';
@@ -29,9 +29,9 @@ export async function ensureProbe(): Promise<string> {
   if (existsSync(script)) {
     // Rebuilds only when the source is newer than the binary.
     const r = await run('sh', [script, bin]);
-    if (r.exitCode !== 0) throw new HostError(`cannot build hbx-probe: ${(r.stderr || r.stdout).trim().split('\n').pop()}`);
+    if (r.exitCode !== 0) throw new HostCapabilityError(`cannot build hbx-probe: ${(r.stderr || r.stdout).trim().split('\n').pop()}`);
   }
-  if (!existsSync(bin)) throw new HostError(`${bin} is missing; run \`npm run build\``);
+  if (!existsSync(bin)) throw new HostCapabilityError(`${bin} is missing; run \`npm run build\``);
   return bin;
 }
 

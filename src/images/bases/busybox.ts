@@ -1,6 +1,6 @@
 import { chmodSync, copyFileSync, lstatSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { HostError } from '../../errors.js';
+import { HostCapabilityError } from '../../errors.js';
 import { run } from '../../util/exec.js';
 import { createLayer } from '../oci/index.js';
 import type { ImageStore } from '../store.js';
@@ -14,7 +14,7 @@ export async function buildBusyboxImage(store: ImageStore, ref = 'busybox:latest
   try {
     lstatSync(BUSYBOX);
   } catch {
-    throw new HostError(`${BUSYBOX} is missing; install it with \`apt-get install busybox-static\``);
+    throw new HostCapabilityError(`${BUSYBOX} is missing; install it with \`apt-get install busybox-static\``);
   }
   const { stdout } = await run(BUSYBOX, ['--list-full']);
   const applets = stdout.split('\n').filter(Boolean);

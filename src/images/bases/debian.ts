@@ -23,7 +23,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
-import { HostError } from '../../errors.js';
+import { HostCapabilityError } from '../../errors.js';
 import { run } from '../../util/exec.js';
 import { discardTree } from '../../util/fs.js';
 import type { ImageConfig, ImageStore } from '../store.js';
@@ -183,7 +183,7 @@ export function hostDebianMirrors(suite: DebianSuite = 'bookworm', aptEtcDir = '
 
 function checkMirrorUrl(url: string, what: string): string {
   if (!/^(https?|file):\/\/[^\s'"]+$/.test(url)) {
-    throw new HostError(`${what} ${JSON.stringify(url)} is not a valid URL; give an http://, https:// or file:// Debian archive`);
+    throw new HostCapabilityError(`${what} ${JSON.stringify(url)} is not a valid URL; give an http://, https:// or file:// Debian archive`);
   }
   return url.replace(/\/+$/, '');
 }
@@ -203,7 +203,7 @@ async function fetchInRelease(mirror: string, suite: string, workDir: string): P
       /^E: Failed to fetch \S+\s+(.+)$/m.exec(out)?.[1]?.trim() ??
       out.split('\n').find((l) => l.startsWith('E: '))?.slice(3).trim() ??
       (r.failed && r.exitCode === undefined ? 'timed out' : `exit ${r.exitCode}`);
-    throw new HostError(`debian mirror ${mirror} is unreachable or has no ${suite} suite (${url}: ${why}); pass a reachable Debian mirror`);
+    throw new HostCapabilityError(`debian mirror ${mirror} is unreachable or has no ${suite} suite (${url}: ${why}); pass a reachable Debian mirror`);
   }
   return readFileSync(dest, 'utf8');
 }
@@ -212,7 +212,7 @@ async function fetchInRelease(mirror: string, suite: string, workDir: string): P
 export function releaseDate(release: string): number {
   const m = /^Date:\s*(.+)$/m.exec(release);
   const t = m ? Date.parse(m[1]!.trim()) : NaN;
-  if (!Number.isFinite(t)) throw new HostError('debian mirror: its Release file has no valid Date: field');
+  if (!Number.isFinite(t)) throw new HostCapabilityError('debian mirror: its Release file has no valid Date: field');
   return Math.floor(t / 1000);
 }
 
@@ -232,10 +232,10 @@ function onPath(cmd: string): boolean {
 }
 
 function checkHost(): void {
-  if (!onPath('mmdebstrap')) throw new HostError('mmdebstrap is missing; install it with `apt-get install mmdebstrap`');
-  if (!existsSync(APT_HELPER)) throw new HostError(`${APT_HELPER} is missing; install it with \`apt-get install apt\``);
-  if (!existsSync(MERGED_USR_HOOKS)) throw new HostError(`${MERGED_USR_HOOKS} is missing; reinstall mmdebstrap (\`apt-get install --reinstall mmdebstrap\`)`);
-  if (process.getuid?.() !== 0) throw new HostError('building the debian base image needs root (mmdebstrap --mode=root)');
+  if (!onPath('mmdebstrap')) throw new HostCapabilityError('mmdebstrap is missing; install it with `apt-get install mmdebstrap`');
+  if (!existsSync(APT_HELPER)) throw new HostCapabilityError(`${APT_HELPER} is missing; install it with \`apt-get install apt\``);
+  if (!existsSync(MERGED_USR_HOOKS)) throw new HostCapabilityError(`${MERGED_USR_HOOKS} is missing; reinstall mmdebstrap (\`apt-get install --reinstall mmdebstrap\`)`);
+  if (process.getuid?.() !== 0) throw new HostCapabilityError('building the debian base image needs root (mmdebstrap --mode=root)');
 }
 
 // Hooks run by mmdebstrap under `sh -c` with the chroot as $1. Paths come in through the
@@ -291,7 +291,7 @@ function runMmdebstrap(args: string[], env: NodeJS.ProcessEnv, log: (line: strin
     const timer = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
     child.on('error', (err) => {
       clearTimeout(timer);
-      reject(new HostError(`mmdebstrap could not be started: ${err.message}`));
+      reject(new HostCapabilityError(`mmdebstrap could not be started: ${err.message}`));
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
@@ -300,7 +300,7 @@ function runMmdebstrap(args: string[], env: NodeJS.ProcessEnv, log: (line: strin
       const errors = tail.filter((l) => /^E: /.test(l) && !/mmdebstrap failed to run|received signal/.test(l));
       const why = (errors[0] ?? tail[tail.length - 1] ?? 'no output').replace(/^E: /, '').trim();
       const how = signal ? `was stopped by ${signal}${signal === 'SIGTERM' ? ` after ${Math.round(timeoutMs / 1000)} s` : ''}` : `failed (exit ${code})`;
-      reject(new HostError(`mmdebstrap ${how}: ${why}`));
+      reject(new HostCapabilityError(`mmdebstrap ${how}: ${why}`));
     });
   });
 }
@@ -321,7 +321,7 @@ export async function buildDebianRootfs(targetDir: string, opts: DebianBaseOptio
   const cacheDir = opts.cacheDir === false ? undefined : resolve(opts.cacheDir ?? DEFAULT_CACHE_DIR);
   checkHost();
 
-  if (existsSync(target) && readdirSync(target).length > 0) throw new HostError(`${target} is not empty; the debian rootfs needs an empty directory`);
+  if (existsSync(target) && readdirSync(target).length > 0) throw new HostCapabilityError(`${target} is not empty; the debian rootfs needs an empty directory`);
 
   const suites: { mirror: string; suite: string }[] = [{ mirror, suite }];
   if (updates) suites.push({ mirror, suite: `${suite}-updates` }, { mirror: securityMirror, suite: `${suite}-security` });
@@ -334,7 +334,7 @@ export async function buildDebianRootfs(targetDir: string, opts: DebianBaseOptio
     for (const s of suites) releases.push(await fetchInRelease(s.mirror, s.suite, work));
     const sourceDateEpoch = opts.sourceDateEpoch ?? Math.max(...releases.map(releaseDate));
     if (!Number.isInteger(sourceDateEpoch) || sourceDateEpoch < 0) {
-      throw new HostError(`sourceDateEpoch: ${sourceDateEpoch} is not valid; give whole seconds since 1970`);
+      throw new HostCapabilityError(`sourceDateEpoch: ${sourceDateEpoch} is not valid; give whole seconds since 1970`);
     }
     // mmdebstrap's version is an input too: it extracts the essential packages itself.
     const tool = (await run('mmdebstrap', ['--version'])).stdout.trim();
@@ -407,7 +407,7 @@ function checkSameMirrorState(suites: { mirror: string; suite: string }[], relea
     // A file:// mirror is read in place, without a copy in lists/.
     if (name === undefined) return;
     if (readFileSync(join(listsOut, name), 'utf8') !== releases[i]) {
-      throw new HostError(`debian mirror ${s.mirror} changed its ${s.suite} Release during the build; build again`);
+      throw new HostCapabilityError(`debian mirror ${s.mirror} changed its ${s.suite} Release during the build; build again`);
     }
   });
 }

@@ -2,7 +2,7 @@ import { run } from '../../util/exec.js';
 import { spawn } from 'node:child_process';
 import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { HostError, RuntimeError } from '../../errors.js';
+import { HostCapabilityError, RuntimeError } from '../../errors.js';
 import type { HostInfo } from '../../host/types.js';
 import { imagePathExists } from '../../images/index.js';
 import type { WorkloadSpec } from '../../spec/index.js';
@@ -10,7 +10,7 @@ import type { BridgeNetwork } from '../../network/index.js';
 import type { StateStore, SandboxRecord } from '../../store/index.js';
 import { packageRoot } from '../../util/paths.js';
 import { sleep } from '../../util/proc.js';
-import type { AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, OutputSink, SelfInvocation } from '../backend.js';
+import type { AttachOptions, AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, SelfInvocation, WorkloadSignal } from '../backend.js';
 import type { BackendDescriptor } from '../descriptor.js';
 import { cgroupCaps, ensureSandboxCgroup, hostOomKills, isUnified, leafPath, readUsage, removeCgroups, sandboxPids } from './cgroups.js';
 import { buildOciConfig } from './oci-config.js';
@@ -79,11 +79,11 @@ export class ContainerBackend implements Backend {
     private readonly network: BridgeNetwork,
     readonly ociRuntime: OciRuntimeName = 'crun',
   ) {
-    if (!host.tools[ociRuntime]) throw new HostError(`${ociRuntime} is not installed; install it with \`apt-get install ${ociRuntime}\``);
+    if (!host.tools[ociRuntime]) throw new HostCapabilityError(`${ociRuntime} is not installed; install it with \`apt-get install ${ociRuntime}\``);
     this.runtimePaths = { crun: host.tools.crun?.path, runc: host.tools.runc?.path };
     this.initBinary = existsSync('/usr/bin/tini-static') ? '/usr/bin/tini-static' : (host.tools.tini?.path ?? '/usr/bin/tini');
     this.shim = process.env.HYBRIDBOX_SHIM ?? join(packageRoot(), 'dist', 'hbx-shim');
-    if (!existsSync(this.shim)) throw new HostError(`${this.shim} is missing; run \`npm run setup\` to build it`);
+    if (!existsSync(this.shim)) throw new HostCapabilityError(`${this.shim} is missing; run \`npm run setup\` to build it`);
   }
 
   private rt(rec: { runtime: Record<string, unknown> }): ContainerRuntime {
@@ -94,7 +94,7 @@ export class ContainerBackend implements Backend {
   private runtimeOf(rec: { runtime: Record<string, unknown> }): { name: OciRuntimeName; path: string } {
     const name = this.rt(rec).ociRuntime ?? this.ociRuntime;
     const path = this.runtimePaths[name];
-    if (!path) throw new HostError(`${name} is not installed; install it with \`apt-get install ${name}\``);
+    if (!path) throw new HostCapabilityError(`${name} is not installed; install it with \`apt-get install ${name}\``);
     return { name, path };
   }
 
@@ -129,7 +129,7 @@ export class ContainerBackend implements Backend {
             for (let s = 0; s < UID_SLOTS; s++) yield String(s);
           })()),
         );
-        if (slot === null) throw new HostError('no free user-namespace uid range left; remove some untrusted sandboxes');
+        if (slot === null) throw new HostCapabilityError('no free user-namespace uid range left; remove some untrusted sandboxes');
         uidBase = UID_BASE + Number(slot) * UID_RANGE;
       }
       if (ctx.spec.network === 'bridge') {
@@ -176,7 +176,7 @@ export class ContainerBackend implements Backend {
     return [this.runtimeOf(rec).path, 'run', '--bundle', this.rt(rec).dir, '--pid-file', f.pid, rec.id];
   }
 
-  async runAttached(rec: SandboxRecord, sink: OutputSink): Promise<AttachedRun> {
+  async runAttached(rec: SandboxRecord, { sink }: AttachOptions): Promise<AttachedRun> {
     const args = [...this.runArgs(rec), '--pdeathsig', 'KILL', '--', ...this.runtimeRun(rec)];
     const child = spawn(this.shim, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout.on('data', (c: Buffer) => sink.onStdout(c));
@@ -226,6 +226,7 @@ export class ContainerBackend implements Backend {
       oomKilled: usage.oomKilled,
       peakMemoryBytes: usage.peakMemoryBytes,
       cpuTimeMs: usage.cpuTimeMs,
+      timedOut: false,
     };
   }
 
@@ -291,7 +292,7 @@ export class ContainerBackend implements Backend {
     }
   }
 
-  async signal(rec: SandboxRecord, signal: 'TERM' | 'KILL'): Promise<void> {
+  async signal(rec: SandboxRecord, signal: WorkloadSignal): Promise<void> {
     const pid = this.initPid(rec);
     if (pid !== null) {
       try {
@@ -369,7 +370,7 @@ export class ContainerBackend implements Backend {
     const complete = rt.ociRuntime !== undefined;
     if (!complete || rt.netnsPath) await this.network.detach(rec.id);
     if (!complete || rt.ip || rt.uidBase !== null) this.store.releaseLeases(rec.id);
-    if (left.length) throw new HostError(`could not remove cgroup ${left[0]} of sandbox ${rec.id}`);
+    if (left.length) throw new RuntimeError(`could not remove cgroup ${left[0]} of sandbox ${rec.id}`);
   }
 
   async describe(rec: SandboxRecord): Promise<Record<string, unknown>> {

@@ -8,7 +8,7 @@ import type { WorkloadSpec } from '../../spec/index.js';
 import type { SandboxRecord, StateStore } from '../../store/index.js';
 import { connectUnix } from '../../util/net.js';
 import { sleep } from '../../util/proc.js';
-import type { AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, OutputSink, SelfInvocation } from '../backend.js';
+import type { AttachOptions, AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, SelfInvocation, WorkloadSignal } from '../backend.js';
 import type { BackendDescriptor } from '../descriptor.js';
 import { workloadProcess, type Process, resolveUser } from '../workload.js';
 import { encodeFrame, FrameDecoder } from './agent/index.js';
@@ -117,7 +117,7 @@ export class VmBackend implements Backend {
     }
   }
 
-  async runAttached(rec: SandboxRecord, sink: OutputSink): Promise<AttachedRun> {
+  async runAttached(rec: SandboxRecord, { sink }: AttachOptions): Promise<AttachedRun> {
     const rt = this.rt(rec);
     const exited = supervise(this.launcher, rt.machine, vmFiles(rt.dir), rt.proc, sink, { bootTimeoutMs: this.bootTimeoutMs() }).then((x) => {
       writeExit(vmFiles(rt.dir).exit, x);
@@ -194,7 +194,7 @@ export class VmBackend implements Backend {
     });
   }
 
-  async signal(rec: SandboxRecord, signal: 'TERM' | 'KILL'): Promise<void> {
+  async signal(rec: SandboxRecord, signal: WorkloadSignal): Promise<void> {
     const files = vmFiles(this.rt(rec).dir);
     if (signal === 'KILL') return this.launcher.destroy(rec.id, files);
     // A clean end: the workload gets SIGTERM through the agent, and the guest powers off.

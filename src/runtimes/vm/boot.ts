@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { HostError } from '../../errors.js';
+import { HostCapabilityError } from '../../errors.js';
 
 /** Where slow-to-build artefacts live, outside any clone (kernels, initramfs), keyed by their inputs. */
 export function cacheDir(): string {
@@ -37,6 +37,6 @@ export function findGuestBoot(): GuestBoot | null {
 
 export function requireGuestBoot(): GuestBoot {
   const b = findGuestBoot();
-  if (!b) throw new HostError(`no guest kernel: ${guestBootFile()} is missing or stale; run \`npm run setup\` to build the kernel and initramfs`);
+  if (!b) throw new HostCapabilityError(`no guest kernel: ${guestBootFile()} is missing or stale; run \`npm run setup\` to build the kernel and initramfs`);
   return b;
 }

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { Builder } from 'xml2js';
-import { HostError } from '../../errors.js';
+import { HostCapabilityError, RuntimeError } from '../../errors.js';
 import { run } from '../../util/exec.js';
 import { isSameProcessAlive, sleep } from '../../util/proc.js';
 import type { VmFiles } from './files.js';
@@ -130,7 +130,7 @@ export async function ensureLibvirtd(hideKvm: boolean): Promise<void> {
     if (await socketAnswers(SOCKET)) return;
     await sleep(50);
   }
-  throw new HostError(`libvirtd did not come up (no ${SOCKET}); start it with \`libvirtd -d\` and check its log`);
+  throw new HostCapabilityError(`libvirtd did not come up (no ${SOCKET}); start it with \`libvirtd -d\` and check its log`);
 }
 
 async function pidFileAlive(path: string): Promise<boolean> {
@@ -159,12 +159,12 @@ export const libvirtLauncher: MachineLauncher = {
     writeFileSync(files.domainXml, domainXml(spec, files));
     // Paused, so that hybridbox is connected to the agent's channel before the guest runs.
     const created = await virsh(['create', '--paused', files.domainXml]);
-    if (!created.ok) throw new HostError(`virsh create failed: ${created.out.split('\n').pop()}`);
+    if (!created.ok) throw new RuntimeError(`virsh create failed: ${created.out.split('\n').pop()}`);
     const name = domainName(spec.id);
     const limited = await virsh(['memtune', name, '--hard-limit', String(memoryLimitMiB(spec) * 1024), '--live']);
     if (!limited.ok) {
       await virsh(['destroy', name]);
-      throw new HostError(`virsh memtune failed: ${limited.out.split('\n').pop()}`);
+      throw new RuntimeError(`virsh memtune failed: ${limited.out.split('\n').pop()}`);
     }
     const stopped = (async () => {
       while (libvirtQemuPid(spec.id) !== null) await sleep(50);
@@ -174,7 +174,7 @@ export const libvirtLauncher: MachineLauncher = {
       stopped,
       resume: async () => {
         const r = await virsh(['resume', name]);
-        if (!r.ok) throw new HostError(`virsh resume failed: ${r.out}`);
+        if (!r.ok) throw new RuntimeError(`virsh resume failed: ${r.out}`);
       },
       kill: async () => {
         // After a clean power-off the domain is gone already; destroying it would only wait and fail.

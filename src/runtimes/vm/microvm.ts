@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { HostError } from '../../errors.js';
+import { HostCapabilityError, RuntimeError, TimeoutError } from '../../errors.js';
 import { packageRoot } from '../../util/paths.js';
 import { isSameProcessAlive, sleep, within } from '../../util/proc.js';
 import { QmpClient } from './qmp.js';
@@ -79,7 +79,7 @@ export const microvmLauncher: MachineLauncher = {
   async launch(spec: MachineSpec, files: VmFiles): Promise<MachineHandle> {
     for (const f of [files.agentSock, files.qmpSock, files.pid]) rmSync(f, { force: true });
     const shim = process.env.HYBRIDBOX_SHIM ?? join(packageRoot(), 'dist', 'hbx-shim');
-    if (!existsSync(shim)) throw new HostError(`${shim} is missing; run \`npm run setup\` to build it`);
+    if (!existsSync(shim)) throw new HostCapabilityError(`${shim} is missing; run \`npm run setup\` to build it`);
     // Through the shim for its parent-death signal: QEMU never outlives its supervisor.
     const argv = microvmArgv(spec, files);
     const child = spawn(shim, ['--pdeathsig', 'KILL', '--', ...argv], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -89,8 +89,8 @@ export const microvmLauncher: MachineLauncher = {
     });
     const stopped = new Promise<void>((resolve) => child.on('close', () => resolve()));
     const failed = new Promise<never>((_, reject) => {
-      child.on('error', (e) => reject(new HostError(`cannot start ${QEMU}: ${e.message}`)));
-      child.on('close', (code) => reject(new HostError(`${QEMU} exited at start (code ${code}): ${stderr.trim().split('\n').pop() ?? ''}`)));
+      child.on('error', (e) => reject(new RuntimeError(`cannot start ${QEMU}: ${e.message}`)));
+      child.on('close', (code) => reject(new RuntimeError(`${QEMU} exited at start (code ${code}): ${stderr.trim().split('\n').pop() ?? ''}`)));
     });
     failed.catch(() => undefined);
     // Up = QEMU has written its pid file and opened the agent socket.
@@ -99,7 +99,7 @@ export const microvmLauncher: MachineLauncher = {
       await Promise.race([sleep(2), failed]);
       if (Date.now() > deadline) {
         child.kill('SIGKILL');
-        throw new HostError(`${QEMU} did not start within 10 s`);
+        throw new TimeoutError(`${QEMU} did not start within 10 s; the host may be overloaded`, 10_000);
       }
     }
     return {
