@@ -5,7 +5,7 @@
 // The classes form a small tree so that a caller can catch as narrowly as it needs:
 //   HybridboxError
 //   ├─ SpecError                 any input error (spec fields, exec -e, --build-arg, refs)
-//   ├─ ImageNotFoundError, ImageInUseError
+//   ├─ ImageNotFoundError, ImageInUseError, ImageStoreBusyError
 //   ├─ SandboxNotFoundError, AmbiguousReferenceError, NameConflictError
 //   ├─ SandboxStateError         already running, not running, already ended
 //   ├─ PlacementError            no backend can run the workload as specified
@@ -59,6 +59,9 @@ export class ImageInUseError extends HybridboxError {
     );
   }
 }
+
+/** The image store is busy (a prune, or writers while a prune wants to run); try again when it has finished. */
+export class ImageStoreBusyError extends HybridboxError {}
 
 export class SandboxNotFoundError extends HybridboxError {
   constructor(readonly ref: string) {

@@ -3,11 +3,10 @@ import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Hybridbox } from '../src/index.js';
-import { BenchResults } from '../src/bench/results.js';
 import { SandboxRegister, runIsolationBench } from '../src/bench/isolation/index.js';
-import type { IsolationResult, SecurityCell } from '../src/bench/types.js';
+import type { IsolationResult, SecurityCell } from '../src/measurements/index.js';
 import { findGuestBoot } from '../src/runtimes/vm/boot.js';
-import { CLI, REPO, freshHybridbox, hostTraces } from './helpers.js';
+import { CLI, REPO, freshHybridbox, hostTraces , stateOf } from './helpers.js';
 
 // `hybridbox bench isolation` on real backends (containers and microVMs; the libvirt VM is
 // left to full runs: it adds little here but boot time). No timing is asserted: only what
@@ -116,11 +115,11 @@ test.serial('CLI --quick --parts security,fault --json: the container shares the
   t.regex(r.fault.find((f) => f.fault.startsWith('out of memory'))!.detail, /^OOM-killed/);
 
   // Stored, and nothing left behind.
-  t.is(new BenchResults(hb.store.db).latest('isolation')?.startedAtMs, r.startedAtMs);
-  t.deepEqual(await hb.list({ all: true }), []);
+  t.is(hb.measurements.latest('isolation')?.startedAtMs, r.startedAtMs);
+  t.deepEqual(await hb.sandboxes.list({ all: true }), []);
   t.deepEqual(existsSync(join(root, 'sandboxes')) ? readdirSync(join(root, 'sandboxes')) : [], []);
   t.deepEqual(qemuTraces([]), []);
-  t.deepEqual(hb.store.leases(), []);
+  t.deepEqual(stateOf(root).leases(), []);
 });
 
 test.serial('a tiny performance run: container victim alone and next to a CPU hog', async (t) => {
@@ -143,5 +142,5 @@ test.serial('a tiny performance run: container victim alone and next to a CPU ho
   // Victim and neighbour were made and removed, leaving nothing on the host.
   t.is(register.ids.size, 2);
   t.deepEqual(hostTraces(register.ids), []);
-  t.deepEqual(await hb.list({ all: true }), []);
+  t.deepEqual(await hb.sandboxes.list({ all: true }), []);
 });

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describeHost } from '../src/bench/host.js';
 import { summarize } from '../src/bench/stats.js';
-import type { StartupResult, StartupScenario, Stats } from '../src/bench/types.js';
+import type { StartupResult, StartupScenario, Stats } from '../src/measurements/index.js';
 import { Hybridbox } from '../src/index.js';
 import { findGuestBoot } from '../src/runtimes/vm/boot.js';
 import { formatPlacement } from '../src/scheduler/index.js';
@@ -100,12 +100,12 @@ rootTest('bench startup: container, host and crun-raw interleaved; well-formed J
   // Stored in the state database of that root, under this host's key, and written to --out.
   const hb = await Hybridbox.open({ root });
   try {
-    t.is(hb.hostKey(), (await describeHost(hb.host)).key);
-    t.is(result.host.key, hb.hostKey());
-    const stored = hb.benchResults().latest('startup', hb.hostKey());
+    t.is(hb.measurements.hostKey, (await describeHost(hb.host)).key);
+    t.is(result.host.key, hb.measurements.hostKey);
+    const stored = hb.measurements.latest('startup', hb.measurements.hostKey);
     t.is(stored?.id, result.id);
     t.deepEqual(stored?.scenarios.map((s) => s.totalMs), result.scenarios.map((s) => s.totalMs));
-    t.deepEqual(await hb.list({ all: true }), [], 'no sandbox is left behind');
+    t.deepEqual(await hb.sandboxes.list({ all: true }), [], 'no sandbox is left behind');
   } finally {
     hb.close();
   }
@@ -163,23 +163,23 @@ rootTest('the scheduler predicts from stored measurements of this host and rules
   const spec = { image: 'busybox', command: ['true'], startupBudgetMs: 1000, isolation: 'auto' as const };
 
   // Before any measurement: the documented defaults, said to be so.
-  const before = hb.place(spec);
+  const before = hb.placement.place(spec);
   t.true(before.predictedStartupByBackend.every((p) => p.source === 'default'));
   t.regex(formatPlacement(before), /default estimate/);
 
   const runs = (ms: number) => Array.from({ length: 30 }, (_, i) => ms - 15 + i);
   // microvm: p95 of the first output is ~5000 ms; its wall time (which includes power-off) is higher still.
   const hostKey = (await describeHost(hb.host)).key;
-  hb.benchResults().save(
+  hb.measurements.save(
     syntheticResult(hostKey, {
       container: { total: runs(50), firstOutput: runs(40) },
       microvm: { total: [...runs(5500)], firstOutput: [...Array(27).fill(3000), 5000, 5000, 5000] },
     }),
   );
   // Another host's result is never used.
-  hb.benchResults().save(syntheticResult('0000000000000000', { container: { total: runs(900), firstOutput: runs(900) }, microvm: { total: runs(100), firstOutput: runs(100) } }));
+  hb.measurements.save(syntheticResult('0000000000000000', { container: { total: runs(900), firstOutput: runs(900) }, microvm: { total: runs(100), firstOutput: runs(100) } }));
 
-  const p = hb.place(spec);
+  const p = hb.placement.place(spec);
   t.is(p.backend, 'container');
   t.like(p.predictedStartupMs, { source: 'measured', samples: 30, median: 39.5 });
   const microvm = p.predictedStartupByBackend.find((x) => x.backend === 'microvm');
@@ -191,9 +191,9 @@ rootTest('the scheduler predicts from stored measurements of this host and rules
   t.regex(text, /vm +\d+ ms median, \d+ ms p95 +\(default estimate\)/, 'the unmeasured libvirt VM keeps its default');
 
   // The same figures reach every run's placement.
-  const r = await hb.run({ image: 'busybox', command: ['true'], startupBudgetMs: 1000 }, { remove: true });
+  const r = await hb.sandboxes.run({ image: 'busybox', command: ['true'], startupBudgetMs: 1000 }, { remove: true });
   t.is(r.placement.rejected.find((x) => x.backend === 'microvm')?.reason, why);
 
   // A budget above the measured p95 lets the microVM in.
-  t.is(hb.place({ ...spec, startupBudgetMs: 6000, isolation: 'microvm' }).backend, 'microvm');
+  t.is(hb.placement.place({ ...spec, startupBudgetMs: 6000, isolation: 'microvm' }).backend, 'microvm');
 });

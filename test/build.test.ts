@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, w
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Hybridbox } from '../src/index.js';
-import { freshHybridbox } from './helpers.js';
+import { blobsOf, freshHybridbox } from './helpers.js';
 
 let hb: Hybridbox;
 let root: string;
@@ -25,7 +25,7 @@ function context(files: Record<string, string>): string {
 }
 
 const build = (dir: string, tags: string[], extra: { noCache?: boolean; logs?: string[] } = {}) =>
-  hb.build({ file: join(dir, 'Sandboxfile'), contextDir: dir, tags, noCache: extra.noCache, onLog: (l) => extra.logs?.push(l) });
+  hb.images.build({ file: join(dir, 'Sandboxfile'), contextDir: dir, tags, noCache: extra.noCache, onLog: (l) => extra.logs?.push(l) });
 
 const APP = `# comment
 FROM busybox
@@ -53,9 +53,9 @@ test.serial('a build makes one layer per RUN/COPY, the image runs, and an unchan
   t.is(details.config.config.User, 'nobody');
   t.true(details.config.config.Env!.includes('GREETING=hello world'));
 
-  const r = await hb.run({ image: 'app:1' }, { remove: true });
+  const r = await hb.sandboxes.run({ image: 'app:1' }, { remove: true });
   t.is(r.stdout, 'hello world\n');
-  const look = await hb.run({ image: 'app:1', command: ['sh', '-c', 'id -u; pwd; cat greeting.txt conf/a.conf; test -e /etc/hostname && echo present || echo deleted'] }, { remove: true });
+  const look = await hb.sandboxes.run({ image: 'app:1', command: ['sh', '-c', 'id -u; pwd; cat greeting.txt conf/a.conf; test -e /etc/hostname && echo present || echo deleted'] }, { remove: true });
   t.is(look.stdout, '65534\n/app\nhi there\na=1\ndeleted\n');
 
   const again: string[] = [];
@@ -72,14 +72,14 @@ test.serial('a build makes one layer per RUN/COPY, the image runs, and an unchan
     third.steps.filter((s) => s.layerDigest).map((s) => s.cached),
     [true, false, false],
   );
-  t.is((await hb.run({ image: 'app:2', command: ['cat', '/app/conf/a.conf'] }, { remove: true })).stdout, 'a=2\n');
+  t.is((await hb.sandboxes.run({ image: 'app:2', command: ['cat', '/app/conf/a.conf'] }, { remove: true })).stdout, 'a=2\n');
   rmSync(dir, { recursive: true, force: true });
 });
 
 test.serial('the same image runs as a microVM, with every layer applied', async (t) => {
   const dir = context({ Sandboxfile: APP, 'greeting.txt': 'hi there\n', 'conf/a.conf': 'a=1\n' });
   await build(dir, ['app:vm']);
-  const r = await hb.run({ image: 'app:vm', isolation: 'microvm', command: ['sh', '-c', 'cat /app/out.txt /app/conf/a.conf; id -u; uname -r'] }, { remove: true });
+  const r = await hb.sandboxes.run({ image: 'app:vm', isolation: 'microvm', command: ['sh', '-c', 'cat /app/out.txt /app/conf/a.conf; id -u; uname -r'] }, { remove: true });
   t.is(r.exitCode, 0, r.stderr);
   const [out, conf, uid, kernel] = r.stdout.trim().split('\n');
   t.is(out, 'hello world');
@@ -104,10 +104,10 @@ test.serial('a build FROM debian:bookworm (made locally by mmdebstrap) runs as a
     'hello.sh': '#!/bin/bash\necho "hello from $(. /etc/os-release; echo $VERSION_CODENAME) as $(id -un) in $PWD, $(cat /etc/package-count) packages"\n',
   });
   await build(dir, ['deb-app:1']);
-  const c = await hb.run({ image: 'deb-app:1' }, { remove: true });
+  const c = await hb.sandboxes.run({ image: 'deb-app:1' }, { remove: true });
   t.is(c.exitCode, 0, c.stderr);
   t.regex(c.stdout, /^hello from bookworm as app in \/home\/app, \d+ packages\n$/);
-  const vm = await hb.run({ image: 'deb-app:1', isolation: 'microvm', resources: { memoryMiB: 256 } }, { remove: true });
+  const vm = await hb.sandboxes.run({ image: 'deb-app:1', isolation: 'microvm', resources: { memoryMiB: 256 } }, { remove: true });
   t.is(vm.exitCode, 0, vm.stderr);
   t.is(vm.stdout, c.stdout, 'the same image, the same answer, in a VM');
   rmSync(dir, { recursive: true, force: true });
@@ -129,7 +129,7 @@ for (const [what, files, message] of ERRORS) {
     t.regex(err!.message, message);
     t.false(err!.message.includes('\n'), 'one line');
     t.deepEqual(hb.images.list(), before);
-    t.deepEqual(await hb.list({ all: true }), []);
+    t.deepEqual(await hb.sandboxes.list({ all: true }), []);
     rmSync(dir, { recursive: true, force: true });
   });
 }
@@ -149,12 +149,12 @@ test.serial('ADD unpacks a tar archive from the context; COPY keeps the mode of 
   const { execFileSync } = await import('node:child_process');
   execFileSync('tar', ['-czf', join(dir, 'pkg.tar.gz'), '-C', src, 'pkg']);
   await build(dir, ['added:1']);
-  const r = await hb.run({ image: 'added:1', command: ['/opt/pkg/bin/tool'] }, { remove: true });
+  const r = await hb.sandboxes.run({ image: 'added:1', command: ['/opt/pkg/bin/tool'] }, { remove: true });
   t.is(r.stdout, 'tool-ran\n');
   // The COPY layer holds /tmp with the image's own mode (1777), not a default 0755.
   const d = await hb.images.inspect('added:1');
   const copyLayer = d.manifest.layers[2]!;
-  const listing = execFileSync('tar', ['-tvzf', hb.images.blobs.path(copyLayer.digest)], { encoding: 'utf8' });
+  const listing = execFileSync('tar', ['-tvzf', blobsOf(root).path(copyLayer.digest)], { encoding: 'utf8' });
   t.regex(listing, /^drwxrwxrwt .* tmp\/$/m);
   rmSync(dir, { recursive: true, force: true });
   rmSync(src, { recursive: true, force: true });
@@ -175,22 +175,22 @@ test.serial('tag, image rm and prune: data in use by a sandbox survives, the res
   await hb.images.tag('prune-me:1', 'prune-me:alias');
   const digest = hb.images.digestOf('prune-me:1')!;
   t.is(hb.images.digestOf('prune-me:alias'), digest);
-  const kept = await hb.create({ image: 'prune-me:1', command: ['cat', '/marker'] });
+  const kept = await hb.sandboxes.create({ image: 'prune-me:1', command: ['cat', '/marker'] });
 
-  await hb.removeImage('prune-me:alias');
-  await t.throwsAsync(hb.removeImage('prune-me:1'), { message: /is used by sandbox/ });
-  await hb.removeImage('prune-me:1', { force: true });
+  await hb.images.remove('prune-me:alias');
+  await t.throwsAsync(hb.images.remove('prune-me:1'), { message: /is used by sandbox/ });
+  await hb.images.remove('prune-me:1', { force: true });
   t.false(hb.images.has('prune-me:1'));
 
   const layersBefore = readdirSync(join(root, 'images', 'layers')).length;
-  await hb.pruneImages();
-  t.true(existsSync(hb.images.blobs.path(digest)), 'a created sandbox keeps its image');
+  await hb.images.prune();
+  t.true(existsSync(blobsOf(root).path(digest)), 'a created sandbox keeps its image');
   t.is(readdirSync(join(root, 'images', 'layers')).length, layersBefore);
-  await hb.start(kept.id);
-  await hb.remove(kept.id, { force: true });
+  await hb.sandboxes.start(kept.id);
+  await hb.sandboxes.remove(kept.id, { force: true });
 
-  const pruned = await hb.pruneImages();
-  t.false(existsSync(hb.images.blobs.path(digest)));
+  const pruned = await hb.images.prune();
+  t.false(existsSync(blobsOf(root).path(digest)));
   t.true(pruned.blobs >= 3, `manifest, config and the RUN layer (removed ${pruned.blobs})`);
   t.true(pruned.layers >= 1);
   t.true(hb.images.has('busybox'), 'tagged images stay');
@@ -249,17 +249,17 @@ test.serial('kill -9 of a build half-way leaves no tag, and the next build or pr
   const env = { ...process.env, HYBRIDBOX_ROOT: root };
   const child = execa('node', [CLI, 'build', '-t', 'killed:1', dir], { env, reject: false });
   // Wait until the RUN step's sandbox is up, then kill the CLI outright.
-  t.true(await waitFor(async () => (await hb.list()).some((s) => s.name.startsWith('build-')), 20_000));
+  t.true(await waitFor(async () => (await hb.sandboxes.list()).some((s) => s.name.startsWith('build-')), 20_000));
   child.kill('SIGKILL');
   await child;
   t.false(hb.images.has('killed:1'));
   // The build sandbox dies with its CLI and is cleaned up by the next call.
-  t.true(await waitFor(async () => (await hb.list()).length === 0, 10_000));
+  t.true(await waitFor(async () => (await hb.sandboxes.list()).length === 0, 10_000));
   // What a writer killed in the middle of a COPY or a blob write leaves behind.
   const dead = (await execa('sh', ['-c', 'echo $$'])).stdout.trim();
   mkdirSync(join(root, 'images', `.stage-${dead}-0a1b`, 'app'), { recursive: true });
   writeFileSync(join(root, 'images', 'oci', `.tmp-${dead}-0a1b2c3d`), 'half a blob');
-  await hb.pruneImages();
+  await hb.images.prune();
   const temps = [join(root, 'images'), join(root, 'images', 'oci'), join(root, 'images', 'layers')].flatMap((d) =>
     existsSync(d) ? readdirSync(d).filter((n) => n.startsWith('.') && n !== '.' && /-\d+-/.test(n)) : [],
   );

@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Hybridbox } from '../src/index.js';
-import { CLI, freshHybridbox, hostTraces, waitFor } from './helpers.js';
+import { CLI, freshHybridbox, hostTraces, waitFor , stateOf } from './helpers.js';
 
 // Real containers: crun, namespaces, cgroups and overlayfs on this host's kernel (run as root).
 
@@ -22,7 +22,7 @@ test.after.always(async () => {
 const sh = (script: string, more: Record<string, unknown> = {}) => ({ image: 'busybox', command: ['sh', '-c', script], ...more });
 
 test('echo, exit codes and separate streams', async (t) => {
-  const r = await hb.run(sh('echo out; echo err >&2; exit 3'), { remove: true });
+  const r = await hb.sandboxes.run(sh('echo out; echo err >&2; exit 3'), { remove: true });
   t.is(r.exitCode, 3);
   t.is(r.stdout, 'out\n');
   t.is(r.stderr, 'err\n');
@@ -35,12 +35,12 @@ test('echo, exit codes and separate streams', async (t) => {
 });
 
 test('a command that does not exist exits 127', async (t) => {
-  const r = await hb.run({ image: 'busybox', command: ['/no/such/program'] }, { remove: true });
+  const r = await hb.sandboxes.run({ image: 'busybox', command: ['/no/such/program'] }, { remove: true });
   t.is(r.exitCode, 127);
 });
 
 test('env, workdir and user', async (t) => {
-  const r = await hb.run(sh('echo "$GREETING"; pwd; id -u; id -g', { env: { GREETING: 'hi there' }, workdir: '/work/dir', user: '1000:2000' }), { remove: true });
+  const r = await hb.sandboxes.run(sh('echo "$GREETING"; pwd; id -u; id -g', { env: { GREETING: 'hi there' }, workdir: '/work/dir', user: '1000:2000' }), { remove: true });
   t.is(r.exitCode, 0, r.stderr);
   t.deepEqual(r.stdout.trim().split('\n'), ['hi there', '/work/dir', '1000', '2000']);
 });
@@ -49,7 +49,7 @@ test('read-only and read-write volumes', async (t) => {
   const ro = mkdtempSync(join(tmpdir(), 'hbx-ro-'));
   const rw = mkdtempSync(join(tmpdir(), 'hbx-rw-'));
   writeFileSync(join(ro, 'in.txt'), 'from host\n');
-  const r = await hb.run(
+  const r = await hb.sandboxes.run(
     sh('cat /in/in.txt; echo x > /in/new 2>/dev/null && echo ro-writable || echo ro-refused; echo written > /out/result.txt', {
       volumes: [
         { hostPath: ro, guestPath: '/in', readOnly: true },
@@ -64,14 +64,14 @@ test('read-only and read-write volumes', async (t) => {
 });
 
 test('the root filesystem is per sandbox: writes do not reach the image or other sandboxes', async (t) => {
-  const a = await hb.run(sh('echo mine > /etc/marker && cat /etc/marker'), { remove: true });
+  const a = await hb.sandboxes.run(sh('echo mine > /etc/marker && cat /etc/marker'), { remove: true });
   t.is(a.stdout, 'mine\n');
-  const b = await hb.run(sh('cat /etc/marker 2>&1 || echo absent'), { remove: true });
+  const b = await hb.sandboxes.run(sh('cat /etc/marker 2>&1 || echo absent'), { remove: true });
   t.regex(b.stdout, /absent/);
 });
 
 test('memory limit: the workload is OOM-killed and the result says so', async (t) => {
-  const r = await hb.run(sh('x=$(head -c 200000000 /dev/zero | tr "\\000" a); echo survived', { resources: { memoryMiB: 32 } }), { remove: true });
+  const r = await hb.sandboxes.run(sh('x=$(head -c 200000000 /dev/zero | tr "\\000" a); echo survived', { resources: { memoryMiB: 32 } }), { remove: true });
   t.true(r.oomKilled);
   t.is(r.exitCode, 137);
   t.false(r.stdout.includes('survived'));
@@ -82,7 +82,7 @@ test.serial('fork bomb is contained by the pids limit while the host stays respo
   // Watched from the host: inside, the bomb leaves no pid free for a measuring command.
   // Every bomb process keeps forking; the first process execs sleep, so a refused fork
   // never ends the sandbox early.
-  const d = await hb.runDetached(sh('f() { while :; do f & done; }; f 2>/dev/null & exec sleep 30', { isolation: 'container', resources: { pids: 64 }, timeoutMs: 6000 }));
+  const d = await hb.sandboxes.runDetached(sh('f() { while :; do f & done; }; f 2>/dev/null & exec sleep 30', { isolation: 'container', resources: { pids: 64 }, timeoutMs: 6000 }));
   const pidsFile = ['/sys/fs/cgroup/pids', '/sys/fs/cgroup'].map((b) => join(b, 'hybridbox', d.id, 'ctr', 'pids.current')).find((f) => existsSync(f));
   t.truthy(pidsFile, 'the sandbox has a pids cgroup');
   const probe: number[] = [];
@@ -99,8 +99,8 @@ test.serial('fork bomb is contained by the pids limit while the host stays respo
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  await hb.stop(d.id, { graceMs: 0 });
-  await hb.remove(d.id);
+  await hb.sandboxes.stop(d.id, { graceMs: 0 });
+  await hb.sandboxes.remove(d.id);
   t.true(maxPids > 16, `the bomb forked (${maxPids} processes at most)`);
   t.true(maxPids <= 64, `saw ${maxPids} processes`);
   t.true(Math.max(...probe) < 1000, `host exec took up to ${Math.max(...probe).toFixed(0)} ms`);
@@ -108,14 +108,14 @@ test.serial('fork bomb is contained by the pids limit while the host stays respo
 });
 
 test.serial('CPU quota 0.5 holds within 20%', async (t) => {
-  const r = await hb.run({ image: 'busybox', command: ['timeout', '3', 'sh', '-c', 'while :; do :; done'], resources: { cpus: 0.5 } }, { remove: true });
+  const r = await hb.sandboxes.run({ image: 'busybox', command: ['timeout', '3', 'sh', '-c', 'while :; do :; done'], resources: { cpus: 0.5 } }, { remove: true });
   t.truthy(r.cpuTimeMs);
   const cpus = r.cpuTimeMs! / 3000;
   t.true(cpus > 0.4 && cpus < 0.6, `used ${cpus.toFixed(3)} CPUs`);
 });
 
 test('private hostname, PID 1 is the init, and network none has only loopback', async (t) => {
-  const r = await hb.run(sh('hostname; cat /proc/1/cmdline | tr "\\0" " "; echo; ls /sys/class/net', { name: `priv-${process.pid}` }), { remove: true });
+  const r = await hb.sandboxes.run(sh('hostname; cat /proc/1/cmdline | tr "\\0" " "; echo; ls /sys/class/net', { name: `priv-${process.pid}` }), { remove: true });
   const [host, pid1, ...nets] = r.stdout.trim().split('\n');
   t.is(host, `priv-${process.pid}`);
   t.regex(pid1!, /^\/dev\/\.hbx\/init /);
@@ -123,15 +123,15 @@ test('private hostname, PID 1 is the init, and network none has only loopback', 
 });
 
 test.serial('two bridge sandboxes reach each other; no route leads out', async (t) => {
-  const srv = await hb.runDetached(sh('echo pong > /tmp/index.html; httpd -f -p 8080 -h /tmp', { network: 'bridge' }));
+  const srv = await hb.sandboxes.runDetached(sh('echo pong > /tmp/index.html; httpd -f -p 8080 -h /tmp', { network: 'bridge' }));
   t.truthy(srv.ip);
-  const r = await hb.run(sh(`wget -q -O- http://${srv.ip}:8080/; ip route | grep -c default || true`, { network: 'bridge' }), { remove: true });
-  await hb.remove(srv.id, { force: true });
+  const r = await hb.sandboxes.run(sh(`wget -q -O- http://${srv.ip}:8080/; ip route | grep -c default || true`, { network: 'bridge' }), { remove: true });
+  await hb.sandboxes.remove(srv.id, { force: true });
   t.is(r.stdout, 'pong\n0\n', r.stderr);
 });
 
 test('untrusted sandbox: cannot mount, unshare or write /proc/sys; root is not host root', async (t) => {
-  const r = await hb.run(
+  const r = await hb.sandboxes.run(
     sh('mount -t tmpfs x /mnt 2>/dev/null; echo mount=$?; unshare -U true 2>/dev/null; echo unshare=$?; (echo 1 > /proc/sys/kernel/ostype) 2>/dev/null; echo procsys=$?; cat /proc/self/uid_map; ls /sys/class/net | tr "\\n" " "', { trust: 'untrusted', isolation: 'container' }),
     { remove: true },
   );
@@ -146,27 +146,27 @@ test('untrusted sandbox: cannot mount, unshare or write /proc/sys; root is not h
 });
 
 test.serial('detached: logs, exec, stop with SIGTERM, then SIGKILL for a workload that ignores it', async (t) => {
-  const d = await hb.runDetached(sh('trap "echo got-term; exit 7" TERM; echo started; while :; do sleep 0.1; done'));
+  const d = await hb.sandboxes.runDetached(sh('trap "echo got-term; exit 7" TERM; echo started; while :; do sleep 0.1; done'));
   t.is(d.state, 'running');
   await waitFor(() => readLogs(d.id).includes('started'), 5000);
   t.regex(await logsOf(hb, d.id), /started/);
-  const e = await hb.exec(d.id, ['sh', '-c', 'echo from-exec; exit 4']);
+  const e = await hb.sandboxes.exec(d.id, ['sh', '-c', 'echo from-exec; exit 4']);
   t.is(e.exitCode, 4);
   t.is(e.stdout, 'from-exec\n');
-  const stopped = await hb.stop(d.id, { graceMs: 5000 });
+  const stopped = await hb.sandboxes.stop(d.id, { graceMs: 5000 });
   t.is(stopped.state, 'exited');
   t.is(stopped.exitCode, 7);
   t.regex(await logsOf(hb, d.id), /got-term/);
 
-  const stubborn = await hb.runDetached(sh('trap "" TERM; echo armed; while :; do sleep 0.1; done'));
+  const stubborn = await hb.sandboxes.runDetached(sh('trap "" TERM; echo armed; while :; do sleep 0.1; done'));
   // Stop only once the trap is set: a TERM before it would end the shell at once.
   await waitFor(() => readLogs(stubborn.id).includes('armed'), 5000);
   const t0 = Date.now();
-  const s2 = await hb.stop(stubborn.id, { graceMs: 500 });
+  const s2 = await hb.sandboxes.stop(stubborn.id, { graceMs: 500 });
   t.is(s2.state, 'exited');
   t.is(s2.exitCode, 137);
   t.true(Date.now() - t0 < 5000);
-  for (const id of [d.id, stubborn.id]) await hb.remove(id);
+  for (const id of [d.id, stubborn.id]) await hb.sandboxes.remove(id);
   t.deepEqual(hostTraces([d.id, stubborn.id]), []);
 
   function readLogs(id: string): string {
@@ -180,33 +180,33 @@ test.serial('detached: logs, exec, stop with SIGTERM, then SIGKILL for a workloa
 
 async function logsOf(h: Hybridbox, id: string): Promise<string> {
   let s = '';
-  await h.logs(id, { onStdout: (c) => (s += c.toString()), onStderr: (c) => (s += c.toString()) });
+  await h.sandboxes.logs(id, { onStdout: (c) => (s += c.toString()), onStderr: (c) => (s += c.toString()) });
   return s;
 }
 
 test.serial('a detached sandbox that exits on its own is reaped by its monitor', async (t) => {
-  const d = await hb.runDetached(sh('echo bye; exit 5'));
-  const ok = await waitFor(() => hb.store.get(d.id)?.state === 'exited', 10_000, 50);
+  const d = await hb.sandboxes.runDetached(sh('echo bye; exit 5'));
+  const ok = await waitFor(() => hb.sandboxes.find(d.id)?.state === 'exited', 10_000, 50);
   t.true(ok, 'monitor recorded the exit');
-  const rec = hb.store.get(d.id)!;
+  const rec = hb.sandboxes.find(d.id)!;
   t.is(rec.exitCode, 5);
   t.deepEqual(hostTraces([d.id]), []);
-  await hb.remove(d.id);
+  await hb.sandboxes.remove(d.id);
 });
 
 test.serial('a detached sandbox with a timeout is stopped by its monitor, with nobody watching', async (t) => {
-  const d = await hb.runDetached(sh('sleep 60', { timeoutMs: 500 }));
-  const ok = await waitFor(() => hb.store.get(d.id)?.state === 'exited', 10_000, 50);
+  const d = await hb.sandboxes.runDetached(sh('sleep 60', { timeoutMs: 500 }));
+  const ok = await waitFor(() => hb.sandboxes.find(d.id)?.state === 'exited', 10_000, 50);
   t.true(ok);
-  const rec = hb.store.get(d.id)!;
+  const rec = hb.sandboxes.find(d.id)!;
   t.true(rec.timedOut);
   t.is(rec.signal, 'SIGKILL');
   t.deepEqual(hostTraces([d.id]), []);
-  await hb.remove(d.id);
+  await hb.sandboxes.remove(d.id);
 });
 
 test.serial('10 concurrent runs', async (t) => {
-  const results = await Promise.all(Array.from({ length: 10 }, (_, i) => hb.run(sh(`echo run-${i}`, { network: i % 2 ? 'bridge' : 'none' }), { remove: true })));
+  const results = await Promise.all(Array.from({ length: 10 }, (_, i) => hb.sandboxes.run(sh(`echo run-${i}`, { network: i % 2 ? 'bridge' : 'none' }), { remove: true })));
   t.deepEqual(
     results.map((r) => r.stdout.trim()),
     Array.from({ length: 10 }, (_, i) => `run-${i}`),
@@ -217,11 +217,11 @@ test.serial('10 concurrent runs', async (t) => {
 test.serial('a failed start leaves nothing behind and says why', async (t) => {
   // A directory bind-mounted onto a file: the runtime fails while setting up the sandbox.
   const dir = mkdtempSync(join(tmpdir(), 'hbx-bad-'));
-  const before = hb.store.list().length;
-  const err = await t.throwsAsync(hb.run({ image: 'busybox', command: ['true'], volumes: [{ hostPath: dir, guestPath: '/bin/busybox' }] }, { remove: true }));
+  const before = stateOf(root).list().length;
+  const err = await t.throwsAsync(hb.sandboxes.run({ image: 'busybox', command: ['true'], volumes: [{ hostPath: dir, guestPath: '/bin/busybox' }] }, { remove: true }));
   t.regex(err!.message, /could not start sandbox/);
-  t.is(hb.store.list().length, before);
-  t.deepEqual(hb.store.leases(), []);
+  t.is(stateOf(root).list().length, before);
+  t.deepEqual(stateOf(root).leases(), []);
 });
 
 test.serial('kill -9 of a foreground CLI: the sandbox dies with it and the next call cleans up', async (t) => {
@@ -229,29 +229,29 @@ test.serial('kill -9 of a foreground CLI: the sandbox dies with it and the next 
     env: { ...process.env, HYBRIDBOX_ROOT: root },
     stdio: 'ignore',
   });
-  const found = await waitFor(() => hb.store.find(`victim-${process.pid}`)?.state === 'running' && hostTraces([hb.store.find(`victim-${process.pid}`)!.id]).some((x) => x.startsWith('cgroup')), 10_000, 50);
+  const found = await waitFor(() => hb.sandboxes.find(`victim-${process.pid}`)?.state === 'running' && hostTraces([hb.sandboxes.find(`victim-${process.pid}`)!.id]).some((x) => x.startsWith('cgroup')), 10_000, 50);
   t.true(found, 'sandbox started');
-  const id = hb.store.find(`victim-${process.pid}`)!.id;
+  const id = hb.sandboxes.find(`victim-${process.pid}`)!.id;
   child.kill('SIGKILL');
   await new Promise((r) => child.on('exit', r));
-  await waitFor(async () => !(await hb.list()).some((s) => s.id === id), 10_000, 100);
-  const info = (await hb.list({ all: true })).find((s) => s.id === id)!;
+  await waitFor(async () => !(await hb.sandboxes.list()).some((s) => s.id === id), 10_000, 100);
+  const info = (await hb.sandboxes.list({ all: true })).find((s) => s.id === id)!;
   t.not(info.state, 'running');
   t.deepEqual(hostTraces([id]), []);
-  t.deepEqual(hb.store.leases().filter((l) => l.sandboxId === id), []);
-  await hb.remove(id);
+  t.deepEqual(stateOf(root).leases().filter((l) => l.sandboxId === id), []);
+  await hb.sandboxes.remove(id);
 });
 
 test.serial('50 run/rm cycles leave no cgroup, mount, netns, link, lease or record', async (t) => {
   const ids: string[] = [];
   for (let i = 0; i < 50; i++) {
-    const r = await hb.run(sh('true', { network: i % 5 === 0 ? 'bridge' : 'none', resources: { memoryMiB: 64, pids: 32 } }));
+    const r = await hb.sandboxes.run(sh('true', { network: i % 5 === 0 ? 'bridge' : 'none', resources: { memoryMiB: 64, pids: 32 } }));
     ids.push(r.id);
-    await hb.remove(r.id);
+    await hb.sandboxes.remove(r.id);
   }
   t.deepEqual(hostTraces(ids), []);
-  t.deepEqual(hb.store.leases(), []);
-  t.deepEqual(hb.store.list().filter((r) => ids.includes(r.id)), []);
+  t.deepEqual(stateOf(root).leases(), []);
+  t.deepEqual(stateOf(root).list().filter((r) => ids.includes(r.id)), []);
   const mountsOfRoot = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(root));
   t.deepEqual(mountsOfRoot, []);
 });

@@ -3,6 +3,8 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Hybridbox } from '../src/index.js';
+import { ImageStore } from '../src/images/index.js';
+import { StateStore } from '../src/store/index.js';
 
 export const REPO = new URL('..', import.meta.url).pathname.replace(/\/$/, '');
 export const CLI = join(REPO, 'dist', 'cli.js');
@@ -19,12 +21,12 @@ export async function freshHybridbox(prefix = 'hbx-test-'): Promise<{ hb: Hybrid
   ensureBuilt();
   const root = mkdtempSync(join(tmpdir(), prefix));
   const hb = await Hybridbox.open({ root });
-  await hb.ensureBaseImages();
+  await hb.images.ensureBase();
   return {
     hb,
     root,
     cleanup: async () => {
-      for (const s of await hb.list({ all: true })) await hb.remove(s.id, { force: true }).catch(() => undefined);
+      for (const s of await hb.sandboxes.list({ all: true })) await hb.sandboxes.remove(s.id, { force: true }).catch(() => undefined);
       hb.close();
       rmSync(root, { recursive: true, force: true });
     },
@@ -55,4 +57,14 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, ms: number
     await new Promise((r) => setTimeout(r, stepMs));
   }
   return cond();
+}
+
+/** The state database of a root, opened beside the library (tests look at leases and raw records). */
+export function stateOf(root: string): StateStore {
+  return new StateStore(root);
+}
+
+/** The blob store of a root's images (tests look at blobs directly). */
+export function blobsOf(root: string): ImageStore['blobs'] {
+  return new ImageStore(root).blobs;
 }

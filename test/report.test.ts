@@ -6,9 +6,8 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
-import { BenchResults } from '../src/bench/results.js';
 import { summarize } from '../src/bench/stats.js';
-import type { DensityResult, HostDescription, IsolationResult, StartupResult, StartupScenario } from '../src/bench/types.js';
+import type { DensityResult, HostDescription, IsolationResult, StartupResult, StartupScenario } from '../src/measurements/index.js';
 import { CLI, freshHybridbox } from './helpers.js';
 
 // Density starts real containers, so this needs root. Start-up and isolation results are
@@ -130,9 +129,9 @@ rootTest('bench density measures and cleans up; report renders every section as 
   t.true(c.hostRssBytesPerSandbox > 0, 'the shim and runtime have resident memory');
   t.true(c.overheadBytesPerSandbox >= c.hostRssBytesPerSandbox);
   t.true(density.summary.length > 0);
-  t.deepEqual(await hb.list({ all: true }), [], 'no sandbox is left');
+  t.deepEqual(await hb.sandboxes.list({ all: true }), [], 'no sandbox is left');
   t.deepEqual(readdirSync(join(root, 'sandboxes')), [], 'no sandbox directory is left');
-  const results = new BenchResults(hb.store.db);
+  const results = hb.measurements;
   t.is(results.latest('density')?.id, density.id);
 
   // 2. Synthetic start-up and isolation results, so every section has something to show.

@@ -1,8 +1,8 @@
-import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { HostInfo } from '../host/types.js';
 import { run } from '../util/exec.js';
-import type { HostDescription } from './types.js';
+import { hostKey } from '../measurements/index.js';
+import type { HostDescription } from '../measurements/index.js';
 
 declare const __HYBRIDBOX_VERSION__: string | undefined;
 
@@ -13,18 +13,6 @@ async function firstLine(file: string, args: string[]): Promise<string | null> {
   } catch {
     return null;
   }
-}
-
-/**
- * The key results of this host are stored under: a short hash of CPU model, cores, memory,
- * kernel, accel and cgroup layout. Synchronous and spawns nothing (the scheduler computes it
- * on every `place`).
- */
-export function hostKey(host: HostInfo): string {
-  return createHash('sha256')
-    .update(JSON.stringify([host.cpuModel, host.cpus, host.memTotalBytes, host.kernelRelease, host.kvm.usable ? 'kvm' : 'tcg', host.cgroup.layout]))
-    .digest('hex')
-    .slice(0, 16);
 }
 
 /** The host a result was measured on, with the versions of everything that shapes the numbers. */

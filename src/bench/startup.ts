@@ -5,7 +5,7 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import type { Hybridbox } from '../api/hybridbox.js';
+import type { Hybridbox } from '../api/index.js';
 import { HybridboxError, ImageNotFoundError } from '../errors.js';
 import { ensureLibvirtd } from '../runtimes/vm/libvirt.js';
 import { packageRoot } from '../util/paths.js';
@@ -16,7 +16,7 @@ import { crunRawScenario, hostScenario, qemuRawScenario, removeCgroupParent, vir
 import { SCENARIOS, VM_SCENARIOS, type BenchContext, type Measurement, type Scenario, type ScenarioName } from './startup/types.js';
 import { fmtMs, fmtRatio } from './report/format.js';
 import { summarize } from './stats.js';
-import type { StartupRatio, StartupResult, StartupScenario, Stats } from './types.js';
+import type { StartupRatio, StartupResult, StartupScenario, Stats } from '../measurements/index.js';
 
 export { SCENARIOS, VM_SCENARIOS, type ScenarioName } from './startup/types.js';
 
@@ -87,7 +87,7 @@ export async function runStartupBench(hb: Hybridbox, opts: StartupBenchOptions):
   const t0 = performance.now();
   const progress = opts.progress ?? (() => undefined);
   const vmRuns = Math.min(opts.vmRuns ?? opts.runs, opts.runs);
-  if (!(await hb.ensureBaseImage(opts.image))) throw new ImageNotFoundError(opts.image, hb.images.list());
+  if (!(await hb.images.ensureBase(opts.image))) throw new ImageNotFoundError(opts.image, hb.images.list());
   const shim = process.env.HYBRIDBOX_SHIM ?? join(packageRoot(), 'dist', 'hbx-shim');
   if (!existsSync(shim)) throw new HybridboxError(`${shim} is missing; run \`npm run build\` first`);
   const work = mkdtempSync(join(os.tmpdir(), 'hbx-bench-startup-'));

@@ -1,4 +1,4 @@
-import type { Stats } from './types.js';
+import type { Stats } from '../measurements/index.js';
 
 /** The p-th percentile (0..100) of sorted values, linearly interpolated between ranks. */
 export function percentile(sorted: readonly number[], p: number): number {

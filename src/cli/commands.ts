@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import os from 'node:os';
-import { Hybridbox, type RunResult, type SandboxInfo } from '../api/hybridbox.js';
-import { HybridboxError } from '../errors.js';
+import { Hybridbox, type RunResult, type SandboxInfo } from '../api/index.js';
+import { HybridboxError, SpecError } from '../errors.js';
 import { formatHostInfo } from '../host/format.js';
 import { formatPlacement } from '../scheduler/index.js';
 import { parseDuration, specFromFlags, type CliRunFlags } from '../spec/index.js';
@@ -50,6 +50,35 @@ function shellExitCode(r: { exitCode: number | null; signal: string | null }): n
   return 128 + (r.signal ? (os.constants.signals[r.signal as NodeJS.Signals] ?? 9) : 1);
 }
 
+const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/**
+ * A foreground run forwards SIGINT, SIGTERM and SIGHUP to its workload, as `docker run`
+ * does, and keeps waiting for its end (so the exit is recorded and `--rm` removes it). A
+ * signal before the sandbox exists aborts the run instead; the third signal kills it.
+ */
+function forwardSignals(hb: Hybridbox): { abort: AbortSignal; attach(id: string): void; dispose(): void } {
+  const ac = new AbortController();
+  let id: string | null = null;
+  let count = 0;
+  const handler = (sig: NodeJS.Signals): void => {
+    count++;
+    if (id === null) return ac.abort();
+    const to = count >= 3 ? 'KILL' : (sig.slice(3) as 'INT' | 'TERM' | 'HUP');
+    hb.sandboxes.kill(id, to).catch(() => undefined);
+  };
+  for (const s of FORWARDED) process.on(s, handler);
+  return {
+    abort: ac.signal,
+    attach: (sandboxId) => {
+      id = sandboxId;
+    },
+    dispose: () => {
+      for (const s of FORWARDED) process.off(s, handler);
+    },
+  };
+}
+
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
@@ -83,7 +112,7 @@ function status(s: SandboxInfo): string {
 
 async function registryCommand(verb: 'push' | 'pull', ref: string, opts: Opts): Promise<void> {
   await withHybridbox(opts, async (hb) => {
-    const r = await hb[verb](ref, {
+    const r = await hb.images[verb](ref, {
       registry: opts.registry as string | undefined,
       remoteRef: opts.remote as string | undefined,
       withVmDisk: opts.withVmDisk === true,
@@ -118,10 +147,10 @@ export const commands: Record<string, Handler> = {
 
   async setup(_cmd, _args, opts) {
     await withHybridbox(opts, async (hb) => {
-      await hb.ensureBaseImages();
+      await hb.images.ensureBase();
       // debian:bookworm needs Debian's mirror; without it, everything busybox-based still works.
       try {
-        await hb.ensureBaseImage('debian:bookworm');
+        await hb.images.ensureBase('debian:bookworm');
       } catch (e) {
         process.stderr.write(`hybridbox: warning: debian:bookworm was not built: ${(e as Error).message}\n`);
       }
@@ -131,7 +160,7 @@ export const commands: Record<string, Handler> = {
 
   async place(_cmd, args, opts) {
     await withHybridbox(opts, async (hb) => {
-      const p = hb.place(specInput(args, opts));
+      const p = hb.placement.place(specInput(args, opts));
       if (opts.json) json(p);
       else out(formatPlacement(p));
     });
@@ -141,33 +170,43 @@ export const commands: Record<string, Handler> = {
     await withHybridbox(opts, async (hb) => {
       const input = specInput(args, opts);
       if (opts.detach) {
-        const info = await hb.runDetached(input);
+        if (opts.interactive) throw new SpecError('interactive', true, 'a detached sandbox has no standard input; drop -i or -d');
+        const info = await hb.sandboxes.runDetached(input);
         warn(info.warnings);
         if (opts.json) json(info);
         else out(info.id);
         return;
       }
       const stream = !opts.json;
-      const r: RunResult = await hb.run(input, {
-        remove: !!opts.rm,
-        onStdout: stream ? (c) => process.stdout.write(c) : undefined,
-        onStderr: stream ? (c) => process.stderr.write(c) : undefined,
-    });
-    if (opts.json) json(r);
-    else {
-      warn(r.warnings);
-      if (r.oomKilled) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: out of memory (limit reached)\n`);
-      if (r.timedOut) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: timeout reached\n`);
-      if (r.crash) process.stderr.write(`hybridbox: sandbox ${r.name} crashed: ${r.crash}\n`);
-    }
-    // A crash has no workload exit code: report it as hybridbox's own failure.
-    process.exitCode = r.crash ? 125 : shellExitCode(r);
+      const forward = forwardSignals(hb);
+      let r: RunResult;
+      try {
+        r = await hb.sandboxes.run(input, {
+          remove: !!opts.rm,
+          stdin: opts.interactive ? process.stdin : null,
+          signal: forward.abort,
+          onCreated: (s) => forward.attach(s.id),
+          onStdout: stream ? (c) => process.stdout.write(c) : undefined,
+          onStderr: stream ? (c) => process.stderr.write(c) : undefined,
+        });
+      } finally {
+        forward.dispose();
+      }
+      if (opts.json) json(r);
+      else {
+        warn(r.warnings);
+        if (r.oomKilled) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: out of memory (limit reached)\n`);
+        if (r.timedOut) process.stderr.write(`hybridbox: sandbox ${r.name} was stopped: its time limit ran out (exit 124)\n`);
+        if (r.crash) process.stderr.write(`hybridbox: sandbox ${r.name} crashed: ${r.crash}\n`);
+      }
+      // A crash has no workload exit code: report it as hybridbox's own failure.
+      process.exitCode = r.crash ? 125 : shellExitCode(r);
     });
   },
 
   async create(_cmd, args, opts) {
     await withHybridbox(opts, async (hb) => {
-      const info = await hb.create(specInput(args, opts));
+      const info = await hb.sandboxes.create(specInput(args, opts));
       warn(info.warnings);
       out(info.id);
     });
@@ -175,14 +214,14 @@ export const commands: Record<string, Handler> = {
 
   async start(_cmd, args, opts) {
     await withHybridbox(opts, async (hb) => {
-      for (const ref of args[0] as string[]) out((await hb.start(ref)).id);
+      for (const ref of args[0] as string[]) out((await hb.sandboxes.start(ref)).id);
     });
   },
 
   async stop(_cmd, args, opts) {
     await withHybridbox(opts, async (hb) => {
       const graceMs = parseDuration(String(opts.time), 'time');
-      for (const ref of args[0] as string[]) out((await hb.stop(ref, { graceMs })).id);
+      for (const ref of args[0] as string[]) out((await hb.sandboxes.stop(ref, { graceMs })).id);
     });
   },
 
@@ -191,7 +230,7 @@ export const commands: Record<string, Handler> = {
       let failed: unknown;
       for (const ref of args[0] as string[]) {
         try {
-          await hb.remove(ref, { force: !!opts.force });
+          await hb.sandboxes.remove(ref, { force: !!opts.force });
           out(ref);
         } catch (e) {
           if (!(e instanceof HybridboxError)) throw e;
@@ -205,7 +244,7 @@ export const commands: Record<string, Handler> = {
 
   async ps(_cmd, _args, opts) {
     await withHybridbox(opts, async (hb) => {
-      const list = await hb.list({ all: !!opts.all });
+      const list = await hb.sandboxes.list({ all: !!opts.all });
       if (opts.json) return json(list);
       const rows = [['ID', 'NAME', 'BACKEND', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS', 'IP']];
       for (const s of list) {
@@ -220,7 +259,7 @@ export const commands: Record<string, Handler> = {
     await withHybridbox(opts, async (hb) => {
       const ac = new AbortController();
       process.once('SIGINT', () => ac.abort());
-      await hb.logs(args[0] as string, {
+      await hb.sandboxes.logs(args[0] as string, {
         follow: !!opts.follow,
         signal: ac.signal,
         onStdout: (c) => process.stdout.write(c),
@@ -234,11 +273,11 @@ export const commands: Record<string, Handler> = {
       const env: Record<string, string> = {};
       for (const kv of (opts.env as string[] | undefined) ?? []) {
         const i = kv.indexOf('=');
-        if (i <= 0) throw new HybridboxError(`env: "${kv}" is not valid; allowed: KEY=VALUE`);
+        if (i <= 0) throw new SpecError('env', kv, 'give KEY=VALUE');
         env[kv.slice(0, i)] = kv.slice(i + 1);
       }
       const argv = args[1] as string[];
-      const r = await hb.exec(args[0] as string, argv[0] === '--' ? argv.slice(1) : argv, {
+      const r = await hb.sandboxes.exec(args[0] as string, argv[0] === '--' ? argv.slice(1) : argv, {
         env,
         workdir: opts.workdir as string | undefined,
         user: opts.user as string | undefined,
@@ -246,13 +285,13 @@ export const commands: Record<string, Handler> = {
         onStdout: (c) => process.stdout.write(c),
         onStderr: (c) => process.stderr.write(c),
     });
-    process.exitCode = r.exitCode;
+    process.exitCode = r.exitCode ?? 128 + (r.signal ? (os.constants.signals[r.signal as NodeJS.Signals] ?? 9) : 1);
     });
   },
 
   async inspect(_cmd, args, opts) {
     await withHybridbox(opts, async (hb) => {
-      json(await hb.inspect(args[0] as string));
+      json(await hb.sandboxes.inspect(args[0] as string));
     });
   },
 
@@ -276,7 +315,7 @@ export const commands: Record<string, Handler> = {
 
   async imageRm(_cmd, args, opts) {
     await withHybridbox(opts, async (hb) => {
-      for (const ref of args[0] as string[]) out(`untagged ${ref} (${(await hb.removeImage(ref, { force: opts.force === true })).slice(0, 19)})`);
+      for (const ref of args[0] as string[]) out(`untagged ${ref} (${(await hb.images.remove(ref, { force: opts.force === true })).slice(0, 19)})`);
     });
   },
 
@@ -304,7 +343,7 @@ export const commands: Record<string, Handler> = {
 
   async imagePrune(_cmd, _args, opts) {
     await withHybridbox(opts, async (hb) => {
-      const r = await hb.pruneImages();
+      const r = await hb.images.prune();
       out(`removed ${r.blobs} blobs, ${r.layers} unpacked layers, ${r.disks} VM disks; freed ${formatBytes(r.bytesFreed)} of blobs and disks`);
     });
   },
@@ -322,12 +361,12 @@ export const commands: Record<string, Handler> = {
     const buildArgs: Record<string, string> = {};
     for (const kv of (opts.buildArg as string[] | undefined) ?? []) {
       const i = kv.indexOf('=');
-      if (i <= 0) throw new HybridboxError(`--build-arg: "${kv}" is not KEY=VALUE`);
+      if (i <= 0) throw new SpecError('--build-arg', kv, 'give KEY=VALUE');
       buildArgs[kv.slice(0, i)] = kv.slice(i + 1);
     }
     const quiet = opts.quiet === true || opts.json === true;
     await withHybridbox(opts, async (hb) => {
-      const r = await hb.build({
+      const r = await hb.images.build({
         file: opts.file ? resolve(opts.file as string) : join(context, 'Sandboxfile'),
         contextDir: context,
         tags,
@@ -356,13 +395,13 @@ export const commands: Record<string, Handler> = {
 
   async monitor(_cmd, args, opts) {
     await withHybridbox(opts, async (hb) => {
-      await hb.monitor(args[0] as string);
+      await hb.sandboxes.monitor(args[0] as string);
     });
   },
 
   async reap(_cmd, args, opts) {
     await withHybridbox(opts, async (hb) => {
-      await hb.reap(args[0] as string);
+      await hb.sandboxes.reap(args[0] as string);
     });
   },
 };

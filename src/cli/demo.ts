@@ -1,4 +1,4 @@
-import { Hybridbox, type RunResult } from '../api/hybridbox.js';
+import { Hybridbox, type RunResult } from '../api/index.js';
 import { formatHostInfo } from '../host/format.js';
 import { formatPlacement } from '../scheduler/index.js';
 
@@ -18,19 +18,19 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
   const hb = await Hybridbox.open({ ociRuntime });
   const made: string[] = [];
   try {
-    await hb.ensureBaseImages();
+    await hb.images.ensureBase();
 
     step(1, 'The host, as hybridbox sees it');
     say(indent(formatHostInfo(hb.host)));
 
     step(2, 'Placement: where would each workload run, and why?');
     say('   A trusted build step that must start within 500 ms:');
-    say(indent(formatPlacement(hb.place({ image: 'busybox', command: ['make'], startupBudgetMs: 500 }))));
+    say(indent(formatPlacement(hb.placement.place({ image: 'busybox', command: ['make'], startupBudgetMs: 500 }))));
     say('\n   Untrusted code from a user:');
-    say(indent(formatPlacement(hb.place({ image: 'busybox', command: ['./submission'], trust: 'untrusted' }))));
+    say(indent(formatPlacement(hb.placement.place({ image: 'busybox', command: ['./submission'], trust: 'untrusted' }))));
 
     step(3, 'A container: its own PID tree, hostname, root filesystem, network');
-    const tour = await hb.run({
+    const tour = await hb.sandboxes.run({
       image: 'busybox',
       isolation: 'container',
       name: `demo-tour-${process.pid}`,
@@ -41,7 +41,7 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
 
     step(4, 'Limits hold for the whole group: memory');
     say('   memory limit 32 MiB, the workload tries to hold 200 MiB:');
-    const oom = await hb.run({
+    const oom = await hb.sandboxes.run({
       image: 'busybox',
       isolation: 'container',
       command: ['sh', '-c', 'x=$(head -c 200000000 /dev/zero | tr "\\000" a); echo survived'],
@@ -52,7 +52,7 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     step(5, 'Limits hold for the whole group: a fork bomb');
     say('   pids limit 64, a fork bomb runs for a second; the host keeps answering:');
     const t0 = Date.now();
-    const bomb = await hb.run({
+    const bomb = await hb.sandboxes.run({
       image: 'busybox',
       isolation: 'container',
       command: ['sh', '-c', 'f=/sys/fs/cgroup/pids; [ -d $f ] || f=/sys/fs/cgroup; bomb() { while :; do bomb & done; }; bomb 2>/dev/null & i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; read cur < $f/pids.current; read max < $f/pids.max; read ev < $f/pids.events; echo "pids in use: $cur of $max; forks refused so far: ${ev#* }"'],
@@ -65,7 +65,7 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     step(6, 'One workload, three isolation levels: its own kernel or the host\'s');
     const kinds = (['container', 'microvm', 'vm'] as const).filter((k) => {
       try {
-        hb.place({ image: 'busybox', command: ['true'], isolation: k });
+        hb.placement.place({ image: 'busybox', command: ['true'], isolation: k });
         return true;
       } catch (e) {
         say(`   ${k}: not available here (${(e as Error).message})`);
@@ -74,7 +74,7 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     });
     const rows: string[][] = [['backend', 'kernel inside', 'startup', 'total', 'exit']];
     for (const k of kinds) {
-      const r = await hb.run({ image: 'busybox', command: ['uname', '-r'], isolation: k }, { remove: true });
+      const r = await hb.sandboxes.run({ image: 'busybox', command: ['uname', '-r'], isolation: k }, { remove: true });
       rows.push([k, r.stdout.trim() || `(crashed: ${r.crash})`, `${r.startupMs} ms`, `${r.durationMs} ms`, String(r.exitCode)]);
     }
     rows.push(['(host)', hb.host.kernelRelease, '', '', '']);
@@ -84,20 +84,20 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
 
     if (kinds.includes('microvm')) {
       step(7, 'A guest kernel panic stays inside its VM');
-      const bystander = await hb.runDetached({ image: 'busybox', command: ['sleep', '120'], isolation: 'container', name: `demo-bystander-${process.pid}` });
+      const bystander = await hb.sandboxes.runDetached({ image: 'busybox', command: ['sleep', '120'], isolation: 'container', name: `demo-bystander-${process.pid}` });
       made.push(bystander.id);
-      const panic = await hb.run({ image: 'busybox', command: ['sh', '-c', 'echo c > /proc/sysrq-trigger'], isolation: 'microvm' }, { remove: true });
+      const panic = await hb.sandboxes.run({ image: 'busybox', command: ['sh', '-c', 'echo c > /proc/sysrq-trigger'], isolation: 'microvm' }, { remove: true });
       say(`   microVM: ${panic.crash}`);
-      const alive = await hb.exec(bystander.id, ['echo', 'still running']);
+      const alive = await hb.sandboxes.exec(bystander.id, ['echo', 'still running']);
       say(`   container ${bystander.name}: ${alive.stdout.trim()}; host: still up`);
     }
 
     step(8, 'Sandboxes on the hbx0 bridge reach each other (and nothing else)');
     const serverKind = kinds.includes('microvm') ? 'microvm' : 'container';
-    const server = await hb.runDetached({ image: 'busybox', name: `demo-server-${process.pid}`, command: ['sleep', '60'], network: 'bridge', isolation: serverKind });
+    const server = await hb.sandboxes.runDetached({ image: 'busybox', name: `demo-server-${process.pid}`, command: ['sleep', '60'], network: 'bridge', isolation: serverKind });
     made.push(server.id);
     say(`   a ${serverKind} (${server.name}) runs detached at ${server.ip}; a container pings it:`);
-    const ping = await hb.run({ image: 'busybox', command: ['sh', '-c', `ip -4 -o addr show eth0 | awk '{print "client address: "$4}'; ping -c 2 -W 2 ${server.ip} | tail -2; ip route`], network: 'bridge', isolation: 'container' }, { remove: true });
+    const ping = await hb.sandboxes.run({ image: 'busybox', command: ['sh', '-c', `ip -4 -o addr show eth0 | awk '{print "client address: "$4}'; ping -c 2 -W 2 ${server.ip} | tail -2; ip route`], network: 'bridge', isolation: 'container' }, { remove: true });
     say(indent(ping.stdout));
     say(`   -> ${outcome(ping)}`);
 
@@ -117,7 +117,7 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     await report(hb, { out });
     say(`\n   The report, with charts and the plain-language summary: ${out}`);
   } finally {
-    for (const id of made) await hb.remove(id, { force: true }).catch(() => undefined);
+    for (const id of made) await hb.sandboxes.remove(id, { force: true }).catch(() => undefined);
     hb.close();
   }
   say(`\n${bold('Done.')} Every sandbox of this tour has been removed.`);
@@ -142,7 +142,7 @@ async function imagesTour(hb: Hybridbox, withVm: boolean): Promise<void> {
   const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const { join } = await import('node:path');
-  if (!(await hb.ensureBaseImage('debian:bookworm').catch(() => false))) {
+  if (!(await hb.images.ensureBase('debian:bookworm').catch(() => false))) {
     say('   debian:bookworm could not be built here (no Debian mirror reachable); skipping the image tour');
     return;
   }
@@ -152,24 +152,24 @@ async function imagesTour(hb: Hybridbox, withVm: boolean): Promise<void> {
     writeFileSync(join(ctx, 'Sandboxfile'), SANDBOXFILE);
     writeFileSync(join(ctx, 'grade.sh'), GRADE);
     say(indent(SANDBOXFILE));
-    const first = await hb.build({ file: join(ctx, 'Sandboxfile'), contextDir: ctx, tags: [tag], noCache: true, onLog: (l) => say(`   ${l}`) });
+    const first = await hb.images.build({ file: join(ctx, 'Sandboxfile'), contextDir: ctx, tags: [tag], noCache: true, onLog: (l) => say(`   ${l}`) });
     say(`   -> ${first.digest.slice(0, 19)} in ${(first.durationMs / 1000).toFixed(2)} s`);
-    const again = await hb.build({ file: join(ctx, 'Sandboxfile'), contextDir: ctx, tags: [tag] });
+    const again = await hb.images.build({ file: join(ctx, 'Sandboxfile'), contextDir: ctx, tags: [tag] });
     say(`   rebuilt unchanged: ${again.steps.filter((st) => st.cached).length} of ${again.steps.filter((st) => st.layerDigest).length} layer steps from the cache, ${again.durationMs} ms, same digest: ${again.digest === first.digest}`);
     for (const isolation of withVm ? (['container', 'microvm'] as const) : (['container'] as const)) {
-      const r = await hb.run({ image: tag, isolation }, { remove: true });
+      const r = await hb.sandboxes.run({ image: tag, isolation }, { remove: true });
       say(`   ${isolation.padEnd(9)} ${r.stdout.trim()}`);
     }
-    const pushed = await hb.push(tag, { progress: 'none' });
+    const pushed = await hb.images.push(tag, { progress: 'none' });
     say(`   push to the embedded S3 registry: ${pushed.blobsUploaded} blobs uploaded (${mib(pushed.bytesUploaded)}), ${pushed.blobsSkipped} already there, ${pushed.durationMs} ms`);
-    const repushed = await hb.push(tag, { progress: 'none' });
+    const repushed = await hb.images.push(tag, { progress: 'none' });
     say(`   push again: ${repushed.blobsUploaded} uploaded, ${repushed.blobsSkipped} already there (${mib(repushed.bytesSkipped)} not sent), ${repushed.durationMs} ms`);
     // A second, empty image store stands in for another machine pulling from the same bucket.
     const other = await Hybridbox.open({ root: join(ctx, 'other-host') });
     try {
-      const pulled = await other.pull(tag, { progress: 'none', registryConfig: { embeddedDataDir: join(hb.root, 's3') } });
+      const pulled = await other.images.pull(tag, { progress: 'none', registryConfig: { embeddedDataDir: join(hb.root, 's3') } });
       say(`   an empty store pulls it: ${pulled.blobsDownloaded} blobs downloaded (${mib(pulled.bytesDownloaded)}), each verified against its sha256 while streaming, ${pulled.durationMs} ms`);
-      const r = await other.run({ image: tag, isolation: 'container' }, { remove: true });
+      const r = await other.sandboxes.run({ image: tag, isolation: 'container' }, { remove: true });
       say(`   and runs it: ${r.stdout.trim()}`);
     } finally {
       other.close();

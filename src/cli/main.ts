@@ -61,6 +61,7 @@ export function buildProgram(): Command {
     .argument('[command...]', 'command and arguments')
     .option('-d, --detach', 'run in the background and print the sandbox id')
     .option('--rm', 'remove the sandbox when it exits')
+    .option('-i, --interactive', 'pass standard input through to the workload')
     .option('--json', 'print one result object instead of streaming output')
     .passThroughOptions()
     .action(action('run'));

@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { HybridboxError, ImageNotFoundError } from '../errors.js';
+import { HybridboxError, ImageNotFoundError, ImageStoreBusyError } from '../errors.js';
 import { runChecked } from '../util/exec.js';
 import { sweepStaleTemps } from '../util/fs.js';
-import { isSameProcessAlive } from '../util/proc.js';
+import { isSameProcessAlive, processStartTime, sleepSync } from '../util/proc.js';
 import {
   BlobStore,
   MEDIA_TYPES,
@@ -287,7 +287,7 @@ export class ImageStore {
 
   /** Imports an OCI archive or a `docker save`/`podman save` tarball; tags last, guarded from prune. */
   async import(file: string, opts: { ref?: string } = {}): Promise<ImportResult> {
-    const end = this.beginBuild();
+    const end = this.guardFromPrune();
     try {
       return await importArchive(this.blobs, file, opts.ref ? { ref: checkRef(opts.ref) } : {});
     } finally {
@@ -306,13 +306,24 @@ export class ImageStore {
   }
 
   /**
-   * Deletes blobs, unpacked layers and VM disks that no tag and no sandbox (`inUse`: manifest
-   * digests) reaches. A build in progress holds blobs no tag reaches yet, so prune waits for
-   * none and refuses while one runs.
+   * Deletes blobs, unpacked layers and VM disks that no tag and no sandbox (`inUse()`:
+   * manifest digests, read once prune holds the store) reaches. A writer in progress (a
+   * build, import, pull, or a sandbox between resolving its image and recording it) holds
+   * data nothing reaches yet: prune and the writers exclude each other (guardFromPrune).
    */
-  async prune(inUse: Iterable<string>): Promise<PruneResult> {
-    const busy = this.activeBuilds();
-    if (busy.length) throw new HybridboxError(`image prune: a build, import or pull is running (pid ${busy.join(', ')}); run prune again when it has finished`);
+  async prune(inUse: () => Iterable<string>): Promise<PruneResult> {
+    const lock = this.announce('prune');
+    try {
+      const busy = this.holders('hold');
+      if (busy.length) throw new ImageStoreBusyError(`image prune: a build, import, pull or sandbox start is using the image store (pid ${busy.join(', ')}); run prune again when it has finished`);
+      if (this.holders('prune').some((pid) => pid !== process.pid)) throw new ImageStoreBusyError('image prune: another prune is running; wait for it');
+      return await this.pruneHeld(inUse());
+    } finally {
+      rmSync(lock, { force: true });
+    }
+  }
+
+  private async pruneHeld(inUse: Iterable<string>): Promise<PruneResult> {
     this.sweep();
     const keepManifests = new Set([...this.tags().values()].map((d) => d.digest));
     for (const d of inUse) if (d && existsSync(this.blobs.path(d))) keepManifests.add(d);
@@ -350,30 +361,48 @@ export class ImageStore {
     return result;
   }
 
-  /** Marks a build as running until the returned function is called (or the process dies). */
-  beginBuild(): () => void {
+  /**
+   * Holds the store against `prune` until the returned function is called (or this process
+   * dies). Both sides announce themselves with a marker file first and only then look for
+   * the other side, so of a writer and a prune that start together at least one sees the
+   * other: never both go on (a writer waits for a running prune; a prune refuses to start).
+   */
+  guardFromPrune(): () => void {
     this.sweep();
-    const dir = join(this.dir, 'builds');
+    const deadline = Date.now() + 120_000;
+    for (;;) {
+      const marker = this.announce('hold');
+      if (this.holders('prune').length === 0) return () => rmSync(marker, { force: true });
+      rmSync(marker, { force: true });
+      if (Date.now() > deadline) throw new ImageStoreBusyError('the image store is being pruned for over 2 minutes; try again when `hybridbox image prune` has finished');
+      sleepSync(20);
+    }
+  }
+
+  private announce(kind: 'hold' | 'prune'): string {
+    const dir = join(this.dir, 'locks');
     mkdirSync(dir, { recursive: true });
-    const marker = join(dir, `${process.pid}-${randomBytes(4).toString('hex')}`);
+    const marker = join(dir, `${kind}-${process.pid}-${processStartTime(process.pid) ?? 0}-${randomBytes(4).toString('hex')}`);
     writeFileSync(marker, '');
-    return () => rmSync(marker, { force: true });
+    return marker;
+  }
+
+  /** Live processes holding markers of `kind`; markers of dead processes are removed. */
+  private holders(kind: 'hold' | 'prune'): number[] {
+    const dir = join(this.dir, 'locks');
+    const live: number[] = [];
+    for (const name of listDir(dir)) {
+      const [k, pid, start] = name.split('-');
+      if (k !== kind) continue;
+      if (isSameProcessAlive(Number(pid), Number(start) || null)) live.push(Number(pid));
+      else rmSync(join(dir, name), { force: true });
+    }
+    return live;
   }
 
   /** Temporary files of writers that died half-way (kill -9, a crash) are removed. */
   private sweep(): void {
     sweepStaleTemps([this.dir, this.blobs.layoutDir, this.layersDir, this.disksDir]);
-  }
-
-  private activeBuilds(): number[] {
-    const dir = join(this.dir, 'builds');
-    const live: number[] = [];
-    for (const name of listDir(dir)) {
-      const pid = Number(name.split('-')[0]);
-      if (isSameProcessAlive(pid, null)) live.push(pid);
-      else rmSync(join(dir, name), { force: true });
-    }
-    return live;
   }
 }
 

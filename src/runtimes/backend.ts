@@ -60,6 +60,8 @@ export interface ExecOptions {
   user?: string;
   sink: OutputSink;
   stdin?: NodeJS.ReadableStream | null;
+  /** When it aborts, the command gets SIGTERM, then SIGKILL after TIMEOUT_GRACE_MS. */
+  signal?: AbortSignal;
 }
 
 /** Everything a backend gets to create a sandbox. */

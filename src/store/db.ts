@@ -2,10 +2,15 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { StateStoreError } from '../errors.js';
+import { AmbiguousReferenceError, StateStoreError } from '../errors.js';
 import type { BackendKind } from '../spec/schema.js';
 
-export type SandboxState = 'created' | 'running' | 'exited' | 'crashed';
+/**
+ * `exiting` is the short step between a workload's end and its record's: whoever moves a
+ * record from running to exiting (a compare-and-set) is the one process that tears the
+ * sandbox down and records how it ended.
+ */
+export type SandboxState = 'created' | 'running' | 'exiting' | 'exited' | 'crashed';
 
 /** One sandbox as recorded in the state database. */
 export interface SandboxRecord {
@@ -210,11 +215,36 @@ export class StateStore {
     return r && fromRow(r);
   }
 
-  /** By full id, unique id prefix, or name. */
+  /**
+   * Compare-and-set: applies `patch` only while the record is in one of `from`. False when
+   * another process changed the state first (it then owns what follows, such as teardown).
+   */
+  transition(
+    id: string,
+    from: SandboxState | readonly SandboxState[],
+    patch: Partial<Omit<SandboxRecord, 'id'>>,
+    /** Also require this owner (null: no owner; undefined: any), so two takers of a dead owner's record cannot both win. */
+    expectOwnerPid?: number | null,
+  ): boolean {
+    const states = typeof from === 'string' ? [from] : [...from];
+    const keys = Object.keys(patch) as (keyof typeof COLUMN)[];
+    const ownerClause = expectOwnerPid === undefined ? '' : expectOwnerPid === null ? ' AND owner_pid IS NULL' : ' AND owner_pid = ?';
+    const r = this.db
+      .prepare(`UPDATE sandboxes SET ${keys.map((k) => `${COLUMN[k]} = ?`).join(', ')} WHERE id = ? AND state IN (${states.map(() => '?').join(',')})${ownerClause}`)
+      .run(...keys.map((k) => toColumnValue(k, patch[k])), id, ...states, ...(typeof expectOwnerPid === 'number' ? [expectOwnerPid] : []));
+    return r.changes === 1;
+  }
+
+  /**
+   * A sandbox reference: an exact id, an exact name, or a prefix of exactly one id. Compared
+   * as plain strings (no LIKE), so `%` and `_` in a reference match only themselves.
+   */
   find(ref: string): SandboxRecord | undefined {
-    const byName = this.db.prepare('SELECT * FROM sandboxes WHERE name = ? OR id = ?').get(ref, ref) as Row | undefined;
-    if (byName) return fromRow(byName);
-    const rows = this.db.prepare("SELECT * FROM sandboxes WHERE id LIKE ? || '%' LIMIT 2").all(ref) as Row[];
+    if (!ref) return undefined;
+    const exact = this.db.prepare('SELECT * FROM sandboxes WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1').get(ref, ref, ref) as Row | undefined;
+    if (exact) return fromRow(exact);
+    const rows = this.db.prepare('SELECT * FROM sandboxes WHERE substr(id, 1, length(?)) = ? ORDER BY id LIMIT 6').all(ref, ref) as Row[];
+    if (rows.length > 1) throw new AmbiguousReferenceError(ref, rows.slice(0, 5).map((r) => `${r.id} (${r.name})`));
     return rows.length === 1 ? fromRow(rows[0]!) : undefined;
   }
 
@@ -223,10 +253,10 @@ export class StateStore {
     return r?.id ?? null;
   }
 
-  /** All records, or only those in `state` (placement reads the running ones on every start). */
-  list(state?: SandboxState): SandboxRecord[] {
-    const rows = state
-      ? this.db.prepare('SELECT * FROM sandboxes WHERE state = ? ORDER BY created_at_ms').all(state)
+  /** All records, or only those in `states` (placement reads the running ones on every start). */
+  list(...states: SandboxState[]): SandboxRecord[] {
+    const rows = states.length
+      ? this.db.prepare(`SELECT * FROM sandboxes WHERE state IN (${states.map(() => '?').join(',')}) ORDER BY created_at_ms`).all(...states)
       : this.db.prepare('SELECT * FROM sandboxes ORDER BY created_at_ms').all();
     return (rows as Row[]).map(fromRow);
   }

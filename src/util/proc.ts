@@ -28,6 +28,11 @@ export function isSameProcessAlive(pid: number, startTime: number | null): boole
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Blocks the thread for `ms`: for the rare synchronous wait (a lock held by another process). */
+export function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
 /** Waits for `p` at most `ms`; true when it settled in time. The timer never keeps the process alive. */
 export async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;

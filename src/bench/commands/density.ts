@@ -1,6 +1,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Hybridbox } from '../../api/hybridbox.js';
+import type { Hybridbox } from '../../api/index.js';
 import { HybridboxError, SpecError } from '../../errors.js';
 import { BACKEND_KINDS, type BackendKind } from '../../spec/schema.js';
 import { parseNumber, parseSize } from '../../spec/units.js';
@@ -8,8 +8,7 @@ import { DEFAULT_COUNT_CAP, DEFAULT_TIME_LIMIT_MS, SANDBOX_MEMORY_MIB, runDensit
 import { densitySummary, densityTable } from '../density/summary.js';
 import { describeHost } from '../host.js';
 import { fmtBytes } from '../report/format.js';
-import { BenchResults } from '../results.js';
-import type { DensityResult } from '../types.js';
+import type { DensityResult } from '../../measurements/index.js';
 
 class Interrupted extends HybridboxError {
   override readonly exitCode = 130;
@@ -80,7 +79,7 @@ export async function benchDensity(hb: Hybridbox, opts: Record<string, unknown>)
     memoryBudgetBytes: budgetBytes,
     backends: measured,
   };
-  new BenchResults(hb.store.db).save(result);
+  hb.measurements.save(result);
   if (typeof opts.out === 'string') {
     mkdirSync(opts.out, { recursive: true });
     writeFileSync(join(opts.out, `density-${new Date(startedAtMs).toISOString().replace(/[:.]/g, '-')}.json`), JSON.stringify(result, null, 2) + '\n');

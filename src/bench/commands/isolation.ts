@@ -1,9 +1,8 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Hybridbox } from '../../api/hybridbox.js';
+import type { Hybridbox } from '../../api/index.js';
 import { SpecError } from '../../errors.js';
 import { BACKEND_KINDS, type BackendKind } from '../../spec/schema.js';
-import { BenchResults } from '../results.js';
 import { PARTS, renderIsolation, runIsolationBench, type Part } from '../isolation/index.js';
 
 function list<T extends string>(value: unknown, allowed: readonly T[], flag: string): T[] | undefined {
@@ -24,7 +23,7 @@ export async function benchIsolation(hb: Hybridbox, opts: Record<string, unknown
   const asJson = opts.json === true;
   const log = (line: string) => process.stderr.write(`${line}\n`);
   const result = await runIsolationBench(hb, { backends, parts, quick: opts.quick === true, handleSignals: true, log });
-  new BenchResults(hb.store.db).save(result);
+  hb.measurements.save(result);
   if (typeof opts.out === 'string') {
     mkdirSync(opts.out, { recursive: true });
     const file = join(opts.out, `isolation-${new Date(result.startedAtMs).toISOString().replace(/[:.]/g, '-')}.json`);

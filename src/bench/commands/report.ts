@@ -1,6 +1,6 @@
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import type { Hybridbox } from '../../api/hybridbox.js';
+import type { Hybridbox } from '../../api/index.js';
 import { densityCharts, isolationCharts, renderCharts, startupCharts } from '../report/charts.js';
 import { loadReportData } from '../report/data.js';
 import { fmtBytes } from '../report/format.js';

@@ -1,6 +1,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import type { Hybridbox } from '../../api/hybridbox.js';
+import type { Hybridbox } from '../../api/index.js';
 import { SpecError } from '../../errors.js';
 import { runStartupBench, SCENARIOS, VM_SCENARIOS, type ScenarioName } from '../startup.js';
 import { formatStartup } from '../startup/format.js';
@@ -64,7 +64,7 @@ export async function benchStartup(hb: Hybridbox, opts: Record<string, unknown>)
     for (const s of signals) process.off(s, onSignal);
   }
   const { result, failures } = outcome;
-  const id = hb.benchResults().save(result);
+  const id = hb.measurements.save(result);
   const table = formatStartup(result);
   if (opts.json) {
     // stdout stays machine-readable; the tables go to stderr for whoever is watching.

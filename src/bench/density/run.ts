@@ -1,11 +1,11 @@
 // The density benchmark: per backend, idle sandboxes are started one after another until a
 // memory budget, a count or a time limit is reached (or a start fails), then measured and
 // removed. Backends run one at a time, each from the memory baseline the last one left.
-import type { Hybridbox } from '../../api/hybridbox.js';
+import type { Hybridbox } from '../../api/index.js';
 import type { BackendKind } from '../../spec/schema.js';
 import { sleep } from '../../util/proc.js';
 import { summarize } from '../stats.js';
-import type { DensityBackend } from '../types.js';
+import type { DensityBackend } from '../../measurements/index.js';
 import { hostUsedBytes, sandboxCost, scanProcesses, type SandboxCost } from './measure.js';
 
 /**
@@ -58,13 +58,13 @@ function pidAlive(pid: number): boolean {
 /** Removes the sandboxes of this run (or of a run whose process is gone); returns what could not be removed. */
 export async function removeDensitySandboxes(hb: Hybridbox, which: 'mine' | 'leftovers'): Promise<string[]> {
   const failed: string[] = [];
-  for (const s of await hb.list({ all: true })) {
+  for (const s of await hb.sandboxes.list({ all: true })) {
     const m = /^density-(\d+)-/.exec(s.name);
     if (!m) continue;
     const pid = Number(m[1]);
     if (which === 'mine' ? pid !== process.pid : pid === process.pid || pidAlive(pid)) continue;
     try {
-      await hb.remove(s.id, { force: true });
+      await hb.sandboxes.remove(s.id, { force: true });
     } catch (e) {
       failed.push(`${s.name}: ${e instanceof Error ? e.message : String(e)}`);
     }
@@ -94,7 +94,7 @@ async function rampBackend(hb: Hybridbox, backend: BackendKind, opts: DensityOpt
     if (stopReason) break;
     const s0 = performance.now();
     try {
-      const info = await hb.runDetached({
+      const info = await hb.sandboxes.runDetached({
         name: `${namePrefix(backend)}${ids.length + 1}`,
         image: opts.image ?? 'busybox',
         command: ['sleep', '3600'],
@@ -121,8 +121,8 @@ async function rampBackend(hb: Hybridbox, backend: BackendKind, opts: DensityOpt
   const procs = scanProcesses();
   const costs: SandboxCost[] = [];
   for (const id of ids) {
-    const rec = hb.store.get(id);
-    if (rec?.state === 'running') costs.push(sandboxCost(procs, { id, backend, ownerPid: rec.ownerPid }));
+    const rec = hb.sandboxes.find(id);
+    if (rec?.state === 'running') costs.push(sandboxCost(procs, { id, backend, ownerPid: rec.supervisorPid }));
   }
   const rssByProcessBytes: Record<string, number> = {};
   for (const c of costs) for (const [name, b] of Object.entries(c.rssByProcess)) rssByProcessBytes[name] = (rssByProcessBytes[name] ?? 0) + b / costs.length;
@@ -160,7 +160,7 @@ export async function runDensity(hb: Hybridbox, opts: DensityOptions): Promise<D
     try {
       out.push(await rampBackend(hb, backend, opts));
     } finally {
-      const n = (await hb.list({ all: true })).filter((s) => s.name.startsWith(namePrefix(backend))).length;
+      const n = (await hb.sandboxes.list({ all: true })).filter((s) => s.name.startsWith(namePrefix(backend))).length;
       if (n) opts.progress?.(`${backend}: removing ${n} sandbox${n === 1 ? '' : 'es'}`);
       const failed = await removeDensitySandboxes(hb, 'mine');
       if (failed.length) throw new Error(`could not remove ${failed.length} sandbox(es): ${failed.join('; ')}`);

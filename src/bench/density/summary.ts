@@ -1,5 +1,5 @@
 import { BACKEND_NOUN, fmtBytes, fmtRatio, textTable } from '../report/format.js';
-import type { DensityBackend } from '../types.js';
+import type { DensityBackend } from '../../measurements/index.js';
 
 /** Host programs as the reader knows them: every VM's monitor is a node process of hybridbox's own. */
 const PROCESS_LABELS: Record<string, string> = { node: 'hybridbox monitor (node)', 'qemu-system-x86_64': 'QEMU', 'hbx-shim': 'hbx-shim (monitor)' };

@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, copyFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Hybridbox } from '../../api/hybridbox.js';
+import type { Hybridbox } from '../../api/index.js';
 import { HostCapabilityError, SandboxNotFoundError } from '../../errors.js';
 import type { BackendKind } from '../../spec/schema.js';
 import { run } from '../../util/exec.js';
@@ -37,12 +37,12 @@ export async function ensureProbe(): Promise<string> {
 
 /** busybox plus the probe: one image for every backend (the layer and the VM disk are cached). */
 export async function ensureBenchImage(hb: Hybridbox, probe: string): Promise<string> {
-  await hb.ensureBaseImages();
+  await hb.images.ensureBase();
   const ctx = mkdtempSync(join(tmpdir(), 'hbx-bench-image-'));
   try {
     copyFileSync(probe, join(ctx, 'hbx-probe'));
     writeFileSync(join(ctx, 'Sandboxfile'), `FROM busybox\nCOPY hbx-probe ${PROBE_IN_IMAGE}\n`);
-    await hb.build({ file: join(ctx, 'Sandboxfile'), contextDir: ctx, tags: [BENCH_IMAGE] });
+    await hb.images.build({ file: join(ctx, 'Sandboxfile'), contextDir: ctx, tags: [BENCH_IMAGE] });
   } finally {
     rmSync(ctx, { recursive: true, force: true });
   }
@@ -79,10 +79,10 @@ export class SandboxRegister {
 
   /** Removes one sandbox (by name), whatever its state; quiet when it is gone already. */
   async remove(name: string): Promise<void> {
-    const rec = this.hb.store.find(name);
+    const rec = this.hb.sandboxes.find(name);
     if (rec) this.ids.add(rec.id);
     try {
-      await this.hb.remove(name, { force: true });
+      await this.hb.sandboxes.remove(name, { force: true });
     } catch (e) {
       if (!(e instanceof SandboxNotFoundError)) throw e;
     }

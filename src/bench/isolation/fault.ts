@@ -1,9 +1,9 @@
 // Fault isolation: faults injected into one sandbox (a guest kernel panic, an OOM, a fork
 // bomb, QEMU killed with SIGKILL) while one sandbox of each backend runs alongside; each
 // must keep running, and the host must stay up.
-import type { Hybridbox, SandboxInfo } from '../../api/hybridbox.js';
+import type { Hybridbox, SandboxInfo } from '../../api/index.js';
 import type { BackendKind } from '../../spec/schema.js';
-import type { FaultCase } from '../types.js';
+import type { FaultCase } from '../../measurements/index.js';
 import { LIMITS, PROBE_IN_IMAGE, findQemuPid, hostBootId, hostIsUp, hostProcessCount, lastJson, until, withTimeout, type Log, type SandboxRegister } from './context.js';
 
 export interface FaultContext {
@@ -24,18 +24,18 @@ export async function runFault(ctx: FaultContext, backends: BackendKind[]): Prom
     for (const b of backends) {
       const name = register.name(`survivor-${b}`);
       log(`fault: starting a ${b} bystander`);
-      const info = await hb.runDetached({ name, image: ctx.image, command: ['sleep', '86400'], isolation: b, timeoutMs: 3_600_000 });
+      const info = await hb.sandboxes.runDetached({ name, image: ctx.image, command: ['sleep', '86400'], isolation: b, timeoutMs: 3_600_000 });
       survivors.push({ backend: b, name, info });
     }
 
     /** After a fault: is each bystander still listed as running, and does it still answer? */
     const check = async (fault: string, inBackend: BackendKind, detail: string): Promise<FaultCase> => {
-      const listed = new Set((await hb.list()).filter((s) => s.state === 'running').map((s) => s.name));
+      const listed = new Set((await hb.sandboxes.list()).filter((s) => s.state === 'running').map((s) => s.name));
       const result: FaultCase = { fault, in: inBackend, survivors: [], hostUp: await hostIsUp(bootId), detail };
       for (const s of survivors) {
         let answers = false;
         if (listed.has(s.name)) {
-          const e = await withTimeout(hb.exec(s.name, ['echo', 'alive']), 120_000, `exec in ${s.name}`).catch(() => null);
+          const e = await withTimeout(hb.sandboxes.exec(s.name, ['echo', 'alive']), 120_000, `exec in ${s.name}`).catch(() => null);
           answers = e?.exitCode === 0 && e.stdout === 'alive\n';
         }
         result.survivors.push({ backend: s.backend, name: s.name, keptRunning: listed.has(s.name) && answers });
@@ -48,7 +48,7 @@ export async function runFault(ctx: FaultContext, backends: BackendKind[]): Prom
     for (const b of backends.filter((x) => x !== 'container')) {
       const name = register.name(`panic-${b}`);
       const r = await withTimeout(
-        hb.run({ name, image: ctx.image, command: ['sh', '-c', 'echo before; echo c > /proc/sysrq-trigger; echo after'], isolation: b }),
+        hb.sandboxes.run({ name, image: ctx.image, command: ['sh', '-c', 'echo before; echo c > /proc/sysrq-trigger; echo after'], isolation: b }),
         RUN_TIMEOUT_MS,
         `the ${b} panic run`,
       );
@@ -59,7 +59,7 @@ export async function runFault(ctx: FaultContext, backends: BackendKind[]): Prom
     if (backends.includes('container')) {
       const oomName = register.name('oom-container');
       const oom = await withTimeout(
-        hb.run({ name: oomName, image: ctx.image, command: [PROBE_IN_IMAGE, 'mem-bomb', '120', '--once'], isolation: 'container', resources: { memoryMiB: 32 }, timeoutMs: 120_000 }),
+        hb.sandboxes.run({ name: oomName, image: ctx.image, command: [PROBE_IN_IMAGE, 'mem-bomb', '120', '--once'], isolation: 'container', resources: { memoryMiB: 32 }, timeoutMs: 120_000 }),
         RUN_TIMEOUT_MS,
         'the OOM run',
       );
@@ -70,7 +70,7 @@ export async function runFault(ctx: FaultContext, backends: BackendKind[]): Prom
       const forkName = register.name('forkbomb-container');
       const before = hostProcessCount();
       const fb = await withTimeout(
-        hb.run(
+        hb.sandboxes.run(
           { name: forkName, image: ctx.image, command: [PROBE_IN_IMAGE, 'fork-bomb', '3'], isolation: 'container', resources: { pids: LIMITS.pids, cpus: LIMITS.cpus, memoryMiB: LIMITS.memoryMiB }, timeoutMs: 120_000 },
         ),
         RUN_TIMEOUT_MS,
@@ -90,15 +90,15 @@ export async function runFault(ctx: FaultContext, backends: BackendKind[]): Prom
 
     if (backends.includes('microvm')) {
       const name = register.name('qemu-kill-microvm');
-      const vm = await hb.runDetached({ name, image: ctx.image, command: ['sleep', '86400'], isolation: 'microvm', timeoutMs: 3_600_000 });
+      const vm = await hb.sandboxes.runDetached({ name, image: ctx.image, command: ['sleep', '86400'], isolation: 'microvm', timeoutMs: 3_600_000 });
       const pid = findQemuPid(vm.id);
       let detail: string;
       if (pid === null) detail = 'its QEMU process was not found';
       else {
         // This QEMU was started by hybridbox for this bench (found by the sandbox id on its command line).
         process.kill(pid, 'SIGKILL');
-        const ended = await until(async () => (await hb.list({ all: true })).find((s) => s.name === name)?.state !== 'running', 30_000, 200);
-        const rec = (await hb.list({ all: true })).find((s) => s.name === name);
+        const ended = await until(async () => (await hb.sandboxes.list({ all: true })).find((s) => s.name === name)?.state !== 'running', 30_000, 200);
+        const rec = (await hb.sandboxes.list({ all: true })).find((s) => s.name === name);
         detail = ended ? `QEMU ${pid} killed: the sandbox is ${rec?.state ?? 'gone'}${rec?.stateReason ? ` (${rec.stateReason})` : ''}` : `QEMU ${pid} killed, but the sandbox is still recorded as running`;
       }
       cases.push(await check('QEMU killed (SIGKILL)', 'microvm', detail));

@@ -1,11 +1,11 @@
 // `hybridbox bench isolation`: performance, security and fault isolation of each backend.
 // Every sandbox it makes is registered and removed at the end, when a part fails, and on
 // SIGINT/SIGTERM.
-import type { Hybridbox } from '../../api/hybridbox.js';
+import type { Hybridbox } from '../../api/index.js';
 import type { BackendKind } from '../../spec/schema.js';
 import { describeHost } from '../host.js';
 import { median } from '../stats.js';
-import type { FaultCase, IsolationResult, PerformanceCase, SecurityRow } from '../types.js';
+import type { FaultCase, IsolationResult, PerformanceCase, SecurityRow } from '../../measurements/index.js';
 import { SandboxRegister, chooseBackends, ensureBenchImage, ensureProbe, type Log } from './context.js';
 import { runFault } from './fault.js';
 import { NEIGHBOURS, runPerformance, type Neighbour } from './performance.js';

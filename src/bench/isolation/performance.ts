@@ -4,11 +4,11 @@
 // much the victim lost, whether the neighbour was held by its limits (and the evidence),
 // and how responsive the host stayed meanwhile.
 import { readFileSync } from 'node:fs';
-import type { Hybridbox, RunResult, SandboxInfo } from '../../api/hybridbox.js';
+import type { Hybridbox, RunResult, SandboxInfo } from '../../api/index.js';
 import type { BackendKind, WorkloadSpecInput } from '../../spec/schema.js';
 import { sleep } from '../../util/proc.js';
 import { median, summarize } from '../stats.js';
-import type { PerformanceCase } from '../types.js';
+import type { PerformanceCase } from '../../measurements/index.js';
 import { HostLatencyProbe, HostSampler, LIMITS, PROBE_IN_IMAGE, lastJson, withTimeout, type Log, type SandboxRegister } from './context.js';
 
 export const NEIGHBOURS = ['cpu-hog', 'memory-bomb', 'fork-bomb', 'disk-writer', 'network-flood'] as const;
@@ -75,7 +75,7 @@ async function runBackend(ctx: PerformanceContext, opts: PerformanceOptions, bac
   const cases: PerformanceCase[] = [];
   log(`performance: ${backend}: starting the victim`);
   try {
-    const victim = await hb.runDetached({
+    const victim = await hb.sandboxes.runDetached({
       name: victimName,
       image: ctx.image,
       command: ['sleep', '86400'],
@@ -88,7 +88,7 @@ async function runBackend(ctx: PerformanceContext, opts: PerformanceOptions, bac
     const measure = async (): Promise<number[]> => {
       const scores: number[] = [];
       for (let i = 0; i < opts.reps; i++) {
-        const e = await withTimeout(hb.exec(victim.id, [PROBE_IN_IMAGE, 'work', String(opts.seconds)]), 120_000 + opts.seconds * 5000, `the ${backend} victim's workload`);
+        const e = await withTimeout(hb.sandboxes.exec(victim.id, [PROBE_IN_IMAGE, 'work', String(opts.seconds)]), 120_000 + opts.seconds * 5000, `the ${backend} victim's workload`);
         const j = lastJson(e.stdout);
         if (e.exitCode === 0 && j && typeof j.score === 'number') scores.push(j.score);
         else log(`performance: ${backend}: a victim measurement failed (exit ${e.exitCode}): ${e.stderr.trim().split('\n').pop() ?? ''}`);
@@ -189,7 +189,7 @@ async function neighbourCase(
   let signalReady: () => void = () => undefined;
   const ready = new Promise<void>((r) => (signalReady = r));
   const started = performance.now();
-  const running: Promise<RunResult> = hb.run(
+  const running: Promise<RunResult> = hb.sandboxes.run(
     {
       name,
       image: ctx.image,
@@ -217,7 +217,7 @@ async function neighbourCase(
     }
     // A moment for the stress to build up (a fork bomb, a memory bomb's first OOM kill).
     await sleep(500);
-    const id = hb.store.find(name)?.id ?? null;
+    const id = hb.sandboxes.find(name)?.id ?? null;
     const sampler = new HostSampler(backend === 'container' ? null : () => id);
     const m = await measureCase(ctx, measure, sampler);
     out.victimScore = m.scores;
@@ -225,7 +225,7 @@ async function neighbourCase(
     out.hostSleepOvershootMs = m.overshoot.length ? summarize(m.overshoot) : null;
     out.hostLoadAvg = m.loadAvg;
     // SIGTERM: the neighbour stops, prints its counters and exits; then the run's result is complete.
-    await hb.stop(name, { graceMs: backend === 'container' ? 5000 : 20_000 }).catch(() => undefined);
+    await hb.sandboxes.stop(name, { graceMs: backend === 'container' ? 5000 : 20_000 }).catch(() => undefined);
     const r = await withTimeout(running, 120_000, `the ${backend} ${n} neighbour's end`).catch((e: Error) => e);
     const report = lastJson(stdout);
     out.neighbourReport = report;

@@ -1,6 +1,6 @@
 // Compact terminal tables of an isolation result.
 import { median } from '../stats.js';
-import type { IsolationResult, PerformanceCase, SecurityCell } from '../types.js';
+import type { IsolationResult, PerformanceCase, SecurityCell } from '../../measurements/index.js';
 
 const mark = (safe: boolean | null): string => (safe === true ? '✔' : safe === false ? '✘' : ' ');
 

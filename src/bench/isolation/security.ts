@@ -7,11 +7,11 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Hybridbox } from '../../api/hybridbox.js';
+import type { Hybridbox } from '../../api/index.js';
 import { seccompProfile } from '../../runtimes/container/seccomp.js';
 import type { BackendKind, Trust } from '../../spec/schema.js';
 import { sleep } from '../../util/proc.js';
-import type { SecurityCell, SecurityRow } from '../types.js';
+import type { SecurityCell, SecurityRow } from '../../measurements/index.js';
 import { PROBE_IN_IMAGE, describeQemu, findQemuPid, lastJson, procIdentity, withTimeout, type Log, type QemuProcess, type SandboxRegister } from './context.js';
 
 export interface ProbeOutput {
@@ -145,7 +145,7 @@ async function runInSandbox(ctx: SecurityContext, backend: BackendKind, trust: T
       : (async () => {
           let pid: number | null = null;
           while (!done) {
-            const id = hb.store.find(name)?.id;
+            const id = hb.sandboxes.find(name)?.id;
             pid ??= id ? findQemuPid(id) : null;
             const seen = pid ? describeQemu(pid) : null;
             // An exiting QEMU has no command line any more: keep what was seen while it ran.
@@ -156,7 +156,7 @@ async function runInSandbox(ctx: SecurityContext, backend: BackendKind, trust: T
   try {
     ctx.log(`security: probe in ${key}`);
     const r = await withTimeout(
-      hb.run({ name, image: ctx.image, command: [PROBE_IN_IMAGE, 'probe'], env: { ...env, HBX_PTRACE_TARGET: '1' }, isolation: backend, trust }),
+      hb.sandboxes.run({ name, image: ctx.image, command: [PROBE_IN_IMAGE, 'probe'], env: { ...env, HBX_PTRACE_TARGET: '1' }, isolation: backend, trust }),
       300_000,
       `the probe in ${key}`,
     );
@@ -164,7 +164,7 @@ async function runInSandbox(ctx: SecurityContext, backend: BackendKind, trust: T
     await watch;
     const j = lastJson(r.stdout);
     if (!j) throw new Error(`the probe failed in ${key} (exit ${r.exitCode ?? r.signal}${r.crash ? `, ${r.crash}` : ''}): ${r.stderr.trim().split('\n').pop() ?? ''}`);
-    const info = (await hb.inspect(r.id)) as { backendDetails?: Record<string, unknown> };
+    const info = (await hb.sandboxes.inspect(r.id)) as { backendDetails?: Record<string, unknown> };
     return { key, backend, probe: j as unknown as ProbeOutput, qemu, details: info.backendDetails ?? null, trust };
   } finally {
     done = true;

@@ -2,7 +2,7 @@
 // (vega's headless renderer), so the HTML file needs no script and no network to show them.
 import type { TopLevelSpec } from 'vega-lite';
 import { processLabel } from '../density/summary.js';
-import type { DensityResult, IsolationResult, StartupResult } from '../types.js';
+import type { DensityResult, IsolationResult, StartupResult } from '../../measurements/index.js';
 
 export interface Chart {
   /** Stable name: the figure's data-chart attribute (the test looks charts up by it). */

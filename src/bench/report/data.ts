@@ -1,7 +1,6 @@
-import type { Hybridbox } from '../../api/hybridbox.js';
+import type { Hybridbox } from '../../api/index.js';
 import { describeHost } from '../host.js';
-import { BenchResults } from '../results.js';
-import type { BenchKind, DensityResult, HostDescription, IsolationResult, StartupResult } from '../types.js';
+import type { BenchKind, DensityResult, HostDescription, IsolationResult, StartupResult } from '../../measurements/index.js';
 import { headline } from './summary.js';
 
 /** Everything the report shows: what `report --json` prints. */
@@ -19,7 +18,7 @@ export interface ReportData {
 /** The newest result of each kind: this host's when there is one, else any host's (the report says so). */
 export async function loadReportData(hb: Hybridbox): Promise<ReportData> {
   const host = await describeHost(hb.host);
-  const results = new BenchResults(hb.store.db);
+  const results = hb.measurements;
   const latest = <K extends BenchKind>(kind: K) => results.latest(kind, host.key) ?? results.latest(kind) ?? null;
   const data: ReportData = {
     generatedAtMs: Date.now(),

@@ -2,7 +2,7 @@
 // nothing fetched, so it opens offline and can be mailed or archived as one file.
 import type { BackendKind } from '../../spec/schema.js';
 import { median } from '../stats.js';
-import type { BenchResult, DensityResult, HostDescription, IsolationResult, StartupResult } from '../types.js';
+import type { BenchResult, DensityResult, HostDescription, IsolationResult, StartupResult } from '../../measurements/index.js';
 import { BACKEND_COLOURS, type Chart } from './charts.js';
 import { BENCH_COMMAND, type ReportData } from './data.js';
 import { BACKEND_NOUN, fmtBytes, fmtDate, fmtMs, fmtPct, list } from './format.js';

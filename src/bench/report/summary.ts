@@ -1,6 +1,6 @@
 // The plain-language findings at the top of the report, built from whatever is stored.
 import type { BackendKind } from '../../spec/schema.js';
-import type { FaultCase, SecurityCell, SecurityRow } from '../types.js';
+import type { FaultCase, SecurityCell, SecurityRow } from '../../measurements/index.js';
 import type { ReportData } from './data.js';
 import { BACKEND_NOUN, fmtBytes, fmtMs, fmtRatio, list } from './format.js';
 

@@ -1,7 +1,7 @@
 // The report's numbers as compact plain-text tables, for the terminal.
 import { densityTable } from '../density/summary.js';
 import { median } from '../stats.js';
-import type { SecurityCell } from '../types.js';
+import type { SecurityCell } from '../../measurements/index.js';
 import type { ReportData } from './data.js';
 import { BENCH_COMMAND } from './data.js';
 import { fmtDate, fmtMs, fmtPct, textTable } from './format.js';

@@ -1,7 +1,7 @@
 // The terminal view of a startup result: the wall-time and first-output tables, the phases,
 // what was skipped, the ratios and the findings.
 import { textTable } from '../report/format.js';
-import type { StartupResult, StartupScenario, Stats } from '../types.js';
+import type { StartupResult, StartupScenario, Stats } from '../../measurements/index.js';
 
 const n1 = (x: number): string => (Number.isFinite(x) ? x.toFixed(1) : '-');
 

@@ -1,5 +1,5 @@
 // The hybridbox scenarios: one run of the workload through the library's public calls,
-// `hb.run()` then `hb.remove()`, in this process. Phases come from the library's own
+// `hb.sandboxes.run()` then `hb.sandboxes.remove()`, in this process. Phases come from the library's own
 // records: when the sandbox was recorded (validated, placed, image resolved), when its
 // backend had prepared it, when its first process existed (RunResult.startupMs), when it
 // ended (its resources released), and when it was removed.
@@ -8,9 +8,9 @@ import { BenchRunError, lastLine, phaseDurations } from './proc.js';
 import { backendUnavailable, workloadArgv, type BenchContext, type Measurement, type Scenario } from './types.js';
 
 const DESCRIPTIONS: Record<BackendKind, string> = {
-  container: 'hybridbox container: hb.run() (validate, place, record, overlay + config.json, hbx-shim + crun run, cgroup accounting, teardown), then hb.remove()',
-  microvm: 'hybridbox microVM: hb.run() (place, qcow2 overlay, QEMU -M microvm, guest agent session 0, power-off), then hb.remove()',
-  vm: 'hybridbox libvirt VM: hb.run() (place, qcow2 overlay, virsh create --paused + resume, guest agent session 0, power-off), then hb.remove()',
+  container: 'hybridbox container: hb.sandboxes.run() (validate, place, record, overlay + config.json, hbx-shim + crun run, cgroup accounting, teardown), then hb.sandboxes.remove()',
+  microvm: 'hybridbox microVM: hb.sandboxes.run() (place, qcow2 overlay, QEMU -M microvm, guest agent session 0, power-off), then hb.sandboxes.remove()',
+  vm: 'hybridbox libvirt VM: hb.sandboxes.run() (place, qcow2 overlay, virsh create --paused + resume, guest agent session 0, power-off), then hb.sandboxes.remove()',
 };
 
 /** The sandboxes are named so that one left by a failed run can be found and removed. */
@@ -33,9 +33,9 @@ export function libraryScenario(ctx: BenchContext, backend: BackendKind): Scenar
       const t0Epoch = Date.now();
       const t0 = performance.now();
       try {
-        const r = await hb.run(spec(name), { onStdout: () => void (first ??= performance.now() - t0), maxBufferBytes: 64 * 1024 });
-        const rec = hb.store.get(r.id);
-        await hb.remove(r.id);
+        const r = await hb.sandboxes.run(spec(name), { onStdout: () => void (first ??= performance.now() - t0), maxBufferBytes: 64 * 1024 });
+        const rec = hb.sandboxes.find(r.id);
+        await hb.sandboxes.remove(r.id);
         const totalMs = performance.now() - t0;
         if (r.crash) throw new BenchRunError(`the sandbox crashed: ${r.crash}`);
         if (r.exitCode !== 0) throw new BenchRunError(`the workload ended with ${r.signal ?? `exit code ${r.exitCode}`}; stderr: ${lastLine(r.stderr)}`);
@@ -53,7 +53,7 @@ export function libraryScenario(ctx: BenchContext, backend: BackendKind): Scenar
           ]),
         };
       } finally {
-        if (hb.store.find(name)) await hb.remove(name, { force: true }).catch(() => undefined);
+        if (hb.sandboxes.find(name)) await hb.sandboxes.remove(name, { force: true }).catch(() => undefined);
       }
     },
     async cleanup() {

@@ -1,6 +1,6 @@
 // The raw baselines: the same workload without hybridbox. `crun run` of the bundle hybridbox
 // writes, QEMU with the command line hybridbox builds, `virsh create` of the domain XML
-// hybridbox builds; each copied from a sandbox made with hb.create() and removed again.
+// hybridbox builds; each copied from a sandbox made with hb.sandboxes.create() and removed again.
 import type { ChildProcess } from 'node:child_process';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -36,16 +36,16 @@ export function removeCgroupParent(): void {
 }
 
 /**
- * Makes one sandbox of the scenario's spec with hb.create(), hands its inspect() details
+ * Makes one sandbox of the scenario's spec with hb.sandboxes.create(), hands its inspect() details
  * and directory to `take`, and removes it again whatever happens.
  */
 async function withTemplate<T>(ctx: BenchContext, isolation: BackendKind, take: (details: Record<string, unknown>, dir: string, name: string) => Promise<T>): Promise<T> {
-  const info = await ctx.hb.create({ image: ctx.image, command: workloadArgv(ctx.command), isolation });
+  const info = await ctx.hb.sandboxes.create({ image: ctx.image, command: workloadArgv(ctx.command), isolation });
   try {
-    const details = (await ctx.hb.inspect(info.id)).backendDetails as Record<string, unknown>;
+    const details = (await ctx.hb.sandboxes.inspect(info.id)).backendDetails as Record<string, unknown>;
     return await take(details, join(ctx.hb.root, 'sandboxes', info.id), info.name);
   } finally {
-    await ctx.hb.remove(info.id, { force: true });
+    await ctx.hb.sandboxes.remove(info.id, { force: true });
   }
 }
 
@@ -146,7 +146,7 @@ interface VmTemplate {
 const since = (t0: number): number => performance.now() - t0;
 
 async function vmTemplate(ctx: BenchContext, isolation: 'microvm' | 'vm'): Promise<VmTemplate> {
-  const spec = ctx.hb.validate({ image: ctx.image, command: workloadArgv(ctx.command), isolation });
+  const spec = ctx.hb.placement.validate({ image: ctx.image, command: workloadArgv(ctx.command), isolation });
   const image = await ctx.hb.images.resolve(ctx.image);
   return withTemplate(ctx, isolation, async (d, dir, name) => {
     let text: string[];

@@ -1,4 +1,4 @@
-import type { Hybridbox } from '../../api/hybridbox.js';
+import type { Hybridbox } from '../../api/index.js';
 import type { BackendKind } from '../../spec/schema.js';
 
 /**

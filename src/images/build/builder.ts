@@ -130,7 +130,7 @@ export async function buildImage(store: ImageStore, runner: StepRunner, opts: Bu
   const total = parsed.instructions.length + 1;
   log(`[1/${total}] FROM ${parsed.from} (${base.digest.slice(0, 19)})`);
   const cacheDir = join(store.dir, 'build-cache');
-  const endBuild = store.beginBuild();
+  const endBuild = store.guardFromPrune();
   try {
     for (const [i, ins] of parsed.instructions.entries()) {
       const ts = performance.now();

@@ -1,4 +1,5 @@
 import type Database from 'better-sqlite3';
+import { StateStoreError } from '../errors.js';
 import { BACKEND_KINDS, type BackendKind } from '../spec/schema.js';
 import type { StartupStats } from '../scheduler/index.js';
 import type { BenchKind, BenchResult, StartupResult } from './types.js';
@@ -6,7 +7,11 @@ import type { BenchKind, BenchResult, StartupResult } from './types.js';
 /** Which time of a startup result the scheduler's figures come from (see startupStats). */
 export type StartupMeasure = 'total' | 'firstOutput';
 
+/** The measurements' own schema version, kept apart from the sandboxes' (PRAGMA user_version). */
+const MEASUREMENTS_SCHEMA_VERSION = 1;
+
 const SCHEMA = `
+CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS bench_results (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   kind TEXT NOT NULL,
@@ -21,9 +26,18 @@ CREATE INDEX IF NOT EXISTS bench_results_by_kind ON bench_results (kind, host_ke
  * Benchmark results in the state database, one JSON document each with the host it was
  * measured on. The table is created on first use, so older state databases need no migration.
  */
-export class BenchResults {
-  constructor(private readonly db: Database.Database) {
+export class Measurements {
+  /** `hostKey`: this host's key (see hostKey()), under which its own results are stored. */
+  constructor(
+    private readonly db: Database.Database,
+    readonly hostKey: string,
+  ) {
     db.exec(SCHEMA);
+    const row = db.prepare("SELECT version FROM schema_versions WHERE component = 'measurements'").get() as { version: number } | undefined;
+    if (!row) db.prepare("INSERT OR IGNORE INTO schema_versions (component, version) VALUES ('measurements', ?)").run(MEASUREMENTS_SCHEMA_VERSION);
+    else if (row.version !== MEASUREMENTS_SCHEMA_VERSION) {
+      throw new StateStoreError(`the stored measurements have schema version ${row.version}, this hybridbox reads ${MEASUREMENTS_SCHEMA_VERSION}; use the hybridbox that wrote them, or move the state directory away`);
+    }
   }
 
   save(result: BenchResult): number {

@@ -1,5 +1,5 @@
 // The shapes every benchmark writes and the report reads. A result is one JSON document,
-// stored in the state database (bench/results.ts) with the host it was measured on, so runs
+// stored in the state database (measurements/results.ts) with the host it was measured on, so runs
 // on different hosts and days can be compared.
 import type { BackendKind } from '../spec/schema.js';
 

@@ -1,0 +1,172 @@
+// The public option and result types of the library API. Every option has its unit in its
+// name and its default in `@default`; every result says everything about what happened.
+import type { HostInfo } from '../host/types.js';
+import type { RegistryConfigFile } from '../registry/index.js';
+import type { BackendOptions } from '../runtimes/registry.js';
+import type { WorkloadSignal } from '../runtimes/backend.js';
+import type { Placement } from '../scheduler/index.js';
+import type { SandboxState } from '../store/index.js';
+
+export type { WorkloadSignal };
+
+export interface HybridboxOptions extends BackendOptions {
+  /**
+   * State directory.
+   * @default process.env.HYBRIDBOX_ROOT ?? '/var/lib/hybridbox'
+   */
+  root?: string;
+  /** Host description; probed (and cached by the binaries' mtimes) when absent. */
+  host?: HostInfo;
+}
+
+export interface RunOptions {
+  /** Called with each chunk of the workload's output as it arrives. */
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  /** Called once the sandbox exists and its workload is starting: the place to learn its id (to `kill` it). */
+  onCreated?: (sandbox: SandboxInfo) => void;
+  /** The workload's standard input, passed through with its EOF. @default null (/dev/null) */
+  stdin?: NodeJS.ReadableStream | null;
+  /**
+   * How much of each stream the result keeps; the rest is counted, not kept.
+   * @default 1048576 (1 MiB)
+   */
+  maxBufferBytes?: number;
+  /** Remove the sandbox once it has ended (like `--rm`). @default false */
+  remove?: boolean;
+  /**
+   * Stops the workload when aborted (SIGTERM, then SIGKILL after the grace period); the call
+   * then rejects with an AbortedError whose `result` is the RunResult.
+   */
+  signal?: AbortSignal;
+  /** Overrides the spec's `timeoutMs` (counted from the workload's start, on every backend). */
+  timeoutMs?: number;
+}
+
+/** Everything about one finished run, in one object (after execa's result). */
+export interface RunResult {
+  id: string;
+  name: string;
+  backend: string;
+  placement: Placement;
+  /** The workload's exit code; 124 when its time limit ran out (see `timedOut`), 128+N when signal N ended it. */
+  exitCode: number | null;
+  /** The signal that ended the workload (`SIGKILL`, ...), else null. */
+  signal: string | null;
+  /** The time limit ran out and hybridbox stopped the workload. */
+  timedOut: boolean;
+  oomKilled: boolean;
+  /** The caller's AbortSignal stopped it. */
+  aborted: boolean;
+  /** From the call until the result was ready. */
+  durationMs: number;
+  /** From the call until the sandbox's first process existed. */
+  startupMs: number | null;
+  stdout: string;
+  stderr: string;
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+  peakMemoryBytes: number | null;
+  cpuTimeMs: number | null;
+  /** Parts of the spec this host could not honour. */
+  warnings: string[];
+  /** Why the sandbox died without its workload ending (a guest kernel panic), else null. */
+  crash: string | null;
+}
+
+export interface ExecOptions {
+  /** Added to the sandbox's environment. Keys must be valid variable names. */
+  env?: Record<string, string>;
+  /** @default the workload's working directory */
+  workdir?: string;
+  /** UID[:GID] or a user name of the image. @default the workload's user */
+  user?: string;
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  /** @default null (/dev/null) */
+  stdin?: NodeJS.ReadableStream | null;
+  /** @default 1048576 (1 MiB) */
+  maxBufferBytes?: number;
+  /** The command's own time limit: SIGTERM, then SIGKILL after the grace period. @default none */
+  timeoutMs?: number;
+  /** Stops the command when aborted; the call then rejects with an AbortedError carrying the ExecResult. */
+  signal?: AbortSignal;
+}
+
+/** Everything about one finished `exec`, with the same fields as a RunResult where they apply. */
+export interface ExecResult {
+  exitCode: number | null;
+  signal: string | null;
+  timedOut: boolean;
+  aborted: boolean;
+  durationMs: number;
+  stdout: string;
+  stderr: string;
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+}
+
+export interface StopOptions {
+  /** How long the workload has between SIGTERM and SIGKILL. @default 10000 */
+  graceMs?: number;
+}
+
+export interface RemoveOptions {
+  /** Stop a running sandbox first (SIGKILL). @default false */
+  force?: boolean;
+}
+
+export interface ListOptions {
+  /** Include ended and created sandboxes. @default false (running only) */
+  all?: boolean;
+}
+
+export interface LogsOptions {
+  onStdout: (chunk: Buffer) => void;
+  onStderr: (chunk: Buffer) => void;
+  /** Keep reading until the sandbox has ended. @default false */
+  follow?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface RemoveImageOptions {
+  /** Untag even while sandboxes use the image (they keep their copy until removed). @default false */
+  force?: boolean;
+}
+
+export interface RegistryTransferOptions {
+  /** s3://bucket/prefix. @default the registry config's `url`, else the embedded registry */
+  registry?: string;
+  /** Name in the registry when it differs from the local one. @default the local name */
+  remoteRef?: string;
+  /** Move the image's VM disk (ext4/qcow2) too, so a VM starts without making it. @default false */
+  withVmDisk?: boolean;
+  /** Settings that take precedence over the environment and the config file (docs/registry.md). */
+  registryConfig?: RegistryConfigFile;
+  /** `auto`: bars on a terminal, else lines; `quiet`: the summary only; `none`. @default 'auto' */
+  progress?: 'auto' | 'quiet' | 'none';
+  signal?: AbortSignal;
+}
+
+/** What callers see of a sandbox: its record without the backend's private details. */
+export interface SandboxInfo {
+  id: string;
+  name: string;
+  backend: string;
+  image: string;
+  imageDigest: string;
+  state: SandboxState;
+  createdAtMs: number;
+  startedAtMs: number | null;
+  finishedAtMs: number | null;
+  exitCode: number | null;
+  signal: string | null;
+  oomKilled: boolean;
+  timedOut: boolean;
+  warnings: string[];
+  stateReason: string | null;
+  command: string[] | null;
+  ip: string | null;
+  /** The process that supervises the sandbox (its CLI, or its detached monitor), while it runs. */
+  supervisorPid: number | null;
+}
