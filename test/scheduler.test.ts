@@ -2,6 +2,7 @@ import test from 'ava';
 import { PlacementError } from '../src/errors.js';
 import type { HostInfo, HostLoad } from '../src/host/types.js';
 import type { BackendDescriptor } from '../src/runtimes/descriptor.js';
+import { DESCRIPTORS } from '../src/runtimes/registry.js';
 import { formatPlacement, place } from '../src/scheduler/index.js';
 import { WorkloadSpecSchema, type BackendKind, type WorkloadSpecInput } from '../src/spec/schema.js';
 
@@ -52,27 +53,11 @@ const hosts = {
   notRoot: { ...fullHost, isRoot: false },
 } satisfies Record<string, HostInfo>;
 
-// Traits and start-up estimates after the measurements in host-facts.md.
-const container: BackendDescriptor = {
-  kind: 'container',
-  summary: 'Linux container on crun',
-  traits: { ownKernel: false, hardwareIsolation: false, fullMachine: false, defaultStartupMs: { median: 60, p95: 120 } },
-  unavailableReason: (h) =>
-    !h.isRoot ? 'container sandboxes need root on this host' : !h.tools.crun && !h.tools.runc ? 'neither crun nor runc is installed (apt-get install crun)' : null,
-};
-const microvm: BackendDescriptor = {
-  kind: 'microvm',
-  summary: 'QEMU microvm',
-  traits: { ownKernel: true, hardwareIsolation: true, fullMachine: false, defaultStartupMs: { median: 600, p95: 1200 } },
-  unavailableReason: (h) => (h.tools.qemu ? null : 'qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)'),
-};
-const vm: BackendDescriptor = {
-  kind: 'vm',
-  summary: 'libvirt VM',
-  traits: { ownKernel: true, hardwareIsolation: true, fullMachine: true, defaultStartupMs: { median: 2400, p95: 4000 } },
-  unavailableReason: (h) =>
-    !h.tools.qemu ? 'qemu-system-x86_64 is not installed' : !h.tools.libvirtd || !h.tools.virsh ? 'libvirt is not installed (apt-get install libvirt-daemon-system)' : null,
-};
+// The real descriptors, as the backends export them: the table below must follow them.
+const byKind = (k: BackendKind): BackendDescriptor => DESCRIPTORS.find((d) => d.kind === k)!;
+const container = byKind('container');
+const microvm = byKind('microvm');
+const vm = byKind('vm');
 const all = [container, microvm, vm];
 const idle: HostLoad = { running: { container: 0, microvm: 0, vm: 0 }, committedMemoryMiB: 0 };
 
@@ -89,25 +74,25 @@ interface Row {
 }
 
 const rows: Row[] = [
-  { name: 'trusted on a full host: the fastest start-up wins', expect: { backend: 'container', reason: /trusted.*fastest predicted start-up.*container at 60 ms/, rejected: ['microvm', /slower predicted start-up \(600 ms/] } },
+  { name: 'trusted on a full host: the fastest start-up wins', expect: { backend: 'container', reason: /trusted.*fastest predicted start-up.*container at 60 ms/, rejected: ['microvm', /slower predicted start-up \(400 ms/] } },
   { name: 'untrusted on a full host: microvm, not the full machine', spec: { trust: 'untrusted' }, expect: { backend: 'microvm', reason: /microvm is preferred over vm: .*full machine/, rejected: ['container', /untrusted and a VM backend is available/] } },
-  { name: 'untrusted without QEMU: hardened container', spec: { trust: 'untrusted' }, host: hosts.noQemu, expect: { backend: 'container', reason: /^no VM backend available on this host: running untrusted code in a hardened container \(user namespace, strict seccomp\)\.$/, rejected: ['microvm', /qemu-system-x86_64 is not installed/] } },
+  { name: 'untrusted without QEMU: hardened container', spec: { trust: 'untrusted' }, host: hosts.noQemu, expect: { backend: 'container', reason: /^no VM backend available on this host: running untrusted code in a hardened container \(user namespace, strict seccomp\)\.$/, rejected: ['microvm', /QEMU is not installed/] } },
   { name: 'untrusted when VMs are not implemented: hardened container', spec: { trust: 'untrusted' }, backends: [container], expect: { backend: 'container', reason: /no VM backend available on this host/, rejected: ['vm', /not implemented in this version of hybridbox/] } },
   { name: 'untrusted without KVM: microvm under TCG, said so', spec: { trust: 'untrusted' }, host: hosts.noKvm, expect: { backend: 'microvm', reason: /KVM is not usable \(\/dev\/kvm does not exist.*TCG/ } },
   { name: 'untrusted without libvirt: microvm still fits', spec: { trust: 'untrusted' }, host: hosts.noLibvirt, expect: { backend: 'microvm', reason: /untrusted/, rejected: ['vm', /libvirt is not installed/] } },
   { name: 'untrusted with only the full-machine VM implemented', spec: { trust: 'untrusted' }, backends: [container, vm], expect: { backend: 'vm', reason: /untrusted/, rejected: ['microvm', /not implemented/] } },
   { name: 'own kernel: VM class only', spec: { kernel: { ownKernel: true } }, expect: { backend: 'microvm', reason: /kernel of its own.*only VM backends/, rejected: ['container', /needs its own kernel.*shares the host's kernel/] } },
-  { name: 'own kernel without QEMU: nothing fits', spec: { kernel: { ownKernel: true } }, host: hosts.noQemu, throws: /no backend can run this workload: container: the workload needs its own kernel.*microvm: qemu-system-x86_64 is not installed/ },
+  { name: 'own kernel without QEMU: nothing fits', spec: { kernel: { ownKernel: true } }, host: hosts.noQemu, throws: /no backend can run this workload: container: the workload needs its own kernel.*microvm: QEMU is not installed/ },
   { name: 'trusted without crun or runc: next fastest', host: hosts.noOciRuntime, expect: { backend: 'microvm', reason: /fastest predicted start-up: microvm/, rejected: ['container', /neither crun nor runc is installed/] } },
   { name: 'trusted with runc only: container still fits', host: hosts.runcOnly, expect: { backend: 'container', reason: /fastest/ } },
-  { name: 'not root: containers unavailable', host: hosts.notRoot, expect: { backend: 'microvm', reason: /fastest/, rejected: ['container', /need root/] } },
-  { name: 'explicit vm on a full host', spec: { isolation: 'vm' }, expect: { backend: 'vm', reason: /You asked for isolation: vm.*libvirt VM/, rejected: ['container', /isolation: vm was requested/] } },
+  { name: 'not root: no backend (containers and VMs both need root here)', host: hosts.notRoot, throws: /container: container sandboxes need root.*microvm: VM sandboxes need root/ },
+  { name: 'explicit vm on a full host', spec: { isolation: 'vm' }, expect: { backend: 'vm', reason: /You asked for isolation: vm.*libvirt domain XML/, rejected: ['container', /isolation: vm was requested/] } },
   { name: 'explicit vm without libvirt', spec: { isolation: 'vm' }, host: hosts.noLibvirt, throws: /^isolation: vm was requested, but vm cannot be used: libvirt is not installed/ },
   { name: 'explicit container without an OCI runtime', spec: { isolation: 'container' }, host: hosts.noOciRuntime, throws: /isolation: container was requested.*neither crun nor runc is installed/ },
   { name: 'explicit vm when not implemented', spec: { isolation: 'vm' }, backends: [container, microvm], throws: /isolation: vm was requested, but vm cannot be used: not implemented in this version of hybridbox/ },
   { name: 'explicit container for an own-kernel workload', spec: { isolation: 'container', kernel: { ownKernel: true } }, throws: /container cannot be used: the workload needs its own kernel/ },
   { name: 'explicit microvm without KVM', spec: { isolation: 'microvm' }, host: hosts.noKvm, expect: { backend: 'microvm', reason: /KVM is not usable/ } },
-  { name: 'untrusted with a tight budget: VMs ruled out, hardened container', spec: { trust: 'untrusted', startupBudgetMs: 200 }, expect: { backend: 'container', reason: /No VM backend fits this workload.*hardened container/, rejected: ['microvm', /p95 of 1200 ms \(default estimate\) is over the start-up budget of 200 ms/] } },
+  { name: 'untrusted with a tight budget: VMs ruled out, hardened container', spec: { trust: 'untrusted', startupBudgetMs: 200 }, expect: { backend: 'container', reason: /No VM backend fits this workload.*hardened container/, rejected: ['microvm', /p95 of 900 ms \(default estimate\) is over the start-up budget of 200 ms/] } },
   { name: 'budget below every p95: nothing fits', spec: { startupBudgetMs: 100 }, throws: /container: its predicted start-up p95 of 120 ms \(default estimate\) is over the start-up budget of 100 ms/ },
   { name: 'measured stats beat the defaults', stats: { container: { median: 900, p95: 1500, samples: 20 }, microvm: { median: 300, p95: 500, samples: 20 } }, expect: { backend: 'microvm', reason: /fastest predicted start-up: microvm at 300 ms median \(vs container 900 ms/, source: 'measured' } },
   { name: 'too few samples: defaults stay', stats: { container: { median: 900, p95: 1500, samples: 2 } }, expect: { backend: 'container', reason: /60 ms/, source: 'default' } },
@@ -153,6 +138,6 @@ test('formatPlacement shows the choice, bullets, start-up and the alternatives',
   const out = formatPlacement(place(spec, hosts.noLibvirt, idle, all));
   t.regex(out, /^backend: microvm\n/);
   t.regex(out, /\n {2}• The workload is untrusted/);
-  t.regex(out, /predicted start-up: 600 ms median, 1200 ms p95 \(default estimate\)/);
+  t.regex(out, /predicted start-up: 400 ms median, 900 ms p95 \(default estimate\)/);
   t.regex(out, /not chosen:\n {2}- container: .*\n {2}- vm: libvirt is not installed/);
 });
