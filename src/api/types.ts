@@ -5,7 +5,7 @@ import type { RegistryConfigFile } from '../registry/index.js';
 import type { BackendOptions } from '../runtimes/registry.js';
 import type { WorkloadSignal } from '../runtimes/backend.js';
 import type { Placement } from '../scheduler/index.js';
-import type { SandboxState } from '../store/index.js';
+import type { SandboxRecord } from '../store/index.js';
 
 export type { WorkloadSignal };
 
@@ -149,24 +149,9 @@ export interface RegistryTransferOptions {
 }
 
 /** What callers see of a sandbox: its record without the backend's private details. */
-export interface SandboxInfo {
-  id: string;
-  name: string;
-  backend: string;
-  image: string;
-  imageDigest: string;
-  state: SandboxState;
-  createdAtMs: number;
-  startedAtMs: number | null;
-  finishedAtMs: number | null;
-  exitCode: number | null;
-  signal: string | null;
-  oomKilled: boolean;
-  timedOut: boolean;
-  warnings: string[];
-  stateReason: string | null;
+export type SandboxInfo = Omit<SandboxRecord, 'spec' | 'placement' | 'runtime' | 'ownerPid' | 'ownerStartTime'> & {
   command: string[] | null;
   ip: string | null;
   /** The process that supervises the sandbox (its CLI, or its detached monitor), while it runs. */
   supervisorPid: number | null;
-}
+};
