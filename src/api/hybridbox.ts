@@ -1,5 +1,5 @@
 import { customAlphabet } from 'nanoid';
-import { chmodSync, createReadStream, existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BenchResults } from '../bench/results.js';
 import { hostKey } from '../bench/host.js';
@@ -14,7 +14,7 @@ import type { Backend, ExitStatus, OutputSink, SelfInvocation } from '../runtime
 import { BackendRegistry, type BackendAvailability, type BackendOptions } from '../runtimes/registry.js';
 import { place, type Placement } from '../scheduler/index.js';
 import { validateForHost, validateSpec, type WorkloadSpec, type WorkloadSpecInput } from '../spec/index.js';
-import { StateStore, type SandboxRecord } from '../store/index.js';
+import { StateStore, preparePrivateRoot, type SandboxRecord } from '../store/index.js';
 import { ensureSbinOnPath, packageRoot, stateRoot } from '../util/paths.js';
 import { isSameProcessAlive, processStartTime, sleep } from '../util/proc.js';
 
@@ -169,9 +169,7 @@ export class Hybridbox {
   static async open(options: HybridboxOptions = {}): Promise<Hybridbox> {
     ensureSbinOnPath();
     const root = options.root ?? stateRoot();
-    mkdirSync(root, { recursive: true, mode: 0o711 });
-    // Sandboxes with a user namespace must traverse the state root as an unmapped uid.
-    if ((statSync(root).mode & 0o011) !== 0o011) chmodSync(root, statSync(root).mode | 0o011);
+    preparePrivateRoot(root);
     const host = options.host ?? (await probeHost({ cacheDir: join(root, 'cache') }));
     return new Hybridbox(root, host, new StateStore(root), options);
   }
