@@ -560,6 +560,7 @@ test('registry URLs and config precedence', async (t) => {
   await writeFile(
     join(root, 'registry.json'),
     JSON.stringify({ url: 's3://from-file/p', endpoint: 'http://127.0.0.1:9000', region: 'eu-west-1', accessKeyId: 'filekey', secretAccessKey: 'filesecret', partSizeMiB: 16 }),
+    { mode: 0o600 },
   );
   const fromFile = resolveRegistryConfig({}, root);
   t.is(fromFile.endpoint, 'http://127.0.0.1:9000');
@@ -584,7 +585,7 @@ test('registry URLs and config precedence', async (t) => {
   t.is(fromEnv.url.url, 's3://given/x');
   t.false(resolveRegistryConfig({ ...env, AWS_ENDPOINT_URL_S3: 'https://s3.eu-west-1.amazonaws.com' }, root).forcePathStyle);
 
-  await writeFile(join(root, 'other.json'), JSON.stringify({ endpoint: 'http://127.0.0.1:9', partSize: 3 }));
+  await writeFile(join(root, 'other.json'), JSON.stringify({ endpoint: 'http://127.0.0.1:9', partSize: 3 }), { mode: 0o600 });
   const typo = t.throws(() => resolveRegistryConfig({ HYBRIDBOX_REGISTRY_CONFIG: join(root, 'other.json') }, root), { instanceOf: RegistryConfigError });
   t.regex(typo!.message, /"partSize"/);
   t.throws(() => resolveRegistryConfig({ HYBRIDBOX_REGISTRY_CONFIG: join(root, 'absent.json') }, root), { instanceOf: RegistryConfigError });

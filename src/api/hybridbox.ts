@@ -1,5 +1,4 @@
 import { customAlphabet } from 'nanoid';
-import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { RuntimeError } from '../errors.js';
 import { probeHost } from '../host/probe.js';
@@ -9,7 +8,7 @@ import { ImageStore } from '../images/index.js';
 import { Measurements, hostKey } from '../measurements/index.js';
 import { BridgeNetwork } from '../network/index.js';
 import { BackendRegistry, type BackendAvailability } from '../runtimes/registry.js';
-import { StateStore } from '../store/index.js';
+import { StateStore, preparePrivateRoot } from '../store/index.js';
 import { ensureSbinOnPath, stateRoot } from '../util/paths.js';
 import { backendOf, type Core } from './context.js';
 import { ImageService } from './images.js';
@@ -59,9 +58,8 @@ export class Hybridbox {
   static async open(options: HybridboxOptions = {}): Promise<Hybridbox> {
     ensureSbinOnPath();
     const root = options.root ?? stateRoot();
-    mkdirSync(root, { recursive: true, mode: 0o711 });
-    // Sandboxes with a user namespace must traverse the state root as an unmapped uid.
-    if ((statSync(root).mode & 0o011) !== 0o011) chmodSync(root, statSync(root).mode | 0o011);
+    // Private: specs, env values, logs and exit records are nobody else's to read (see ARCHITECTURE).
+    preparePrivateRoot(root);
     const host = options.host ?? (await probeHost({ cacheDir: join(root, 'cache') }));
     return new Hybridbox(root, host, options);
   }

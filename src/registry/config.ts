@@ -1,7 +1,8 @@
 // Where the registry is and how to talk to it: the registry URL, then the endpoint, region and
 // credentials from the standard AWS variables or a JSON config file (docs/registry.md).
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { InsecureFileError } from '../errors.js';
 import { RegistryConfigError } from './errors.js';
 
 /** `s3://bucket/prefix`, split. `prefix` has no leading or trailing slash ('' for none). */
@@ -124,12 +125,28 @@ export function configFilePath(env: Record<string, string | undefined>, stateRoo
 }
 
 export function readConfigFile(path: string, mustExist: boolean): RegistryConfigFile {
-  let text: string;
+  const unreadable = (err: unknown) =>
+    new RegistryConfigError(`registry config ${path} cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)}); fix HYBRIDBOX_REGISTRY_CONFIG or create the file`);
+  let fd: number;
   try {
-    text = readFileSync(path, 'utf8');
+    fd = openSync(path, 'r');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !mustExist) return {};
-    throw new RegistryConfigError(`registry config ${path} cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)}); fix HYBRIDBOX_REGISTRY_CONFIG or create the file`);
+    throw unreadable(err);
+  }
+  let text: string;
+  try {
+    // It holds credentials: like ssh with a private key, refuse it while others can read or
+    // change it (checked on the open file, so a swap after the check is not read instead).
+    const mode = fstatSync(fd).mode;
+    if (mode & 0o077) throw new InsecureFileError(path, mode);
+    try {
+      text = readFileSync(fd, 'utf8');
+    } catch (err) {
+      throw unreadable(err);
+    }
+  } finally {
+    closeSync(fd);
   }
   let data: unknown;
   try {

@@ -3,6 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { AmbiguousReferenceError, StateStoreError } from '../errors.js';
+import { ensurePrivateFile } from './private.js';
 import type { BackendKind } from '../spec/schema.js';
 
 /**
@@ -171,7 +172,9 @@ export class StateStore {
   readonly db: Database.Database;
 
   constructor(readonly root: string) {
-    mkdirSync(root, { recursive: true, mode: 0o711 });
+    mkdirSync(root, { recursive: true, mode: 0o700 });
+    // SQLite would make the file 0644 (less the umask), and its -wal and -shm take the file's mode.
+    ensurePrivateFile(join(root, 'state.db'));
     this.db = new Database(join(root, 'state.db'), { nativeBinding: nativeBinding() });
     this.db.pragma('busy_timeout = 10000');
     this.db.pragma('journal_mode = WAL');

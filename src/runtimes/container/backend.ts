@@ -1,6 +1,6 @@
 import { run } from '../../util/exec.js';
 import { spawn } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { HostCapabilityError, RuntimeError } from '../../errors.js';
 import type { HostInfo } from '../../host/types.js';
@@ -48,11 +48,15 @@ const UID_RANGE = 65_536;
 const UID_SLOTS = 4096;
 
 function files(dir: string) {
+  // The upper directory's root is the sandbox's "/" (0755), so it lives in a private parent;
+  // sandboxes made before that have it directly in their directory.
+  const overlay = existsSync(join(dir, 'upper')) ? dir : join(dir, 'overlay');
   return {
     config: join(dir, 'config.json'),
     rootfs: join(dir, 'rootfs'),
-    upper: join(dir, 'upper'),
-    work: join(dir, 'work'),
+    overlay,
+    upper: join(overlay, 'upper'),
+    work: join(overlay, 'work'),
     pid: join(dir, 'pid'),
     exit: join(dir, 'exit.json'),
     stdout: join(dir, 'stdout.log'),
@@ -108,11 +112,19 @@ export class ContainerBackend implements Backend {
 
   async create(ctx: CreateContext): Promise<{ runtime: Record<string, unknown>; warnings: string[] }> {
     const f = files(ctx.dir);
+    // A user-namespace runtime walks to rootfs as an unmapped uid: the directory is traversable,
+    // not listable, and everything else in it is private (chmod: a umask must not narrow these).
     mkdirSync(ctx.dir, { recursive: true, mode: 0o711 });
+    chmodSync(ctx.dir, 0o711);
+    mkdirSync(f.overlay, { mode: 0o700 });
     // The upper layer's root becomes the sandbox's "/": it must be readable by a mapped root.
     mkdirSync(f.upper, { mode: 0o755 });
+    chmodSync(f.upper, 0o755);
     mkdirSync(f.rootfs, { mode: 0o755 });
+    chmodSync(f.rootfs, 0o755);
     mkdirSync(f.work, { mode: 0o700 });
+    // Whoever writes the logs later (the CLI after a foreground run, the shim) keeps this mode.
+    for (const log of [f.stdout, f.stderr]) writeFileSync(log, '', { mode: 0o600 });
     let uidBase: number | null = null;
     let ip: string | null = null;
     let mountStubs: string[] = [];
@@ -148,7 +160,7 @@ export class ContainerBackend implements Backend {
         userns: uidBase === null ? null : { hostId: uidBase, size: UID_RANGE },
         cgroupCaps: caps,
       });
-      writeFileSync(f.config, JSON.stringify(config, null, 1));
+      writeFileSync(f.config, JSON.stringify(config, null, 1), { mode: 0o600 });
       overlayLowerdir(ctx.image.layers);
       mountStubs = prepareMountTargets(config, ctx.image.layers, f.upper, uidBase ?? 0);
     } catch (e) {
@@ -166,7 +178,7 @@ export class ContainerBackend implements Backend {
     // A re-start begins from a clean slate: stale pid and exit files would mislead the waiters.
     rmSync(f.pid, { force: true });
     rmSync(f.exit, { force: true });
-    writeFileSync(f.oomBase, String(hostOomKills()));
+    writeFileSync(f.oomBase, String(hostOomKills()), { mode: 0o600 });
     ensureSandboxCgroup(rec.id);
     return [...this.nsArgs(this.runtimeOf(rec).path), '--overlay', overlayLowerdir(rt.imageLayers), f.upper, f.work, f.rootfs];
   }

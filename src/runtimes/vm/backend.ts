@@ -75,7 +75,8 @@ export class VmBackend implements Backend {
       // The guest reads volumes from its kernel command line: no spaces, no colons.
       if (/[\s:]/.test(v.guestPath)) throw new SpecError(`volumes[${i}].guestPath`, v.guestPath, 'allowed for VM sandboxes: a path without spaces or ":"');
     });
-    mkdirSync(ctx.dir, { recursive: true, mode: 0o711 });
+    // Nobody but root enters a VM's directory (QEMU runs as root): logs, disk and sockets stay private.
+    mkdirSync(ctx.dir, { recursive: true, mode: 0o700 });
     let ip: string | null = null;
     let tap: string | null = null;
     try {

@@ -9,7 +9,7 @@
  *   --ro-self PATH         (repeat)   bind PATH over itself read-only (skipped if PATH is missing)
  *   --overlay LOWER UPPER WORK TARGET overlayfs at TARGET (LOWER may be a colon-separated list)
  *   --pdeathsig SIG                   PR_SET_PDEATHSIG (KILL, SIGKILL or a number)
- *   --stdout FILE, --stderr FILE      append to FILE (created 0644)
+ *   --stdout FILE, --stderr FILE      append to FILE (created 0600)
  *   --stdin-null                      stdin from /dev/null
  * Monitor mode:
  *   --exit-file FILE [--on-exit SHELLCMD] [--timeout-ms N]
@@ -315,8 +315,8 @@ static _Noreturn void setup_and_exec(const struct options *o, pid_t expected_par
      * before prctl took effect; then deliver what the kernel would have. */
     if (getppid() != expected_parent) raise(o->pdeathsig);
   }
-  if (o->stdout_path) redirect(o->stdout_path, O_WRONLY | O_CREAT | O_APPEND, 0644, STDOUT_FILENO, "stdout");
-  if (o->stderr_path) redirect(o->stderr_path, O_WRONLY | O_CREAT | O_APPEND, 0644, STDERR_FILENO, "stderr");
+  if (o->stdout_path) redirect(o->stdout_path, O_WRONLY | O_CREAT | O_APPEND, 0600, STDOUT_FILENO, "stdout");
+  if (o->stderr_path) redirect(o->stderr_path, O_WRONLY | O_CREAT | O_APPEND, 0600, STDERR_FILENO, "stderr");
   if (o->stdin_null) redirect("/dev/null", O_RDONLY, 0, STDIN_FILENO, "stdin");
   execvp(o->argv[0], o->argv);
   int err = errno;
@@ -362,7 +362,7 @@ static bool write_exit_file(const char *path, int status, long long finished_ms,
     snprintf(line, sizeof line, "{\"exitCode\":%d,\"signal\":null,\"finishedAtMs\":%lld,\"timedOut\":%s}\n", WEXITSTATUS(status),
              finished_ms, timed_out ? "true" : "false");
   }
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return false;
   if (!write_all(fd, line, strlen(line)) || fsync(fd) != 0) {
     int e = errno;
