@@ -171,7 +171,8 @@ export class RuntimeError extends HybridboxError {
 
 export function describeValue(value: unknown): string {
   if (value === undefined) return 'a missing value';
-  if (typeof value === 'string') return JSON.stringify(value);
+  // A long value (a path of thousands of bytes) would bury the rest of the one-line message.
+  if (typeof value === 'string') return value.length > 200 ? `${JSON.stringify(value.slice(0, 120))}... (${value.length} characters)` : JSON.stringify(value);
   if (typeof value === 'number' && !Number.isFinite(value)) return String(value);
   try {
     const s = JSON.stringify(value);

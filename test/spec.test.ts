@@ -109,6 +109,14 @@ const rows: Row[] = [
   // env
   { title: 'bad env key', input: { flags: { env: ['1BAD=x'] } }, field: 'env', bad: '"1BAD"' },
   { title: "env flag without '='", input: { flags: { env: ['FOO'] } }, field: '--env', bad: '"FOO"' },
+  // what no backend can carry (NUL, control characters in paths, lone surrogates, PATH_MAX)
+  { title: 'NUL in an env value', input: spec({ env: { A: 'x\0y' } }), field: 'env.A', bad: '"x\\u0000y"' },
+  { title: 'lone surrogate in an env value', input: spec({ env: { A: 'x\uD800' } }), field: 'env.A', bad: '"x\\ud800"' },
+  { title: 'NUL in a command argument', input: { flags: {}, args: ['busybox', 'echo', 'a\0b'] }, field: 'command[1]', bad: '"a\\u0000b"' },
+  { title: 'newline in a guest path', input: { flags: { volume: ['/srv/data:/da\nta'] } }, field: 'volumes[0].guestPath', bad: '"/da\\nta"' },
+  { title: 'tab in a guest path', input: volume('/srv/data', '/da\tta'), field: 'volumes[0].guestPath', bad: '"/da\\tta"' },
+  { title: 'NUL in workdir', input: spec({ workdir: '/app\0' }), field: 'workdir', bad: '"/app\\u0000"' },
+  { title: 'guest path over PATH_MAX', input: volume('/srv/data', `/${'d'.repeat(4095)}`), field: 'volumes[0].guestPath', bad: '(4096 characters)' },
   // units
   { title: 'size unit 12q', input: { flags: { memory: '12q' } }, field: '--memory', bad: '"12q"' },
   { title: 'size -1g', input: { flags: { memory: '-1g' } }, field: '--memory', bad: '"-1g"' },
@@ -128,6 +136,16 @@ for (const row of rows) {
     t.true(err.message.includes(row.bad), `contains ${row.bad}: ${err.message}`);
   });
 }
+
+test('odd but legal paths, arguments and env values are kept as given', (t) => {
+  const odd = '/da"ta, x=\u00e9:1%20 \u{1F600}';
+  const s = validateSpec({ image: 'busybox', command: ['echo', 'a "b", c=d', 'line1\nline2'], env: { A: 'x\ny "z"' }, workdir: odd, volumes: [{ hostPath: '/tmp/a,b"c d', guestPath: odd }] });
+  t.deepEqual(s.command, ['echo', 'a "b", c=d', 'line1\nline2']);
+  t.is(s.env.A, 'x\ny "z"');
+  t.is(s.workdir, odd);
+  t.deepEqual(s.volumes[0], { hostPath: '/tmp/a,b"c d', guestPath: odd, readOnly: false });
+  t.notThrows(() => validateSpec({ image: 'busybox', volumes: [{ hostPath: '/srv/data', guestPath: `/${'d'.repeat(4094)}` }] }));
+});
 
 test('allowed text is in plain words', (t) => {
   const msg = (input: unknown) => t.throws(() => validateSpec(input))?.message ?? '';

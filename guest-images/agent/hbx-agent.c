@@ -7,6 +7,9 @@
  * Kernel command line (all optional):
  *   hbx.ip=A.B.C.D/N  hbx.gw=A.B.C.D  hbx.hostname=NAME  hbx.vol=TAG:/guest/path:ro|rw (repeat)
  *   hbx.root=/dev/vda  hbx.rootrw=1  hbx.agent=/dev/ttyS1  hbx.modules=1
+ * Values are percent-encoded (%XX, any byte but NUL): the kernel splits its command line on
+ * spaces (and byte 0xA0), and a `"` quotes everything after it. In hbx.vol the tag and the
+ * path are decoded separately, after splitting on the `:` that the host never leaves raw.
  *
  * Test mode (on a host, no VM): HBX_AGENT_TEST_ROOT=DIR HBX_AGENT_PORT=PATH skips every
  * mount, module and network step, chroots sessions into DIR, and serves PATH: a character
@@ -82,7 +85,7 @@ struct buf {
 
 struct vol {
   char tag[64];
-  char path[256];
+  char path[2048]; /* the whole command line is at most 2047 bytes */
   bool ro;
 };
 
@@ -1117,12 +1120,34 @@ static void mount_wait(const char *src, const char *tgt, const char *type, unsig
 
 static bool parse_ipv4(const char *s, struct in_addr *a) { return inet_pton(AF_INET, s, a) == 1; }
 
+static int hexval(char c) {
+  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Decodes %XX in place; false for a malformed escape or an encoded NUL. */
+static bool pct_decode(char *s) {
+  char *o = s;
+  for (; *s; s++) {
+    if (*s != '%') {
+      *o++ = *s;
+      continue;
+    }
+    int hi = hexval(s[1]), lo = hi < 0 ? -1 : hexval(s[2]);
+    if (lo < 0 || (hi == 0 && lo == 0)) return false;
+    *o++ = (char)(hi << 4 | lo);
+    s += 2;
+  }
+  *o = 0;
+  return true;
+}
+
 static void apply_param(char *tok) {
   if (strncmp(tok, "hbx.", 4)) return;
   char *v = strchr(tok, '=');
   if (!v) return;
   *v++ = 0;
   const char *k = tok + 4;
+  if (strcmp(k, "vol") && !pct_decode(v)) fail("cmdline", "hbx.%s=%s: a malformed %%-escape", k, v);
   if (!strcmp(k, "ip")) {
     char *slash = strchr(v, '/');
     char *end;
@@ -1153,14 +1178,17 @@ static void apply_param(char *tok) {
     struct vol *vo = &cfg.vols[cfg.nvols++];
     char *path = strchr(v, ':');
     size_t len;
-    if (!path || path == v || path - v >= (long)sizeof vo->tag) fail("cmdline", "hbx.vol=%s: expected TAG:/guest/path:ro|rw", v);
+    if (!path || path == v) fail("cmdline", "hbx.vol=%s: expected TAG:/guest/path:ro|rw", v);
     *path++ = 0;
-    strcpy(vo->tag, v);
     len = strlen(path);
     if (len > 3 && (!strcmp(path + len - 3, ":ro") || !strcmp(path + len - 3, ":rw"))) {
       vo->ro = path[len - 1] == 'o';
       path[len -= 3] = 0;
     }
+    if (!pct_decode(v) || !pct_decode(path)) fail("cmdline", "hbx.vol=%s:%s: a malformed %%-escape", v, path);
+    if (strlen(v) >= sizeof vo->tag) fail("cmdline", "hbx.vol=%s: the tag is too long", v);
+    strcpy(vo->tag, v);
+    len = strlen(path);
     if (path[0] != '/' || !path[1] || len >= sizeof vo->path || strstr(path, "/../") ||
         (len >= 3 && !strcmp(path + len - 3, "/..")))
       fail("cmdline", "hbx.vol=%s:%s: the guest path must be absolute, not /, without ..", v, path);
@@ -1178,13 +1206,13 @@ static void parse_cmdline(void) {
   close(fd);
   cmd[n] = 0;
   for (char *p = cmd; *p;) {
-    char tok[1024];
+    static char tok[sizeof cmd];
     size_t o = 0;
     bool q = false;
     while (*p == ' ' || *p == '\n' || *p == '\t') p++;
     for (; *p && (q || (*p != ' ' && *p != '\n' && *p != '\t')); p++) {
       if (*p == '"') q = !q;
-      else if (o < sizeof tok - 1) tok[o++] = *p;
+      else tok[o++] = *p;
     }
     tok[o] = 0;
     if (o) apply_param(tok);
@@ -1237,7 +1265,9 @@ static void load_modules(void) {
   free(mods), free(err), free(text);
 }
 
-static void root_path(char *out, size_t cap, const char *sub) { snprintf(out, cap, NEWROOT "%s", sub); }
+static void root_path(char *out, size_t cap, const char *sub) {
+  if ((size_t)snprintf(out, cap, NEWROOT "%s", sub) >= cap) fail("path", "%s: too long", sub);
+}
 
 static void write_root_file(const char *sub, const char *text) {
   char p[512];
@@ -1283,7 +1313,7 @@ static void setup_dev(void) {
 }
 
 static void setup_root(void) {
-  char p[512];
+  char p[sizeof NEWROOT + sizeof cfg.vols[0].path];
   xmkdir(NEWROOT, 0755);
   if (cfg.root_rw) {
     /* hbx.rootrw=1: the disk is this VM's own copy-on-write overlay of the image (qcow2 on

@@ -21,6 +21,8 @@ export function validateSpec(input: unknown): WorkloadSpec {
   const spec = result.data;
 
   if (spec.command?.[0] === '') throw new SpecError('command[0]', '', 'allowed: the program to run (a name or path); it cannot be empty');
+  spec.command?.forEach((a, i) => checkedText(`command[${i}]`, a));
+  for (const [k, v] of Object.entries(spec.env)) checkedText(formatPath(['env', k]), v);
   // Paths are normalised so "/data/" and "/data" are recognised as the same mount point.
   spec.workdir = checkedPath('workdir', spec.workdir);
   const seen = new Map<string, number>();
@@ -54,7 +56,24 @@ export function validateForHost(spec: WorkloadSpec, ctx: HostContext): WorkloadS
   return spec;
 }
 
+// No backend can carry a NUL (execve, mount and every C string end there); a lone UTF-16
+// surrogate has no UTF-8 form and would be replaced on the way out, changing the value.
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+// Paths also go into QEMU options, libvirt's XML (where XML 1.0 has no form for most
+// control characters and turns a newline in an attribute into a space) and one-line messages.
+const CONTROL = /[\u0000-\u001F\u007F]/;
+/** PATH_MAX less its terminating NUL. */
+const PATH_MAX_BYTES = 4095;
+
+function checkedText(field: string, s: string): void {
+  if (s.includes('\0')) throw new SpecError(field, s, 'allowed: text without NUL characters (no process argument or variable can hold one)');
+  if (LONE_SURROGATE.test(s)) throw new SpecError(field, s, 'allowed: valid Unicode text (this has a lone UTF-16 surrogate)');
+}
+
 function checkedPath(field: string, p: string): string {
+  checkedText(field, p);
+  if (CONTROL.test(p)) throw new SpecError(field, p, 'allowed: a path without control characters (newline, tab, ...)');
+  if (Buffer.byteLength(p) > PATH_MAX_BYTES) throw new SpecError(field, p, `allowed: a path of at most ${PATH_MAX_BYTES} bytes`);
   // ".." could climb out of a mount on either side once symlinks and bind mounts mix.
   if (p.split('/').includes('..')) throw new SpecError(field, p, 'allowed: an absolute path without ".." segments');
   return posix.normalize(p).replace(/(.)\/$/, '$1');

@@ -11,10 +11,10 @@ import { sleep } from '../../util/proc.js';
 import type { AttachOptions, AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, SelfInvocation, WorkloadSignal } from '../backend.js';
 import type { BackendDescriptor } from '../descriptor.js';
 import { workloadProcess, type Process, resolveUser } from '../workload.js';
-import { encodeFrame, FrameDecoder } from './agent/index.js';
+import { encodeFrame, FrameDecoder, MAX_PAYLOAD } from './agent/index.js';
 import { requireGuestBoot } from './boot.js';
 import { vmFiles } from './files.js';
-import { kernelCmdline } from './kernel-cmdline.js';
+import { fittedKernelCmdline } from './kernel-cmdline.js';
 import type { MachineLauncher, MachineSpec } from './machine.js';
 import { AGENT_PORT } from './microvm.js';
 import { supervise, toExitStatus, type VmExit } from './supervisor.js';
@@ -39,6 +39,20 @@ interface VmRuntime {
 }
 
 const DEFAULT_MEMORY_MIB = 256;
+
+/**
+ * The workload goes to the agent as one JSON frame (argv, env, workdir), which carries any
+ * string but NUL (refused by validateSpec) and has a size limit: a workload over it is
+ * refused here rather than after a boot. The field named is the larger of the two parts.
+ */
+function checkSessionFits(proc: Process): void {
+  const bytes = Buffer.byteLength(JSON.stringify(proc));
+  if (bytes <= MAX_PAYLOAD) return;
+  const argvBytes = Buffer.byteLength(JSON.stringify(proc.argv));
+  const envBytes = Buffer.byteLength(JSON.stringify(proc.env));
+  const [field, value] = argvBytes >= envBytes ? ['command', `${proc.argv.length} arguments`] : ['env', `${Object.keys(proc.env).length} variables`];
+  throw new SpecError(field, value, `allowed for VM sandboxes: a command and environment that fit in ${MAX_PAYLOAD} bytes of JSON together (these need ${bytes}); pass large data through a volume`);
+}
 
 /**
  * Sandboxes as virtual machines with their own kernel. The two VM backends (QEMU microvm,
@@ -71,10 +85,28 @@ export class VmBackend implements Backend {
     const warnings: string[] = [];
     if (spec.resources.pids !== undefined) warnings.push('resources.pids applies to a container; a VM has its own kernel and process table');
     if (spec.resources.ioWeight !== undefined) warnings.push('resources.ioWeight is not applied to VM sandboxes yet');
-    spec.volumes.forEach((v, i) => {
-      // The guest reads volumes from its kernel command line: no spaces, no colons.
-      if (/[\s:]/.test(v.guestPath)) throw new SpecError(`volumes[${i}].guestPath`, v.guestPath, 'allowed for VM sandboxes: a path without spaces or ":"');
+    // Refused before anything exists: what the guest's kernel command line, the agent's
+    // session frame or the machine's device slots cannot carry.
+    const useKvm = this.host.kvm.usable;
+    const bridged = spec.network === 'bridge';
+    const volumes = spec.volumes.map((v, i) => ({ tag: `v${i}`, ...v }));
+    const maxVolumes = this.launcher.maxVolumes?.({ boot, tap: bridged ? 'tap' : null }) ?? null;
+    if (maxVolumes !== null && volumes.length > maxVolumes) {
+      throw new SpecError('volumes', `${volumes.length} volumes`, `allowed for ${this.descriptor.kind} sandboxes${bridged ? ' with a bridge network' : ''}: at most ${maxVolumes} volumes (the machine's free virtio-mmio slots)`);
+    }
+    const proc = workloadProcess(spec, ctx.image, ctx.name);
+    checkSessionFits(proc);
+    const guest = (ip: string | null) => ({
+      hostname: ctx.name,
+      ip,
+      volumes,
+      agentPort: AGENT_PORT,
+      loadModules: boot.flavour === 'debian',
+      extra: this.launcher.kernelArgs?.(boot, useKvm) ?? [],
     });
+    const reserve = this.launcher.cmdlineReserve?.({ boot, tap: bridged ? 'tap' : null, volumes }) ?? 0;
+    // With the longest address the lease could give, so that the real line fits too.
+    fittedKernelCmdline(this.host, useKvm, guest(bridged ? '255.255.255.255/32' : null), reserve);
     // Nobody but root enters a VM's directory (QEMU runs as root): logs, disk and sockets stay private.
     mkdirSync(ctx.dir, { recursive: true, mode: 0o700 });
     let ip: string | null = null;
@@ -86,8 +118,6 @@ export class VmBackend implements Backend {
         ip = this.network.allocate(ctx.id);
         tap = await this.network.attachTap(ctx.id);
       }
-      const useKvm = this.host.kvm.usable;
-      const volumes = spec.volumes.map((v, i) => ({ tag: `v${i}`, ...v }));
       const machine: MachineSpec = {
         id: ctx.id,
         name: ctx.name,
@@ -99,16 +129,9 @@ export class VmBackend implements Backend {
         tap,
         mac: tap ? macFor(ctx.id) : null,
         volumes,
-        cmdline: kernelCmdline(this.host, useKvm, {
-          hostname: ctx.name,
-          ip: ip ? `${ip}/${this.network.subnet.prefix}` : null,
-          volumes,
-          agentPort: AGENT_PORT,
-          loadModules: boot.flavour === 'debian',
-          extra: this.launcher.kernelArgs?.(boot, useKvm) ?? [],
-        }),
+        cmdline: fittedKernelCmdline(this.host, useKvm, guest(ip ? `${ip}/${this.network.subnet.prefix}` : null), reserve),
       };
-      const rt: VmRuntime = { dir: ctx.dir, imageLayers: ctx.image.layers, machine, proc: workloadProcess(spec, ctx.image, ctx.name), ip };
+      const rt: VmRuntime = { dir: ctx.dir, imageLayers: ctx.image.layers, machine, proc, ip };
       return { runtime: rt as unknown as Record<string, unknown>, warnings };
     } catch (e) {
       await this.network.detach(ctx.id);

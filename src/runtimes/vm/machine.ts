@@ -17,6 +17,9 @@ export interface MachineSpec {
   volumes: { tag: string; hostPath: string; guestPath: string; readOnly: boolean }[];
 }
 
+/** What decides a machine's devices: known before anything is created. */
+export type MachineLayout = Pick<MachineSpec, 'boot' | 'tap' | 'volumes'>;
+
 /** A running machine, whoever started it (QEMU directly, or libvirtd). */
 export interface MachineHandle {
   /** QEMU's pid on this host. */
@@ -38,6 +41,10 @@ export interface MachineLauncher {
   launch(spec: MachineSpec, files: VmFiles): Promise<MachineHandle>;
   /** Kernel arguments this machine type wants on top of the common ones. */
   kernelArgs?(boot: GuestBoot, useKvm: boolean): string[];
+  /** Bytes the machine itself appends to the kernel command line (microvm lists its virtio-mmio devices there). */
+  cmdlineReserve?(layout: MachineLayout): number;
+  /** How many volumes fit next to the machine's other devices; null or absent: no limit of its own. */
+  maxVolumes?(layout: Pick<MachineLayout, 'boot' | 'tap'>): number | null;
   /** QEMU's pid for this sandbox, or null when it is not running. */
   pid(id: string, files: VmFiles): number | null;
   /** Ends a machine by its files (pid file, domain name) when no handle is at hand. Idempotent. */

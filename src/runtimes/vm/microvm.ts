@@ -12,10 +12,57 @@ export const QEMU = 'qemu-system-x86_64';
 /** The virtio-serial port name the agent looks for (`hbx.agent=` on the kernel command line). */
 export const AGENT_PORT = 'hbx.agent';
 
+/**
+ * A value inside a QEMU option string (`-drive file=...,format=...`): QemuOpts splits on
+ * commas and reads a doubled one as a comma of the value; no other byte is special to it.
+ */
+export const qemuOptValue = (v: string): string => v.replaceAll(',', ',,');
+
+// Without ACPI, microvm has 8 virtio-mmio transports on the legacy IRQs 12 down to 5,
+// filled from the top in the order the devices are given. The 5th one's IRQ 8 is the
+// RTC's (which stays on: off costs ~2.7 s of boot), so the driver bound to it fails
+// ("genirq: Flags mismatch irq 8", measured). A device our kernel has no driver for
+// (no CONFIG_HW_RANDOM) takes that transport instead; it requests no IRQ.
+const LEGACY_TRANSPORTS = 8;
+const RTC_TRANSPORT = 4;
+const PLACEHOLDER = 'virtio-rng-device';
+// What QEMU appends to the command line per device: " virtio_mmio.device=512@0xfeb00e00:12".
+const CMDLINE_BYTES_PER_DEVICE = 38;
+
+const acpiOn = (spec: Pick<MachineSpec, 'boot'>): boolean => spec.boot.flavour !== 'custom';
+
+/** The virtio `-device` values in transport order; the placeholder holds the RTC's transport. */
+function virtioDevices(spec: Pick<MachineSpec, 'boot' | 'tap' | 'mac' | 'volumes'>): string[] {
+  const devices = [
+    'virtio-serial-device',
+    'virtio-blk-device,drive=root',
+    ...(spec.tap ? [`virtio-net-device,netdev=n0,mac=${qemuOptValue(spec.mac ?? '')}`] : []),
+    ...spec.volumes.map((v) => `virtio-9p-device,fsdev=${qemuOptValue(v.tag)},mount_tag=${qemuOptValue(v.tag)}`),
+  ];
+  if (!acpiOn(spec) && devices.length > RTC_TRANSPORT) devices.splice(RTC_TRANSPORT, 0, PLACEHOLDER);
+  return devices;
+}
+
+/** How many volumes a microvm with these other devices can attach (null: more than hybridbox allows anyway). */
+export function microvmMaxVolumes(spec: Pick<MachineSpec, 'boot' | 'tap'>): number | null {
+  if (acpiOn(spec)) return null;
+  // serial + disk (+ NIC), and the placeholder once a 5th device exists.
+  return LEGACY_TRANSPORTS - 1 - (spec.tap ? 3 : 2);
+}
+
+/**
+ * The bytes QEMU appends to the kernel command line: one virtio_mmio.device= per device
+ * without ACPI; with ACPI on, the devices are described there and nothing is appended (measured).
+ */
+export function microvmCmdlineReserve(spec: Pick<MachineSpec, 'boot' | 'tap' | 'volumes'>): number {
+  return acpiOn(spec) ? 0 : virtioDevices({ ...spec, mac: null }).length * CMDLINE_BYTES_PER_DEVICE;
+}
+
 /** QEMU's command line for a microvm: direct kernel boot, virtio-mmio devices, QMP. */
 export function microvmArgv(spec: MachineSpec, files: VmFiles): string[] {
   // The distro kernel wants ACPI on microvm; ours boots faster without it.
-  const acpi = spec.boot.flavour === 'custom' ? 'off' : 'on';
+  const acpi = acpiOn(spec) ? 'on' : 'off';
+  const o = qemuOptValue;
   const argv = [
     QEMU,
     '-M', `microvm,isa-serial=on,rtc=on,acpi=${acpi}`,
@@ -27,30 +74,27 @@ export function microvmArgv(spec: MachineSpec, files: VmFiles): string[] {
     // QEMU's own seccomp filter (as libvirt sets it): a guest that breaks into the device
     // model still cannot exec, gain privileges, or use obsolete and resource-control calls.
     '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    // -kernel, -initrd, -append and -pidfile take their argument whole (no option parsing).
     '-kernel', spec.boot.kernel,
     '-initrd', spec.boot.initrd,
     '-append', spec.cmdline,
     // ttyS0: the kernel's console, kept for crash reports. The agent has its own channel.
-    '-chardev', `file,id=con,path=${files.console}`,
+    '-chardev', `file,id=con,path=${o(files.console)}`,
     '-serial', 'chardev:con',
     // The agent's channel: a named virtio-serial port. (A virtio console drops what the host
     // does not read at once; a second UART is ~15x slower for bulk output.)
-    '-device', 'virtio-serial-device',
-    '-chardev', `socket,id=agent,path=${files.agentSock},server=on,wait=off`,
-    '-device', `virtserialport,chardev=agent,name=${AGENT_PORT}`,
-    '-drive', `id=root,file=${files.disk},format=qcow2,if=none,discard=unmap`,
-    '-device', 'virtio-blk-device,drive=root',
+    '-chardev', `socket,id=agent,path=${o(files.agentSock)},server=on,wait=off`,
+    '-drive', `id=root,file=${o(files.disk)},format=qcow2,if=none,discard=unmap`,
   ];
-  if (spec.tap) {
-    argv.push('-netdev', `tap,id=n0,ifname=${spec.tap},script=no,downscript=no`, '-device', `virtio-net-device,netdev=n0,mac=${spec.mac}`);
-  }
+  if (spec.tap) argv.push('-netdev', `tap,id=n0,ifname=${o(spec.tap)},script=no,downscript=no`);
   for (const v of spec.volumes) {
-    argv.push(
-      '-fsdev', `local,id=${v.tag},path=${v.hostPath},security_model=none${v.readOnly ? ',readonly=on' : ''}`,
-      '-device', `virtio-9p-device,fsdev=${v.tag},mount_tag=${v.tag}`,
-    );
+    argv.push('-fsdev', `local,id=${o(v.tag)},path=${o(v.hostPath)},security_model=none${v.readOnly ? ',readonly=on' : ''}`);
   }
-  argv.push('-qmp', `unix:${files.qmpSock},server=on,wait=off`, '-pidfile', files.pid);
+  for (const d of virtioDevices(spec)) {
+    argv.push('-device', d);
+    if (d === 'virtio-serial-device') argv.push('-device', `virtserialport,chardev=agent,name=${o(AGENT_PORT)}`);
+  }
+  argv.push('-chardev', `socket,id=qmp,path=${o(files.qmpSock)},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control', '-pidfile', files.pid);
   return argv;
 }
 
@@ -120,6 +164,9 @@ export const microvmLauncher: MachineLauncher = {
   // microvm (ACPI off, power-off by reboot(2)) runs fine without it; the Debian kernel, and
   // ACPI power-off, hang without it (measured), so only there.
   kernelArgs: (boot, useKvm) => (boot.flavour === 'custom' && !useKvm ? ['noapictimer'] : []),
+
+  cmdlineReserve: microvmCmdlineReserve,
+  maxVolumes: microvmMaxVolumes,
 
   pid: qemuPid,
 

@@ -1,6 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { AgentClient, encodeFrame, FrameDecoder } from './agent/index.js';
+import { AgentClient, AgentClosedError, AgentTimeoutError, encodeFrame, FrameDecoder } from './agent/index.js';
 import { within } from '../../util/proc.js';
 import type { ExitStatus, OutputSink } from '../backend.js';
 import type { Process } from '../workload.js';
@@ -37,6 +37,9 @@ export function crashReason(files: VmFiles): string {
   if (panic) return `guest kernel panic (${panic[0].trim()})`;
   const oops = /(BUG:|Oops:|general protection fault)[^\r\n]*/.exec(console);
   if (oops) return `guest kernel crashed (${oops[0].trim()})`;
+  // The agent's last words when it failed before its port was open (it has no other witness).
+  const agentFailed = [...console.matchAll(/^hbx-agent: ([^\r\n]*)/gm)].at(-1);
+  if (agentFailed) return `the virtual machine stopped before the workload finished; the guest agent last said: ${agentFailed[1]!.trim()}`;
   return 'the virtual machine stopped before the workload finished';
 }
 
@@ -75,9 +78,16 @@ export async function supervise(
     const stopped = handle.stopped.then(() => 'stopped' as const);
     agent = await AgentClient.connect(files.agentSock, opts.bootTimeoutMs);
     await handle.resume?.();
-    const ready = await Promise.race([agent.waitReady(opts.bootTimeoutMs).then(() => 'ready' as const), stopped]).catch(() => 'hung' as const);
+    // Only a timeout is a hang: the agent may also report why it could not set the guest up
+    // (a volume it cannot mount), or the machine may stop; each is said as it is.
+    const ready = await Promise.race([agent.waitReady(opts.bootTimeoutMs).then(() => 'ready' as const), stopped]).catch((e: Error) => e);
     if (ready !== 'ready') {
-      const why = ready === 'stopped' ? crashReason(files) : `the guest did not come up within ${Math.round(opts.bootTimeoutMs / 1000)} s (hung at boot)`;
+      const why =
+        ready === 'stopped' || ready instanceof AgentClosedError
+          ? crashReason(files)
+          : ready instanceof AgentTimeoutError
+            ? `the guest did not come up within ${Math.round(opts.bootTimeoutMs / 1000)} s (hung at boot)`
+            : `the guest could not be set up: ${ready.message}`;
       return end({ crash: why });
     }
     readyAtMs = Date.now();
