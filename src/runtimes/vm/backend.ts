@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { RuntimeError, SpecError } from '../../errors.js';
+import { BootTimeoutError, RuntimeError, SpecError } from '../../errors.js';
 import type { HostInfo } from '../../host/types.js';
 import { createOverlay, ensureVmDisk, type ImageStore } from '../../images/index.js';
 import { macFor, type BridgeNetwork } from '../../network/index.js';
@@ -11,22 +11,39 @@ import { sleep } from '../../util/proc.js';
 import type { AttachOptions, AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, SelfInvocation, WorkloadSignal } from '../backend.js';
 import type { BackendDescriptor } from '../descriptor.js';
 import { workloadProcess, type Process, resolveUser } from '../workload.js';
-import { encodeFrame, FrameDecoder, MAX_PAYLOAD } from './agent/index.js';
+import { decodeJsonPayload, encodeFrame, FrameDecoder, MAX_PAYLOAD } from './agent/index.js';
 import { requireGuestBoot } from './boot.js';
-import { vmFiles } from './files.js';
+import { vmFiles, writeJsonAtomic } from './files.js';
 import { fittedKernelCmdline } from './kernel-cmdline.js';
 import type { MachineLauncher, MachineSpec } from './machine.js';
 import { AGENT_PORT } from './microvm.js';
-import { supervise, toExitStatus, type VmExit } from './supervisor.js';
+import { RunControl, supervise, toExitStatus, type VmExit } from './supervisor.js';
 
 /** Records how the VM ended; a sandbox removed meanwhile (`rm -f`) has no directory left to write to. */
-function writeExit(path: string, x: VmExit): void {
+export function writeExit(path: string, x: VmExit): void {
   try {
-    writeFileSync(path, JSON.stringify(x) + '\n');
+    writeJsonAtomic(path, x);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
 }
+
+/** Overrides the boot limit (tests, hosts slower than this one); inherited by detached monitors. */
+export const BOOT_TIMEOUT_ENV = 'HYBRIDBOX_VM_BOOT_TIMEOUT_MS';
+
+/** How long a guest may take to report ready. */
+export function bootTimeoutMs(kvm: boolean, env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env[BOOT_TIMEOUT_ENV];
+  if (raw !== undefined && raw !== '') {
+    const ms = Number(raw);
+    if (!Number.isInteger(ms) || ms <= 0) throw new SpecError(BOOT_TIMEOUT_ENV, raw, 'allowed: a positive whole number of milliseconds');
+    return ms;
+  }
+  // Under TCG a boot takes seconds, not a fraction of one.
+  return kvm ? 30_000 : 120_000;
+}
+
+const SIGNALS: Record<WorkloadSignal, string> = { INT: 'SIGINT', TERM: 'SIGTERM', HUP: 'SIGHUP', KILL: 'SIGKILL' };
 
 /** What a VM backend keeps in a sandbox record's `runtime` object. */
 interface VmRuntime {
@@ -69,17 +86,37 @@ export class VmBackend implements Backend {
     private readonly images: ImageStore,
   ) {}
 
+  /** Runs supervised by this process (foreground, or this monitor), by sandbox id: signals go straight to them. */
+  private readonly controls = new Map<string, RunControl>();
+
   private rt(rec: { runtime: Record<string, unknown> }): VmRuntime {
     return rec.runtime as unknown as VmRuntime;
   }
 
   private bootTimeoutMs(): number {
-    // Under TCG a boot takes seconds, not a fraction of one.
-    return this.host.kvm.usable ? 30_000 : 120_000;
+    return bootTimeoutMs(this.host.kvm.usable);
+  }
+
+  /** Supervises the VM in this process, reachable by signal() while it runs. */
+  private async superviseHere(rec: SandboxRecord, sink: AttachOptions['sink'], stdin: NodeJS.ReadableStream | null): Promise<VmExit> {
+    const rt = this.rt(rec);
+    const control = new RunControl();
+    this.controls.set(rec.id, control);
+    try {
+      return await supervise(this.launcher, rt.machine, vmFiles(rt.dir), rt.proc, sink, {
+        bootTimeoutMs: this.bootTimeoutMs(),
+        timeoutMs: (rec.spec as WorkloadSpec).timeoutMs,
+        stdin,
+        control,
+      });
+    } finally {
+      this.controls.delete(rec.id);
+    }
   }
 
   async create(ctx: CreateContext): Promise<{ runtime: Record<string, unknown>; warnings: string[] }> {
     const { spec } = ctx;
+    this.bootTimeoutMs(); // a bad override fails here, before anything exists
     const files = vmFiles(ctx.dir);
     const boot = requireGuestBoot();
     const warnings: string[] = [];
@@ -141,10 +178,13 @@ export class VmBackend implements Backend {
     }
   }
 
-  async runAttached(rec: SandboxRecord, { sink }: AttachOptions): Promise<AttachedRun> {
+  async runAttached(rec: SandboxRecord, { sink, stdin }: AttachOptions): Promise<AttachedRun> {
     const rt = this.rt(rec);
-    const exited = supervise(this.launcher, rt.machine, vmFiles(rt.dir), rt.proc, sink, { bootTimeoutMs: this.bootTimeoutMs() }).then((x) => {
+    const boot = this.bootTimeoutMs();
+    const exited = this.superviseHere(rec, sink, stdin ?? null).then((x) => {
       writeExit(vmFiles(rt.dir).exit, x);
+      // A guest that never came up is a failure of the run itself, not an end of the workload.
+      if (x.bootTimedOut) throw new BootTimeoutError(`sandbox ${rec.id}: ${x.crash}`, boot);
       return toExitStatus(x);
     });
     return { exited };
@@ -155,10 +195,7 @@ export class VmBackend implements Backend {
     const files = vmFiles(rt.dir);
     const out = createWriteStream(files.stdout, { flags: 'a' });
     const err = createWriteStream(files.stderr, { flags: 'a' });
-    const x = await supervise(this.launcher, rt.machine, files, rt.proc, { onStdout: (c) => out.write(c), onStderr: (c) => err.write(c) }, {
-      bootTimeoutMs: this.bootTimeoutMs(),
-      timeoutMs: (rec.spec as WorkloadSpec).timeoutMs,
-    });
+    const x = await this.superviseHere(rec, { onStdout: (c) => out.write(c), onStderr: (c) => err.write(c) }, null);
     await Promise.all([new Promise((r) => out.end(r)), new Promise((r) => err.end(r))]);
     writeExit(files.exit, x);
   }
@@ -174,6 +211,7 @@ export class VmBackend implements Backend {
       if (existsSync(files.ready)) return { monitorPid: child.pid! };
       if (existsSync(files.exit)) {
         const x = JSON.parse(readFileSync(files.exit, 'utf8')) as VmExit;
+        if (x.bootTimedOut) throw new BootTimeoutError(`sandbox ${rec.id} did not start: ${x.crash}`, this.bootTimeoutMs());
         if (x.crash) throw new RuntimeError(`sandbox ${rec.id} did not start: ${x.crash}`);
         return { monitorPid: child.pid! };
       }
@@ -194,40 +232,76 @@ export class VmBackend implements Backend {
     const sock = await connectUnix(vmFiles(rt.dir).ctlSock).catch((e: Error) => {
       throw new RuntimeError(`cannot reach the VM's supervisor: ${e.message}`);
     });
+    const stdin = opts.stdin ?? null;
     return new Promise<number>((resolve, reject) => {
       const decoder = new FrameDecoder();
       let done = false;
+      const onData = (c: Buffer | string): void => {
+        const buf = typeof c === 'string' ? Buffer.from(c) : c;
+        for (let off = 0; off < buf.length; off += MAX_PAYLOAD) sock.write(encodeFrame('I', 0, buf.subarray(off, off + MAX_PAYLOAD)));
+      };
+      const onEnd = (): void => void sock.write(encodeFrame('C', 0));
+      const finish = (): void => {
+        done = true;
+        if (!stdin) return;
+        stdin.off('data', onData);
+        stdin.off('end', onEnd);
+        stdin.pause();
+      };
       sock.on('data', (chunk: Buffer) => {
         for (const f of decoder.push(chunk)) {
+          if (done) return;
           if (f.type === 'O') opts.sink.onStdout(f.payload);
           else if (f.type === 'E') opts.sink.onStderr(f.payload);
           else if (f.type === 'X') {
-            done = true;
-            const x = JSON.parse(f.payload.toString('utf8')) as { exitCode: number | null; signal: string | null };
-            resolve(x.exitCode ?? 128 + 9);
+            finish();
+            const x = decodeJsonPayload(f);
+            const code = x?.exitCode;
+            resolve(typeof code === 'number' ? code : 128 + 9);
           } else if (f.type === 'F') {
-            done = true;
-            reject(new RuntimeError(`exec failed: ${(JSON.parse(f.payload.toString('utf8')) as { message: string }).message}`));
+            finish();
+            const m = decodeJsonPayload(f)?.message;
+            reject(new RuntimeError(`exec failed: ${typeof m === 'string' ? m : f.payload.toString('utf8').slice(0, 200)}`));
           }
         }
       });
+      sock.on('error', () => undefined);
       sock.on('close', () => {
-        if (!done) reject(new RuntimeError('the VM stopped while the command ran'));
+        if (!done) {
+          finish();
+          reject(new RuntimeError('the VM stopped while the command ran'));
+        }
       });
-      sock.write(encodeFrame('S', 0, Buffer.from(JSON.stringify(proc))));
+      sock.write(encodeFrame('S', 0, Buffer.from(JSON.stringify({ ...proc, stdin: stdin !== null }))));
+      if (stdin) {
+        stdin.on('data', onData);
+        stdin.once('end', onEnd);
+      }
     });
   }
 
   async signal(rec: SandboxRecord, signal: WorkloadSignal): Promise<void> {
     const files = vmFiles(this.rt(rec).dir);
-    if (signal === 'KILL') return this.launcher.destroy(rec.id, files);
-    // A clean end: the workload gets SIGTERM through the agent, and the guest powers off.
+    if (signal === 'KILL') {
+      // The supervisor then reports a kill, not a crash.
+      if (this.launcher.pid(rec.id, files) !== null) {
+        try {
+          writeFileSync(files.killed, '');
+        } catch {
+          /* removed meanwhile */
+        }
+      }
+      return this.launcher.destroy(rec.id, files);
+    }
+    // INT, TERM, HUP go to the workload through the agent; the guest powers off when it ends.
+    const here = this.controls.get(rec.id);
+    if (here) return here.signal(SIGNALS[signal]);
     const s = await connectUnix(files.ctlSock).catch(() => null);
     if (!s) return;
     await new Promise<void>((resolve) => {
       s.once('close', () => resolve());
       s.once('error', () => resolve());
-      s.end(encodeFrame('K', 0, Buffer.from(JSON.stringify({ signal: 'SIGTERM' }))));
+      s.end(encodeFrame('K', 0, Buffer.from(JSON.stringify({ signal: SIGNALS[signal] }))));
     });
   }
 

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { Builder } from 'xml2js';
 import { HostCapabilityError, RuntimeError } from '../../errors.js';
 import { run } from '../../util/exec.js';
@@ -152,18 +152,76 @@ function libvirtQemuPid(id: string): number | null {
   }
 }
 
+/** `virsh create`, with its pid told to `onPid` as soon as it exists. */
+function virshCreate(xmlPath: string, onPid: (pid: number) => void): Promise<{ ok: boolean; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn('virsh', ['-c', URI, 'create', '--paused', xmlPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
+    if (child.pid) onPid(child.pid);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    child.on('error', (e) => resolve({ ok: false, out: e.message }));
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ ok: code === 0, out: out.trim() || `virsh exited with ${code ?? 'a signal'}` });
+    });
+  });
+}
+
+/**
+ * libvirtd, not hybridbox, is QEMU's parent, so no parent-death signal can tie a domain to
+ * its supervisor (a foreground CLI, a detached monitor). This watchdog does: a small process
+ * in its own session (a terminal's ^C does not reach it) that reads a pipe from the
+ * supervisor. A clean end writes `done`; a supervisor that dies in any way (kill -9 included)
+ * closes the pipe, and the watchdog destroys the domain, after a `virsh create` still under
+ * way (named by `creator PID`) has finished. It reads /proc rather than `kill -0` because a
+ * dead creator may stay a zombie for a while on hosts whose PID 1 reaps slowly.
+ */
+function startWatchdog(name: string): { creator(pid: number): void; done(): void } {
+  const script = [
+    'creator=',
+    'while read -r what arg; do case "$what" in creator) creator=$arg ;; done) exit 0 ;; esac; done',
+    'if [ -n "$creator" ]; then while read -r _ _ st _ < "/proc/$creator/stat" && [ "$st" != Z ]; do sleep 0.05; done; fi 2>/dev/null',
+    `exec virsh -q -c ${URI} destroy ${name}`,
+  ].join('\n');
+  const child = spawn('sh', ['-c', script], { detached: true, cwd: '/', stdio: ['pipe', 'ignore', 'ignore'] });
+  child.unref();
+  const pipe = child.stdin as Socket;
+  pipe.on('error', () => undefined);
+  // The pipe must not keep the supervisor alive: only its death is the message.
+  pipe.unref();
+  let ended = false;
+  return {
+    creator: (pid) => {
+      if (!ended) pipe.write(`creator ${pid}\n`);
+    },
+    done: () => {
+      if (ended) return;
+      ended = true;
+      pipe.end('done\n');
+    },
+  };
+}
+
 export const libvirtLauncher: MachineLauncher = {
   async launch(spec: MachineSpec, files: VmFiles): Promise<MachineHandle> {
     await ensureLibvirtd(!spec.useKvm);
     rmSync(files.agentSock, { force: true });
     writeFileSync(files.domainXml, domainXml(spec, files));
-    // Paused, so that hybridbox is connected to the agent's channel before the guest runs.
-    const created = await virsh(['create', '--paused', files.domainXml]);
-    if (!created.ok) throw new RuntimeError(`virsh create failed: ${created.out.split('\n').pop()}`);
     const name = domainName(spec.id);
+    // Before the domain exists, so that no moment is left in which it could outlive us.
+    const watchdog = startWatchdog(name);
+    // Paused, so that hybridbox is connected to the agent's channel before the guest runs.
+    const created = await virshCreate(files.domainXml, (pid) => watchdog.creator(pid));
+    if (!created.ok) {
+      watchdog.done();
+      throw new RuntimeError(`virsh create failed: ${created.out.split('\n').pop()}`);
+    }
     const limited = await virsh(['memtune', name, '--hard-limit', String(memoryLimitMiB(spec) * 1024), '--live']);
     if (!limited.ok) {
       await virsh(['destroy', name]);
+      watchdog.done();
       throw new RuntimeError(`virsh memtune failed: ${limited.out.split('\n').pop()}`);
     }
     const stopped = (async () => {
@@ -180,6 +238,7 @@ export const libvirtLauncher: MachineLauncher = {
         // After a clean power-off the domain is gone already; destroying it would only wait and fail.
         if (libvirtQemuPid(spec.id) !== null) await virsh(['destroy', name]);
         await stopped;
+        watchdog.done();
       },
     };
   },

@@ -26,10 +26,21 @@ export class QmpClient {
 
   /** Connects, retrying until QEMU has created the socket, and negotiates capabilities. */
   static async connect(path: string, timeoutMs = 10_000): Promise<QmpClient> {
+    const deadline = Date.now() + timeoutMs;
     const socket = await connectUnixWithRetry(path, timeoutMs, (e) => new RuntimeError(`cannot connect to QMP at ${path}: ${e.message}`));
     const c = new QmpClient(socket);
-    await c.next(); // greeting
-    await c.execute('qmp_capabilities');
+    // A stopped or wedged QEMU still accepts the connection (the kernel does) but never greets:
+    // without a limit here, whoever wanted to end that QEMU would wait for ever.
+    const timer = setTimeout(() => socket.destroy(new RuntimeError(`QEMU did not answer on ${path} within ${timeoutMs} ms`)), Math.max(0, deadline - Date.now()));
+    try {
+      await c.next(); // greeting
+      await c.execute('qmp_capabilities');
+    } catch (e) {
+      c.close();
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
     return c;
   }
 
