@@ -8,7 +8,7 @@ import type { WorkloadSpec } from '../../spec/index.js';
 import type { SandboxRecord, StateStore } from '../../store/index.js';
 import { connectUnix } from '../../util/net.js';
 import { sleep } from '../../util/proc.js';
-import type { AttachOptions, AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, SelfInvocation, WorkloadSignal } from '../backend.js';
+import { TIMEOUT_GRACE_MS, type AttachOptions, type AttachedRun, type Backend, type CreateContext, type ExecOptions, type ExitStatus, type SelfInvocation, type WorkloadSignal } from '../backend.js';
 import type { BackendDescriptor } from '../descriptor.js';
 import { workloadProcess, type Process, resolveUser } from '../workload.js';
 import { decodeJsonPayload, encodeFrame, FrameDecoder, MAX_PAYLOAD } from './agent/index.js';
@@ -241,8 +241,17 @@ export class VmBackend implements Backend {
         for (let off = 0; off < buf.length; off += MAX_PAYLOAD) sock.write(encodeFrame('I', 0, buf.subarray(off, off + MAX_PAYLOAD)));
       };
       const onEnd = (): void => void sock.write(encodeFrame('C', 0));
+      // Stopping the command: SIGTERM to its session through the supervisor, SIGKILL after the grace period.
+      const kill = (signal: string): void => void sock.write(encodeFrame('K', 0, Buffer.from(JSON.stringify({ signal }))));
+      let killTimer: NodeJS.Timeout | undefined;
+      const onAbort = (): void => {
+        kill('SIGTERM');
+        killTimer = setTimeout(() => kill('SIGKILL'), TIMEOUT_GRACE_MS);
+      };
       const finish = (): void => {
         done = true;
+        clearTimeout(killTimer);
+        opts.signal?.removeEventListener('abort', onAbort);
         if (!stdin) return;
         stdin.off('data', onData);
         stdin.off('end', onEnd);
@@ -273,6 +282,8 @@ export class VmBackend implements Backend {
         }
       });
       sock.write(encodeFrame('S', 0, Buffer.from(JSON.stringify({ ...proc, stdin: stdin !== null }))));
+      if (opts.signal?.aborted) onAbort();
+      else opts.signal?.addEventListener('abort', onAbort, { once: true });
       if (stdin) {
         stdin.on('data', onData);
         stdin.once('end', onEnd);
