@@ -55,6 +55,8 @@ export interface RunOptions {
   maxBufferBytes?: number;
   /** Remove the sandbox after it exits (like `--rm`). */
   remove?: boolean;
+  /** The workload's standard input, its end being the workload's EOF (default: /dev/null). */
+  stdin?: NodeJS.ReadableStream;
 }
 
 /** Everything about one finished run, in one object (after execa's result). */
@@ -415,28 +417,18 @@ export class Hybridbox {
     const t0 = performance.now();
     const t0Epoch = Date.now();
     const rec = await this.createRecord(input, true);
-    const spec = rec.spec as WorkloadSpec;
     const backend = this.backendOf(rec);
     const out = new Capture(opts.maxBufferBytes ?? DEFAULT_MAX_BUFFER);
     const err = new Capture(opts.maxBufferBytes ?? DEFAULT_MAX_BUFFER);
-    let timedOut = false;
-    let timer: NodeJS.Timeout | undefined;
     let status: ExitStatus;
     try {
-      const attached = await backend.runAttached(rec, { sink: teeSink(out, err, opts) });
-      if (spec.timeoutMs !== undefined) {
-        timer = setTimeout(() => {
-          timedOut = true;
-          void backend.signal(rec, 'KILL');
-        }, spec.timeoutMs);
-      }
+      // The backend keeps spec.timeoutMs itself (the contract in runtimes/backend.ts).
+      const attached = await backend.runAttached(rec, { sink: teeSink(out, err, opts), stdin: opts.stdin ?? null });
       status = await attached.exited;
     } catch (e) {
       if (opts.remove) await this.removeRecord(rec);
       else await this.finalize(rec, null, e instanceof Error ? e.message : String(e));
       throw e;
-    } finally {
-      clearTimeout(timer);
     }
     // With `remove`, recording the end would be undone at once: tear down and delete instead.
     if (opts.remove) await this.removeRecord(rec);
@@ -445,7 +437,7 @@ export class Hybridbox {
       const logs = backend.logPaths(rec);
       writeFileSync(logs.stdout, out.bytes());
       writeFileSync(logs.stderr, err.bytes());
-      await this.finalize(rec, { ...status, timedOut });
+      await this.finalize(rec, status);
     }
     return {
       id: rec.id,
@@ -454,7 +446,7 @@ export class Hybridbox {
       placement: rec.placement as Placement,
       exitCode: status.exitCode,
       signal: status.signal,
-      timedOut,
+      timedOut: status.timedOut,
       oomKilled: status.oomKilled,
       durationMs: Math.round((performance.now() - t0) * 10) / 10,
       startupMs: status.startedAtMs === null ? null : Math.max(0, Math.round((status.startedAtMs - t0Epoch) * 10) / 10),

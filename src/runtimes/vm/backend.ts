@@ -119,7 +119,7 @@ export class VmBackend implements Backend {
 
   async runAttached(rec: SandboxRecord, { sink }: AttachOptions): Promise<AttachedRun> {
     const rt = this.rt(rec);
-    const exited = supervise(this.launcher, rt.machine, vmFiles(rt.dir), rt.proc, sink, { bootTimeoutMs: this.bootTimeoutMs() }).then((x) => {
+    const exited = supervise(this.launcher, rt.machine, vmFiles(rt.dir), rt.proc, sink, { bootTimeoutMs: this.bootTimeoutMs(), timeoutMs: (rec.spec as WorkloadSpec).timeoutMs }).then((x) => {
       writeExit(vmFiles(rt.dir).exit, x);
       return toExitStatus(x);
     });
