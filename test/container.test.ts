@@ -200,7 +200,8 @@ test.serial('a detached sandbox with a timeout is stopped by its monitor, with n
   t.true(ok);
   const rec = hb.sandboxes.find(d.id)!;
   t.true(rec.timedOut);
-  t.is(rec.signal, 'SIGKILL');
+  t.is(rec.exitCode, 124);
+  t.is(rec.signal, 'SIGTERM');
   t.deepEqual(hostTraces([d.id]), []);
   await hb.sandboxes.remove(d.id);
 });

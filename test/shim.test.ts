@@ -35,7 +35,7 @@ const freshDir = (name: string): string => {
   return d;
 };
 
-const readExitFile = (path: string): { exitCode: number | null; signal: string | null; finishedAtMs: number } => {
+const readExitFile = (path: string): { exitCode: number | null; signal: string | null; finishedAtMs: number; timedOut: boolean } => {
   const text = readFileSync(path, 'utf8');
   if (!/^\{[^\n]*\}\n$/.test(text)) throw new Error(`exit file is not one JSON line: ${JSON.stringify(text)}`);
   return JSON.parse(text);
@@ -107,6 +107,10 @@ test('bad usage exits 125 with one line and never runs PROGRAM', (t) => {
     [['--ro-self', '/usr/bin/env', '--', 'touch', marker], /--private-mounts is required by --ro-self/],
     [['--on-exit', 'true', '--', 'touch', marker], /--exit-file is required by --on-exit/],
     [['--stdout', 'a', '--stdout', 'b', '--', 'touch', marker], /repeated option --stdout/],
+    [['--exit-file', 'x', '--grace-ms', '10', '--', 'touch', marker], /--timeout-ms is required by --grace-ms/],
+    [['--exit-file', 'x', '--pid-file', 'y', '--', 'touch', marker], /--timeout-ms is required by --pid-file/],
+    [['--exit-file', 'x', '--timeout-ms', '10', '--grace-ms', '-1', '--', 'touch', marker], /not a number of milliseconds -1/],
+    [['--exit-file', 'x', '--timeout-ms', '0', '--', 'touch', marker], /not a positive number of milliseconds 0/],
   ];
   for (const [args, message] of cases) {
     const r = run(args);
@@ -214,17 +218,92 @@ test('monitor mode: exit file for a signal death; without --on-exit the monitor 
   t.is(readExitFile(exitFile).signal, 'SIGUSR1');
 });
 
-test('monitor mode: --timeout-ms kills PROGRAM at the deadline and says so', (t) => {
+test('monitor mode: --timeout-ms sends SIGTERM at the deadline; exit code 124, the signal and timedOut say so', (t) => {
   const d = freshDir('timeout');
   const exitFile = join(d, 'exit.json');
   const t0 = Date.now();
   const r = run(['--exit-file', exitFile, '--timeout-ms', '300', '--', 'sleep', '30']);
-  t.true(Date.now() - t0 < 5000);
-  t.is(r.status, 137);
-  t.deepEqual(JSON.parse(readFileSync(exitFile, 'utf8')), { exitCode: null, signal: 'SIGKILL', finishedAtMs: readExitFile(exitFile).finishedAtMs, timedOut: true });
+  const took = Date.now() - t0;
+  t.true(took >= 300 && took < 1500, `took ${took} ms`);
+  t.is(r.status, 124);
+  t.deepEqual(JSON.parse(readFileSync(exitFile, 'utf8')), { exitCode: 124, signal: 'SIGTERM', finishedAtMs: readExitFile(exitFile).finishedAtMs, timedOut: true });
   const quick = run(['--exit-file', exitFile, '--timeout-ms', '5000', '--', 'true']);
   t.is(quick.status, 0);
   t.false((JSON.parse(readFileSync(exitFile, 'utf8')) as { timedOut: boolean }).timedOut);
+});
+
+test('monitor mode: a timed-out PROGRAM that exits by itself after SIGTERM: 124, no signal', (t) => {
+  const d = freshDir('timeout-trap');
+  const exitFile = join(d, 'exit.json');
+  const r = run(['--exit-file', exitFile, '--timeout-ms', '400', '--grace-ms', '5000', '--', 'sh', '-c', "trap 'exit 0' TERM; while :; do sleep 0.05; done"]);
+  t.is(r.status, 124);
+  t.like(readExitFile(exitFile), { exitCode: 124, signal: null, timedOut: true });
+  // A runtime reports its container's death by signal N as 128+N: that is the signal.
+  const viaCode = run(['--exit-file', exitFile, '--timeout-ms', '400', '--', 'sh', '-c', "trap 'exit 143' TERM; while :; do sleep 0.05; done"]);
+  t.is(viaCode.status, 124);
+  t.like(readExitFile(exitFile), { exitCode: 124, signal: 'SIGTERM', timedOut: true });
+});
+
+test('monitor mode: a PROGRAM that ignores SIGTERM gets SIGKILL after --grace-ms', (t) => {
+  const d = freshDir('timeout-kill');
+  const exitFile = join(d, 'exit.json');
+  const t0 = Date.now();
+  const r = run(['--exit-file', exitFile, '--timeout-ms', '300', '--grace-ms', '600', '--', 'sh', '-c', "trap '' TERM; exec sleep 30"]);
+  const took = Date.now() - t0;
+  t.true(took >= 900 && took < 2500, `took ${took} ms`);
+  t.is(r.status, 124);
+  t.like(readExitFile(exitFile), { exitCode: 124, signal: 'SIGKILL', timedOut: true });
+  // No grace: SIGKILL at the deadline.
+  const t1 = Date.now();
+  const now = run(['--exit-file', exitFile, '--timeout-ms', '300', '--grace-ms', '0', '--', 'sh', '-c', "trap '' TERM; exec sleep 30"]);
+  t.true(Date.now() - t1 < 1500);
+  t.is(now.status, 124);
+  t.like(readExitFile(exitFile), { exitCode: 124, signal: 'SIGKILL', timedOut: true });
+});
+
+test('monitor mode: with --pid-file the limit counts from the workload\'s start, not from PROGRAM\'s', (t) => {
+  const d = freshDir('timeout-from');
+  const exitFile = join(d, 'exit.json');
+  const pidFile = join(d, 'pid');
+  const stray = join(d, 'stray');
+  // PROGRAM "sets up" for 400 ms, then writes its pid, with a child leading its own process
+  // group as a started init has: the workload still gets its 600 ms, and TERM goes out at once.
+  const t0 = Date.now();
+  const r = run(['--exit-file', exitFile, '--timeout-ms', '600', '--pid-file', pidFile, '--', 'sh', '-c', `sleep 0.4; setsid sleep 30 >/dev/null 2>&1 & echo $! > ${stray}; echo $$ > ${pidFile}.tmp; mv ${pidFile}.tmp ${pidFile}; wait`]);
+  const took = Date.now() - t0;
+  process.kill(Number(readFileSync(stray, 'utf8')), 'SIGKILL');
+  t.is(r.status, 124);
+  t.like(readExitFile(exitFile), { exitCode: 124, signal: 'SIGTERM', timedOut: true });
+  t.true(took >= 1000 && took < 1800, `took ${took} ms`);
+});
+
+test('monitor mode: with --pid-file TERM waits (up to 1 s) until the init can pass it on', (t) => {
+  const d = freshDir('timeout-ready');
+  const exitFile = join(d, 'exit.json');
+  const pidFile = join(d, 'pid');
+  // An "init" without a child: it never becomes ready, so TERM goes out after 1 s of waiting.
+  const t0 = Date.now();
+  const r = run(['--exit-file', exitFile, '--timeout-ms', '300', '--pid-file', pidFile, '--', 'sh', '-c', `echo $$ > ${pidFile}; exec sleep 30`]);
+  const took = Date.now() - t0;
+  t.is(r.status, 124);
+  t.like(readExitFile(exitFile), { exitCode: 124, signal: 'SIGTERM', timedOut: true });
+  t.true(took >= 1250 && took < 2500, `took ${took} ms`);
+});
+
+test('monitor mode: with --pid-file the deadline waits for the workload to start', async (t) => {
+  const d = freshDir('timeout-unstarted');
+  const exitFile = join(d, 'exit.json');
+  const pidFile = join(d, 'pid');
+  const child = spawn(shim, ['--exit-file', exitFile, '--timeout-ms', '300', '--pid-file', pidFile, '--', 'sleep', '30'], { stdio: 'ignore' });
+  const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
+  await new Promise((r) => setTimeout(r, 1000));
+  t.false(existsSync(exitFile), 'not timed out before the start');
+  // An init that is already gone cannot be waited for: TERM goes out at the deadline.
+  writeFileSync(pidFile, '999999999\n');
+  const t0 = Date.now();
+  t.is(await exited, 124);
+  t.true(Date.now() - t0 < 1500);
+  t.like(readExitFile(exitFile), { exitCode: 124, signal: 'SIGTERM', timedOut: true });
 });
 
 test('monitor mode: exec failure and setup failure are recorded too', (t) => {

@@ -2,6 +2,7 @@ import { run } from '../../util/exec.js';
 import { spawn } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import type { Writable } from 'node:stream';
 import { HostCapabilityError, RuntimeError } from '../../errors.js';
 import type { HostInfo } from '../../host/types.js';
 import { imagePathExists } from '../../images/index.js';
@@ -10,6 +11,7 @@ import type { BridgeNetwork } from '../../network/index.js';
 import type { StateStore, SandboxRecord } from '../../store/index.js';
 import { packageRoot } from '../../util/paths.js';
 import { sleep } from '../../util/proc.js';
+import { TIMEOUT_EXIT_CODE, TIMEOUT_GRACE_MS } from '../backend.js';
 import type { AttachOptions, AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, SelfInvocation, WorkloadSignal } from '../backend.js';
 import type { BackendDescriptor } from '../descriptor.js';
 import { cgroupCaps, ensureSandboxCgroup, hostOomKills, isUnified, leafPath, readUsage, removeCgroups, sandboxPids } from './cgroups.js';
@@ -46,6 +48,8 @@ interface ContainerRuntime {
 const UID_BASE = 100_000;
 const UID_RANGE = 65_536;
 const UID_SLOTS = 4096;
+/** How long a runtime may take to start a workload before it is given up on. */
+const START_LIMIT_MS = 30_000;
 
 function files(dir: string) {
   // The upper directory's root is the sandbox's "/" (0755), so it lives in a private parent;
@@ -188,20 +192,61 @@ export class ContainerBackend implements Backend {
     return [this.runtimeOf(rec).path, 'run', '--bundle', this.rt(rec).dir, '--pid-file', f.pid, rec.id];
   }
 
-  async runAttached(rec: SandboxRecord, { sink }: AttachOptions): Promise<AttachedRun> {
+  async runAttached(rec: SandboxRecord, { sink, stdin }: AttachOptions): Promise<AttachedRun> {
     const args = [...this.runArgs(rec), '--pdeathsig', 'KILL', '--', ...this.runtimeRun(rec)];
-    const child = spawn(this.shim, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    child.stdout.on('data', (c: Buffer) => sink.onStdout(c));
+    // crun and runc hand their own stdin to the container's init (process.terminal is false),
+    // and tini hands it to the workload; 'ignore' gives them /dev/null.
+    const child = spawn(this.shim, args, { stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    const detachStdin = stdin ? feedStdin(stdin, child.stdin!) : () => undefined;
+    let timedOut = false;
+    const timers: NodeJS.Timeout[] = [];
+    const timeoutMs = (rec.spec as WorkloadSpec).timeoutMs;
+    if (timeoutMs !== undefined) {
+      // The limit counts from the workload's start (the runtime's pid file, as startedAtMs),
+      // not from the runtime's set-up; a runtime that never starts it is stopped after
+      // START_LIMIT_MS more.
+      const spawnedAt = Date.now();
+      const onDeadline = (): void => {
+        const started = this.startedAtMs(rec);
+        const left = started === null ? (Date.now() - spawnedAt < timeoutMs + START_LIMIT_MS ? 10 : 0) : Math.min(timeoutMs, started + timeoutMs - Date.now());
+        if (left > 0) {
+          timers.push(setTimeout(onDeadline, left));
+          return;
+        }
+        timedOut = true;
+        // To the init, which hands it to the workload's process group (signal() waits until it
+        // can); to the runtime if it never started one.
+        if (started === null) child.kill('SIGTERM');
+        else void this.signal(rec, 'TERM');
+        timers.push(
+          setTimeout(() => {
+            // Killing the init ends its pid namespace, and the runtime then cleans up after it.
+            // Killing the runtime ends the init too (its parent-death signal): for when the
+            // init is not known, or the runtime lingers.
+            if (this.initPid(rec) === null) child.kill('SIGKILL');
+            else {
+              void this.signal(rec, 'KILL').then(() => {
+                if (child.exitCode === null && child.signalCode === null) timers.push(setTimeout(() => child.kill('SIGKILL'), 1000));
+              });
+            }
+          }, TIMEOUT_GRACE_MS),
+        );
+      };
+      timers.push(setTimeout(onDeadline, timeoutMs));
+    }
+    child.stdout!.on('data', (c: Buffer) => sink.onStdout(c));
     let shimErr = '';
-    child.stderr.on('data', (c: Buffer) => {
+    child.stderr!.on('data', (c: Buffer) => {
       sink.onStderr(c);
       if (shimErr.length < 8192) shimErr += c.toString();
     });
     const exited = new Promise<ExitStatus>((resolve, reject) => {
       child.on('error', (e) => reject(new RuntimeError(`cannot start ${this.shim}: ${e.message}`)));
       child.on('close', (code, sig) => {
+        for (const t of timers) clearTimeout(t);
+        detachStdin();
         try {
-          resolve(this.finish(rec, code, sig, shimErr));
+          resolve(this.finish(rec, code, sig, shimErr, timedOut));
         } catch (e) {
           reject(e);
         }
@@ -210,10 +255,14 @@ export class ContainerBackend implements Backend {
     return { exited };
   }
 
-  /** Turns the runtime's exit into an ExitStatus, or an error when the container never started. */
-  private finish(rec: SandboxRecord, code: number | null, signal: string | null, stderr: string): ExitStatus {
+  /**
+   * Turns the runtime's exit into an ExitStatus, or an error when the container never started.
+   * `code` and `signal` are the runtime's (a workload killed by signal N shows as code 128+N).
+   */
+  private finish(rec: SandboxRecord, code: number | null, signal: string | null, stderr: string, timedOut: boolean): ExitStatus {
     const f = files(this.rt(rec).dir);
-    if (!existsSync(f.pid)) {
+    // A limit that ran out while the runtime was still setting up stopped it before the start.
+    if (!existsSync(f.pid) && !timedOut) {
       const line = stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${code}`;
       throw new RuntimeError(`${this.runtimeOf(rec).name} could not start sandbox ${rec.id}: ${line}`, stderr);
     }
@@ -233,12 +282,12 @@ export class ContainerBackend implements Backend {
     });
     return {
       startedAtMs: this.startedAtMs(rec),
-      exitCode: code,
+      exitCode: timedOut ? TIMEOUT_EXIT_CODE : code,
       signal: signal ?? (bySignal ? signalName(code - 128) : null),
       oomKilled: usage.oomKilled,
       peakMemoryBytes: usage.peakMemoryBytes,
       cpuTimeMs: usage.cpuTimeMs,
-      timedOut: false,
+      timedOut,
     };
   }
 
@@ -253,13 +302,13 @@ export class ContainerBackend implements Backend {
       ...this.runArgs(rec),
       '--stdin-null', '--stdout', f.stdout, '--stderr', f.stderr,
       '--exit-file', f.exit, '--on-exit', onExitCommand,
-      ...(spec.timeoutMs !== undefined ? ['--timeout-ms', String(spec.timeoutMs)] : []),
+      ...(spec.timeoutMs !== undefined ? ['--timeout-ms', String(spec.timeoutMs), '--grace-ms', String(TIMEOUT_GRACE_MS), '--pid-file', f.pid] : []),
       '--', ...this.runtimeRun(rec),
     ];
     const child = spawn(this.shim, args, { stdio: 'ignore', detached: true });
     child.unref();
     // Started = the runtime wrote the pid file; failed = the monitor recorded an exit first.
-    const deadline = Date.now() + 30_000;
+    const deadline = Date.now() + START_LIMIT_MS;
     while (Date.now() < deadline) {
       // The monitor keeps its pid through the exit hook (sh, then `exec` of the reap).
       if (existsSync(f.pid)) return { monitorPid: child.pid! };
@@ -283,12 +332,15 @@ export class ContainerBackend implements Backend {
     const child = spawn(this.shim, [...this.nsArgs(path), '--pdeathsig', 'KILL', '--', ...a], {
       stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     });
-    if (opts.stdin && child.stdin) opts.stdin.pipe(child.stdin);
+    const detachStdin = opts.stdin ? feedStdin(opts.stdin, child.stdin!) : () => undefined;
     child.stdout!.on('data', (c: Buffer) => opts.sink.onStdout(c));
     child.stderr!.on('data', (c: Buffer) => opts.sink.onStderr(c));
     return new Promise((resolve, reject) => {
       child.on('error', reject);
-      child.on('close', (code, sig) => resolve(code ?? 128 + (sig ? signalNumber(sig) : 0)));
+      child.on('close', (code, sig) => {
+        detachStdin();
+        resolve(code ?? 128 + (sig ? signalNumber(sig) : 0));
+      });
     });
   }
 
@@ -306,14 +358,28 @@ export class ContainerBackend implements Backend {
 
   async signal(rec: SandboxRecord, signal: WorkloadSignal): Promise<void> {
     const pid = this.initPid(rec);
-    if (pid !== null) {
-      try {
-        // SIGKILL to PID 1 of a pid namespace ends every process in it.
-        process.kill(pid, `SIG${signal}`);
-      } catch {
-        /* already gone */
-      }
+    if (pid === null) return;
+    // The runtime writes the pid file before the init can pass a signal on, and one sent too
+    // early is lost: PID 1 of a pid namespace drops what it neither handles nor blocks (tini
+    // blocks its signals only once it runs), and tini forwards to the workload's process group,
+    // which does not exist until its child has made it. Wait for that group, then signal.
+    if (signal !== 'KILL') {
+      for (let i = 0; i < 500 && existsSync(`/proc/${pid}`) && !this.workloadGroupExists(rec, pid); i++) await sleep(2);
     }
+    try {
+      // SIGKILL to PID 1 of a pid namespace ends every process in it.
+      process.kill(pid, `SIG${signal}`);
+    } catch {
+      /* already gone */
+    }
+  }
+
+  /** Whether a child of the init leads its own process group (tini's child calls setpgid first). */
+  private workloadGroupExists(rec: SandboxRecord, initPid: number): boolean {
+    return sandboxPids(rec.id).some((p) => {
+      const st = procStat(p);
+      return p !== initPid && st !== null && st.ppid === initPid && st.pgrp === p;
+    });
   }
 
   async isAlive(rec: SandboxRecord): Promise<boolean> {
@@ -329,7 +395,8 @@ export class ContainerBackend implements Backend {
       return null;
     }
     if (!existsSync(f.pid)) return null;
-    return { ...this.finish(rec, raw.exitCode, raw.signal, ''), timedOut: raw.timedOut === true };
+    // The monitor has already turned a timed-out end into 124 and the signal that ended it.
+    return this.finish(rec, raw.exitCode, raw.signal, '', raw.timedOut === true);
   }
 
   logPaths(rec: SandboxRecord): { stdout: string; stderr: string } {
@@ -400,6 +467,22 @@ export class ContainerBackend implements Backend {
 }
 
 /**
+ * Pipes a caller's stream into a child's stdin, its end becoming the workload's EOF. Returns
+ * what to call when the child has exited: the caller's stream (say, process.stdin) is let go,
+ * so that it neither keeps this process alive nor feeds a pipe nobody reads.
+ */
+function feedStdin(from: NodeJS.ReadableStream, to: Writable): () => void {
+  // A workload that exits (or closes its stdin) before reading everything makes writes fail
+  // with EPIPE: that is its choice, not an error of the run.
+  to.on('error', () => undefined);
+  from.pipe(to);
+  return () => {
+    from.unpipe(to);
+    to.destroy();
+  };
+}
+
+/**
  * Creates missing mount targets and the working directory in the sandbox's upper layer,
  * as root on the host. The runtime would create them itself, but inside a user namespace
  * container root cannot write into directories owned by host root.
@@ -436,6 +519,17 @@ function prepareMountTargets(config: Record<string, unknown>, layers: readonly s
     chownSync(dir, idShift + proc.user.uid, idShift + proc.user.gid);
   }
   return made;
+}
+
+/** A process's parent and process group, from /proc (host pids); null once it is gone. */
+function procStat(pid: number): { ppid: number; pgrp: number } | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const [, ppid, pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { ppid: Number(ppid), pgrp: Number(pgrp) };
+  } catch {
+    return null;
+  }
 }
 
 const SIGNALS = ['', 'HUP', 'INT', 'QUIT', 'ILL', 'TRAP', 'ABRT', 'BUS', 'FPE', 'KILL', 'USR1', 'SEGV', 'USR2', 'PIPE', 'ALRM', 'TERM'];

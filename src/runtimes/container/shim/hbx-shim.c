@@ -12,12 +12,23 @@
  *   --stdout FILE, --stderr FILE      append to FILE (created 0600)
  *   --stdin-null                      stdin from /dev/null
  * Monitor mode:
- *   --exit-file FILE [--on-exit SHELLCMD] [--timeout-ms N]
+ *   --exit-file FILE [--on-exit SHELLCMD] [--timeout-ms N [--grace-ms M] [--pid-file PATH]]
+ *
+ * --timeout-ms: N ms after PROGRAM was started it gets SIGTERM, and SIGKILL M ms later
+ * (default 2000; 0: SIGKILL at once) if it is still running. The exit file then says
+ * "timedOut":true and "exitCode":124 (as timeout(1) does), with "signal" naming the signal
+ * that ended PROGRAM, or null if it exited by itself. PROGRAM is taken to report a child
+ * killed by signal N as exit status 128+N (as shells, tini and the OCI runtimes do).
+ * --pid-file: PATH is where PROGRAM (an OCI runtime) writes the pid of the container's init
+ * when the workload starts. The N ms then count from PATH's modification time, not from the
+ * runtime's own set-up (a runtime that never writes it is stopped 30 s after the deadline),
+ * and the SIGTERM waits (up to 1 s) until the init can pass it on: an init that has not yet
+ * blocked its signals, or whose workload has not yet made its process group, loses it.
  *
  * Exit codes: PROGRAM's own status when it ran; 125 when hbx-shim failed before PROGRAM
  * ran (usage or setup error, one line on stderr); 127/126 when PROGRAM could not be
  * executed (not found / other). In monitor mode without --on-exit, the monitor exits with
- * PROGRAM's code, or 128+N when PROGRAM was killed by signal N.
+ * PROGRAM's code, or 128+N when PROGRAM was killed by signal N, or 124 when it timed out.
  *
  * Why C rather than Node: this sits on every container start, where ~6 ms of Node spawn
  * overhead and a missing unshare(2)/prctl(2) binding both matter, and the monitor must
@@ -49,12 +60,14 @@
 #define EXIT_SHIM_FAILED 125
 #define EXIT_CANNOT_EXEC 126
 #define EXIT_NOT_FOUND 127
+#define EXIT_TIMED_OUT 124
+#define DEFAULT_GRACE_MS 2000
 #define MAX_REPEAT 16
 
 static const char USAGE[] =
     "usage: hbx-shim [--private-mounts] [--mask-dir PATH]... [--ro-self PATH]... "
     "[--overlay LOWER UPPER WORK TARGET] [--pdeathsig SIG] [--stdout FILE] [--stderr FILE] "
-    "[--stdin-null] [--exit-file FILE [--on-exit SHELLCMD] [--timeout-ms N]] -- PROGRAM [ARGS...]";
+    "[--stdin-null] [--exit-file FILE [--on-exit SHELLCMD] [--timeout-ms N [--grace-ms M] [--pid-file PATH]]] -- PROGRAM [ARGS...]";
 
 struct options {
   bool private_mounts;
@@ -70,6 +83,8 @@ struct options {
   const char *exit_file;
   const char *on_exit;
   long long timeout_ms; /* 0: none; monitor mode only */
+  long long grace_ms;   /* -1: not given */
+  const char *pid_file;
   char **argv; /* PROGRAM and its arguments */
 };
 
@@ -148,8 +163,19 @@ static void set_once(const char **slot, int argc, char **argv, int *i) {
   *slot = take(argc, argv, i, argv[*i]);
 }
 
+static long long take_ms(int argc, char **argv, int *i, const char *opt, bool zero_ok) {
+  const char *v = take(argc, argv, i, opt);
+  char *end;
+  errno = 0;
+  long long ms = strtoll(v, &end, 10);
+  if (errno || *end || ms < 0 || (ms == 0 && !zero_ok) || ms > 1000LL * 3600 * 24 * 365)
+    usage_error(zero_ok ? "not a number of milliseconds" : "not a positive number of milliseconds", v);
+  return ms;
+}
+
 static void parse(int argc, char **argv, struct options *o) {
   memset(o, 0, sizeof *o);
+  o->grace_ms = -1;
   int i = 1;
   for (; i < argc; i++) {
     const char *a = argv[i];
@@ -181,12 +207,12 @@ static void parse(int argc, char **argv, struct options *o) {
       set_once(&o->on_exit, argc, argv, &i);
     } else if (strcmp(a, "--timeout-ms") == 0) {
       if (o->timeout_ms) usage_error("repeated option", a);
-      const char *v = take(argc, argv, &i, a);
-      char *end;
-      errno = 0;
-      long long ms = strtoll(v, &end, 10);
-      if (errno || *end || ms <= 0) usage_error("not a positive number of milliseconds", v);
-      o->timeout_ms = ms;
+      o->timeout_ms = take_ms(argc, argv, &i, a, false);
+    } else if (strcmp(a, "--pid-file") == 0) {
+      set_once(&o->pid_file, argc, argv, &i);
+    } else if (strcmp(a, "--grace-ms") == 0) {
+      if (o->grace_ms >= 0) usage_error("repeated option", a);
+      o->grace_ms = take_ms(argc, argv, &i, a, true);
     } else {
       usage_error("unknown option", a);
     }
@@ -202,6 +228,9 @@ static void parse(int argc, char **argv, struct options *o) {
   }
   if (o->on_exit && !o->exit_file) usage_error("--exit-file is required by", "--on-exit");
   if (o->timeout_ms && !o->exit_file) usage_error("--exit-file is required by", "--timeout-ms");
+  if (o->grace_ms >= 0 && !o->timeout_ms) usage_error("--timeout-ms is required by", "--grace-ms");
+  if (o->pid_file && !o->timeout_ms) usage_error("--timeout-ms is required by", "--pid-file");
+  if (o->grace_ms < 0) o->grace_ms = DEFAULT_GRACE_MS;
 }
 
 /* A mount point, not merely a directory inside one: its device differs from its parent's. */
@@ -347,21 +376,39 @@ static bool write_all(int fd, const char *buf, size_t len) {
   return true;
 }
 
+/* How PROGRAM ended, as the exit file tells it. */
+struct outcome {
+  int exit_code; /* -1: none (killed by a signal) */
+  int signal;    /* 0: none */
+  bool timed_out;
+};
+
+static struct outcome outcome_of(int status, bool timed_out) {
+  struct outcome r = {WIFSIGNALED(status) ? -1 : WEXITSTATUS(status), WIFSIGNALED(status) ? WTERMSIG(status) : 0, timed_out};
+  if (timed_out) {
+    /* The code says "timed out"; the signal is all that is left of how the workload ended, and
+     * a runtime reports its container's death by signal N as 128+N. */
+    if (!r.signal && r.exit_code > 128 && r.exit_code <= 128 + SIGRTMAX) r.signal = r.exit_code - 128;
+    r.exit_code = EXIT_TIMED_OUT;
+  }
+  return r;
+}
+
 /* Readers either see no exit file or a complete one, also after a host crash: tmp + fsync + rename + fsync(dir). */
-static bool write_exit_file(const char *path, int status, long long finished_ms, bool timed_out) {
-  char tmp[4096], line[160], sig[32];
+static bool write_exit_file(const char *path, const struct outcome *out, long long finished_ms) {
+  char tmp[4096], line[192], code[16] = "null", sig[40] = "null";
   if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
     errno = ENAMETOOLONG;
     return false;
   }
-  if (WIFSIGNALED(status)) {
-    signal_name(WTERMSIG(status), sig, sizeof sig);
-    snprintf(line, sizeof line, "{\"exitCode\":null,\"signal\":\"%s\",\"finishedAtMs\":%lld,\"timedOut\":%s}\n", sig, finished_ms,
-             timed_out ? "true" : "false");
-  } else {
-    snprintf(line, sizeof line, "{\"exitCode\":%d,\"signal\":null,\"finishedAtMs\":%lld,\"timedOut\":%s}\n", WEXITSTATUS(status),
-             finished_ms, timed_out ? "true" : "false");
+  if (out->exit_code >= 0) snprintf(code, sizeof code, "%d", out->exit_code);
+  if (out->signal) {
+    char name[32];
+    signal_name(out->signal, name, sizeof name);
+    snprintf(sig, sizeof sig, "\"%s\"", name);
   }
+  snprintf(line, sizeof line, "{\"exitCode\":%s,\"signal\":%s,\"finishedAtMs\":%lld,\"timedOut\":%s}\n", code, sig, finished_ms,
+           out->timed_out ? "true" : "false");
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return false;
   if (!write_all(fd, line, strlen(line)) || fsync(fd) != 0) {
@@ -400,6 +447,88 @@ static long long now_ms(void) {
   return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void add_ms(struct timespec *t, long long ms) {
+  t->tv_sec += ms / 1000;
+  t->tv_nsec += (ms % 1000) * 1000000L;
+  if (t->tv_nsec >= 1000000000L) {
+    t->tv_sec++;
+    t->tv_nsec -= 1000000000L;
+  }
+}
+
+#define START_LIMIT_MS 30000
+#define READY_LIMIT_MS 1000
+#define POLL_MS 2
+
+/* Parent and process group of pid, from /proc/PID/stat. */
+static bool proc_stat(pid_t pid, pid_t *ppid, pid_t *pgrp) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+  int pp, pg;
+  if (!p || sscanf(p + 1, " %*c %d %d", &pp, &pg) != 2) return false;
+  *ppid = pp;
+  *pgrp = pg;
+  return true;
+}
+
+/* Whether the init named in pid_file can pass a signal on: it has a child that leads its own
+ * process group (tini blocks its signals before it forks, and its child calls setpgid first).
+ * True when that cannot be told (the init is gone, or the kernel lacks /proc/PID/task/PID/children). */
+static bool init_ready(const char *pid_file) {
+  char buf[4096];
+  int fd = open(pid_file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  ssize_t n = read(fd, buf, 31);
+  close(fd);
+  if (n <= 0) return false; /* being written */
+  buf[n] = '\0';
+  int init = atoi(buf);
+  if (init <= 0) return false;
+  char path[96];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", init, init);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true;
+  n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n < 0) return true;
+  buf[n] = '\0';
+  for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n")) {
+    pid_t c = (pid_t)atoi(tok), ppid, pgrp;
+    if (c > 0 && proc_stat(c, &ppid, &pgrp) && ppid == init && pgrp == c) return true;
+  }
+  return false;
+}
+
+/* How much later the deadline falls than planned (0: it is due), with --pid-file: while the
+ * workload has not started or has had less than the limit since, or cannot take TERM yet. */
+static long long not_due_yet_ms(const struct options *o, const struct timespec *forked, long long *ready_waited) {
+  if (!o->pid_file) return 0;
+  struct stat st;
+  if (stat(o->pid_file, &st) != 0) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long since = (long long)(now.tv_sec - forked->tv_sec) * 1000 + (now.tv_nsec - forked->tv_nsec) / 1000000;
+    return since < o->timeout_ms + START_LIMIT_MS ? 10 : 0;
+  }
+  long long started = (long long)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+  long long left = started + o->timeout_ms - now_ms();
+  /* A clock stepped back by hours must not stretch the limit without bound. */
+  if (left > o->timeout_ms) left = o->timeout_ms;
+  if (left > 0) return left;
+  if (*ready_waited < READY_LIMIT_MS && !init_ready(o->pid_file)) {
+    *ready_waited += POLL_MS;
+    return POLL_MS;
+  }
+  return 0;
+}
+
 static _Noreturn void monitor(const struct options *o) {
   /* The child must start PROGRAM with exactly the signal state we were given, so keep it. */
   struct sigaction orig_hup, orig_pipe, orig_chld, ign, dfl;
@@ -435,17 +564,16 @@ static _Noreturn void monitor(const struct options *o) {
   }
 
   int status = 0;
+  /* The workload's time limit is kept here, not by the CLI, so it holds for detached sandboxes
+   * that nobody watches. RUNNING → (deadline) TERM sent → (grace) KILL sent. */
+  enum { RUNNING, TERM_SENT, KILL_SENT } phase = RUNNING;
   bool timed_out = false;
-  /* The workload's time limit is kept here, not by the CLI, so it holds for detached sandboxes that nobody watches. */
-  struct timespec deadline = {0, 0};
+  struct timespec deadline = {0, 0}, forked = {0, 0};
+  long long ready_waited = 0;
   if (o->timeout_ms) {
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += o->timeout_ms / 1000;
-    deadline.tv_nsec += (o->timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-      deadline.tv_sec++;
-      deadline.tv_nsec -= 1000000000L;
-    }
+    clock_gettime(CLOCK_MONOTONIC, &forked);
+    deadline = forked;
+    add_ms(&deadline, o->timeout_ms);
   }
   if (child < 0) {
     say("hbx-shim: fork %s: %s", o->argv[0], strerror(errno));
@@ -455,7 +583,7 @@ static _Noreturn void monitor(const struct options *o) {
     for (bool done = false; !done;) {
       siginfo_t si;
       int sig;
-      if (o->timeout_ms && !timed_out) {
+      if (o->timeout_ms && phase != KILL_SENT) {
         struct timespec now, left;
         clock_gettime(CLOCK_MONOTONIC, &now);
         left.tv_sec = deadline.tv_sec - now.tv_sec;
@@ -467,9 +595,22 @@ static _Noreturn void monitor(const struct options *o) {
         if (left.tv_sec < 0) left.tv_sec = left.tv_nsec = 0;
         sig = sigtimedwait(&waitset, &si, &left);
         if (sig < 0 && errno == EAGAIN) {
-          /* The runtime dies with SIGKILL; the container's init has it as its parent-death signal, so the whole sandbox ends. */
+          long long late = phase == RUNNING ? not_due_yet_ms(o, &forked, &ready_waited) : 0;
+          if (late > 0) {
+            add_ms(&deadline, late);
+            continue;
+          }
           timed_out = true;
-          kill(child, SIGKILL);
+          if (phase == RUNNING && o->grace_ms > 0) {
+            /* The runtime passes TERM on to the container's init, which hands it to the workload. */
+            kill(child, SIGTERM);
+            phase = TERM_SENT;
+            add_ms(&deadline, o->grace_ms);
+          } else {
+            /* The runtime dies with SIGKILL; the container's init has it as its parent-death signal, so the whole sandbox ends. */
+            kill(child, SIGKILL);
+            phase = KILL_SENT;
+          }
           continue;
         }
       } else {
@@ -498,8 +639,9 @@ static _Noreturn void monitor(const struct options *o) {
   }
   long long finished = now_ms();
 
-  int rc = WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
-  if (!write_exit_file(o->exit_file, status, finished, timed_out)) {
+  int rc = timed_out ? EXIT_TIMED_OUT : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+  struct outcome out = outcome_of(status, timed_out);
+  if (!write_exit_file(o->exit_file, &out, finished)) {
     say("hbx-shim: exit-file %s: %s", o->exit_file, strerror(errno));
     rc = EXIT_SHIM_FAILED;
   }
