@@ -90,7 +90,7 @@ for (const kind of KINDS) {
     const rec = store.find(r.id)!;
     t.is(rec.state, 'exited');
     t.true(rec.timedOut);
-    t.is(rec.stateReason, 'killed: timeout reached');
+    t.is(rec.stateReason, 'stopped: its time limit ran out');
     await hb.sandboxes.remove(r.id);
   });
 }
@@ -113,7 +113,7 @@ test.serial('microvm: a detached VM keeps its time limit with nobody watching', 
   t.true(rec.timedOut);
   t.is(rec.exitCode, 124);
   t.is(rec.signal, 'SIGTERM');
-  t.is(rec.stateReason, 'killed: timeout reached');
+  t.is(rec.stateReason, 'stopped: its time limit ran out');
   await hb.sandboxes.remove(d.id);
 });
 

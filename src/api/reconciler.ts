@@ -89,6 +89,13 @@ export class Reconciler {
     return !(await backend.isAlive(rec));
   }
 
+  /** Waits (at most `ms`) for the record's owner to exit, unless that owner is this process. */
+  async waitOwnerGone(rec: SandboxRecord, ms: number): Promise<void> {
+    if (rec.ownerPid === null || rec.ownerPid === process.pid) return;
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline && isSameProcessAlive(rec.ownerPid, rec.ownerStartTime)) await sleep(10);
+  }
+
   /**
    * Brings a record in line with the host: a sandbox whose owner died (a killed CLI, a
    * killed monitor, a crash while recording an end) is ended, recorded and cleaned up.

@@ -329,6 +329,8 @@ export class SandboxService {
       if (!opts.force) throw new SandboxStateError(`sandbox ${rec.name} is running; stop it first (\`hybridbox stop ${rec.name}\`) or use \`hybridbox rm -f\``, rec.name, rec.state);
       await backendOf(this.core, rec).signal(rec, 'KILL');
       await this.reconciler.waitDead(rec, 10_000);
+      // A supervisor of its own (a VM's monitor, a shim's reap, another CLI) is finishing up: let it go first.
+      await this.reconciler.waitOwnerGone(rec, 5000);
     }
     await this.reconciler.remove(rec);
   }
