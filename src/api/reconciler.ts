@@ -74,7 +74,7 @@ export class Reconciler {
     }
     if (!claimed) throw new SandboxNotFoundError(rec.name);
     await backendOf(this.core, claimed).teardown(claimed);
-    rmSync(sandboxDir(this.core, claimed.id), { recursive: true, force: true });
+    rmSync(sandboxDir(this.core, claimed.id), { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
     store.delete(claimed.id);
   }
 
