@@ -1,6 +1,8 @@
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
+import { run } from '../util/exec.js';
+import { parseMountinfo } from '../util/mountinfo.js';
 import type { CgroupLayout, HostInfo, ToolInfo } from './types.js';
 
 type ToolName = keyof HostInfo['tools'];
@@ -107,25 +109,18 @@ function probeKvm(cpuinfo: string): HostInfo['kvm'] {
   return { usable: true, reason: '/dev/kvm opens read-write and the CPU has hardware virtualization: VMs run with KVM' };
 }
 
-/** Octal escapes (\040 = space) in /proc/self/mountinfo paths. */
-const unescapeMount = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-
 export function probeCgroups(mountinfo: string): HostInfo['cgroup'] {
   const v1: Record<string, string> = {};
   let unifiedMount: string | null = null;
-  for (const line of mountinfo.split('\n')) {
-    const sep = line.indexOf(' - ');
-    if (sep < 0) continue;
-    const [fstype, , superOpts = ''] = line.slice(sep + 3).split(' ');
-    const mountPoint = unescapeMount(line.slice(0, sep).split(' ')[4] ?? '');
-    if (fstype === 'cgroup2') {
+  for (const m of parseMountinfo(mountinfo)) {
+    if (m.fstype === 'cgroup2') {
       // The same hierarchy can be bind-mounted elsewhere too; the first mount is the host's.
-      unifiedMount ??= mountPoint;
-    } else if (fstype === 'cgroup') {
-      for (const opt of superOpts.split(',')) {
+      unifiedMount ??= m.mountPoint;
+    } else if (m.fstype === 'cgroup') {
+      for (const opt of m.superOptions) {
         // Named hierarchies (name=systemd) hold no controller; rw/ro/etc. are mount options.
         if (opt.startsWith('name=') || opt.startsWith('release_agent') || ['rw', 'ro', 'relatime', 'nosuid', 'nodev', 'noexec', 'clone_children', 'noprefix', 'xattr'].includes(opt)) continue;
-        v1[opt] ??= mountPoint;
+        v1[opt] ??= m.mountPoint;
       }
     }
   }
@@ -157,10 +152,8 @@ export function parseVersion(output: string): string | null {
 }
 
 const defaultRunVersion: VersionRunner = async (file, args) => {
-  // Loaded only when a version is not cached: execa's import costs more than the whole probe.
-  const { execa } = await import('execa');
-  const r = await execa(file, args, { reject: false, timeout: VERSION_TIMEOUT_MS, env: { LC_ALL: 'C' }, stdin: 'ignore' });
-  return { stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), failed: r.failed, timedOut: r.timedOut };
+  const r = await run(file, args, { timeoutMs: VERSION_TIMEOUT_MS, env: { LC_ALL: 'C' } });
+  return { stdout: r.stdout, stderr: r.stderr, failed: r.failed, timedOut: r.timedOut };
 };
 
 async function probeTools(opts: ProbeOptions): Promise<HostInfo['tools']> {

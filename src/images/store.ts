@@ -5,6 +5,7 @@ import { HybridboxError, ImageNotFoundError, ImageStoreBusyError } from '../erro
 import { runChecked } from '../util/exec.js';
 import { sweepStaleTemps } from '../util/fs.js';
 import { isSameProcessAlive, processStartTime, sleepSync } from '../util/proc.js';
+import { splitKeyValue } from '../util/text.js';
 import {
   BlobStore,
   MEDIA_TYPES,
@@ -82,8 +83,8 @@ export function checkRef(ref: string, field = 'tag'): string {
 export function toImageConfig(c: ImageRuntimeConfig): ImageConfig {
   const env: Record<string, string> = {};
   for (const kv of c.Env ?? []) {
-    const i = kv.indexOf('=');
-    if (i > 0) env[kv.slice(0, i)] = kv.slice(i + 1);
+    const pair = splitKeyValue(kv);
+    if (pair) env[pair[0]] = pair[1];
   }
   return {
     cmd: c.Cmd ?? [],

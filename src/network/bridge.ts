@@ -112,10 +112,6 @@ export class BridgeNetwork {
     return got;
   }
 
-  release(sandboxId: string): void {
-    this.store.releaseLeases(sandboxId, LEASE_KIND);
-  }
-
   /** Creates the sandbox's network namespace with a veth on the bridge and its address. */
   async attach(sandboxId: string, address: string): Promise<Attachment> {
     await this.ensureBridge();

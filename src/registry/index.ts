@@ -27,7 +27,6 @@ export {
   TtyProgress,
   silentProgress,
   summaryLine,
-  formatBytes,
 } from './progress.js';
 export type { ProgressReporter, ProgressOptions, BlobInfo, BlobKind, TransferPlan, TransferSummary } from './progress.js';
 export {

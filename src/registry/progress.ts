@@ -1,6 +1,7 @@
 // Progress of a push or pull: what the transfer code reports, and two ways of showing it.
 // A terminal gets bars redrawn in place; anything else gets one line per blob; --quiet only
 // the summary.
+import { formatBytes } from '../util/text.js';
 
 export type BlobKind = 'layer' | 'config' | 'manifest' | 'vm disk';
 
@@ -96,18 +97,6 @@ export const silentProgress: ProgressReporter = {
 
 // ---------------------------------------------------------------------------
 // formatting
-
-const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-
-export function formatBytes(n: number): string {
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < UNITS.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${UNITS[i]}`;
-}
 
 export function formatRate(bytes: number, ms: number): string {
   return ms <= 0 ? '-' : `${formatBytes(Math.round((bytes * 1000) / ms))}/s`;

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { SpecError } from '../errors.js';
+import { parseKeyValue } from '../util/text.js';
 import type { WorkloadSpecInput } from './schema.js';
 import { parseCpus, parseDuration, parseNumber, parseSize } from './units.js';
 
@@ -60,7 +61,7 @@ export function specFromFlags(flags: CliRunFlags, positional: { image?: string; 
     ioWeight: parsed(flags.ioWeight, (t) => parseNumber(t, '--io-weight', 'a whole number from 10 to 1000')),
   });
   if (Object.keys(resources).length > 0) spec.resources = merge(spec.resources, resources);
-  if (flags.env?.length) spec.env = merge(spec.env, Object.fromEntries(flags.env.map(parseEnvFlag)));
+  if (flags.env?.length) spec.env = merge(spec.env, Object.fromEntries(flags.env.map((kv) => parseKeyValue(kv, '--env', '--env LANG=C.UTF-8'))));
   if (flags.ownKernel !== undefined) spec.kernel = merge(spec.kernel, { ownKernel: flags.ownKernel });
   if (flags.volume?.length) {
     const added = flags.volume.map(parseVolumeFlag);
@@ -106,12 +107,6 @@ export function loadSpecFile(path: string): Obj {
     throw new SpecError('--file', path, `allowed: a readable YAML or JSON spec file (${code})`);
   }
   return parseSpecText(text, path);
-}
-
-function parseEnvFlag(text: string): [string, string] {
-  const eq = text.indexOf('=');
-  if (eq === -1) throw new SpecError('--env', text, 'allowed: NAME=value, e.g. --env LANG=C.UTF-8');
-  return [text.slice(0, eq), text.slice(eq + 1)];
 }
 
 function parseVolumeFlag(text: string): { hostPath: string; guestPath: string; readOnly: boolean } {

@@ -1,14 +1,14 @@
-import { readFileSync, readdirSync, rmSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { readMountinfo } from './mountinfo.js';
 import { isSameProcessAlive } from './proc.js';
 
 /** Paths mounted at or below `dir`: a tree with any must never be removed recursively. */
 export function mountsUnder(dir: string): string[] {
   const prefix = resolve(dir);
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4]?.replace(/\\040/g, ' '))
-    .filter((p): p is string => p !== undefined && (p === prefix || p.startsWith(`${prefix}/`)));
+  return readMountinfo()
+    .map((m) => m.mountPoint)
+    .filter((p) => p === prefix || p.startsWith(`${prefix}/`));
 }
 
 /** Removes a tree, unless something is still mounted inside it (then it is left alone). */

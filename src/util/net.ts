@@ -1,5 +1,5 @@
 import { connect, type Socket } from 'node:net';
-import { sleep } from './proc.js';
+import { pollUntil } from './proc.js';
 
 /** Connects once to a unix socket. */
 export function connectUnix(path: string): Promise<Socket> {
@@ -18,13 +18,17 @@ export function connectUnix(path: string): Promise<Socket> {
  * sockets), retrying until `timeoutMs`; then rejects with `onTimeout(lastError)`.
  */
 export async function connectUnixWithRetry(path: string, timeoutMs: number, onTimeout: (e: Error) => Error, stepMs = 10): Promise<Socket> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
+  let socket: Socket | undefined;
+  let last: Error | undefined;
+  const tryOnce = async (): Promise<boolean> => {
     try {
-      return await connectUnix(path);
+      socket = await connectUnix(path);
+      return true;
     } catch (e) {
-      if (Date.now() >= deadline) throw onTimeout(e as Error);
-      await sleep(stepMs);
+      last = e as Error;
+      return false;
     }
-  }
+  };
+  if (!(await pollUntil(tryOnce, { timeoutMs, intervalMs: stepMs }))) throw onTimeout(last!);
+  return socket!;
 }

@@ -45,3 +45,29 @@ export async function within(p: Promise<unknown>, ms: number): Promise<boolean> 
     clearTimeout(timer);
   }
 }
+
+/**
+ * `p`, or a rejection with `onTimeout()` once `ms` have passed without it settling. The timer
+ * never keeps the process alive; what `p` stands for is not cancelled.
+ */
+export function withDeadline<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(onTimeout()), ms);
+    timer.unref();
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Checks `cond` every `intervalMs` until it holds (true) or `timeoutMs` have passed (false);
+ * it is checked once more after the last wait, so a slow machine never loses the final look.
+ */
+export async function pollUntil(cond: () => boolean | Promise<boolean>, { timeoutMs, intervalMs = 10 }: { timeoutMs: number; intervalMs?: number }): Promise<boolean> {
+  const end = performance.now() + timeoutMs;
+  for (;;) {
+    if (await cond()) return true;
+    if (performance.now() >= end) return false;
+    await sleep(intervalMs);
+  }
+}

@@ -1,16 +1,16 @@
 // What the three parts of `bench isolation` share: the probe binary and the bench image,
 // a register of every sandbox the bench makes (all removed at the end, on failure and on
 // Ctrl-C), and host-side measurements (QEMU processes, host latency, process counts).
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, copyFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Hybridbox } from '../../api/index.js';
 import { HostCapabilityError, SandboxNotFoundError } from '../../errors.js';
 import type { BackendKind } from '../../spec/schema.js';
-import { run } from '../../util/exec.js';
+import { lastLine, run, spawnChild } from '../../util/exec.js';
 import { packageRoot } from '../../util/paths.js';
-import { processStartTime, sleep } from '../../util/proc.js';
+import { processStartTime, withDeadline } from '../../util/proc.js';
 
 /** Where the probe lives inside the bench image. */
 export const PROBE_IN_IMAGE = '/usr/local/bin/hbx-probe';
@@ -29,7 +29,7 @@ export async function ensureProbe(): Promise<string> {
   if (existsSync(script)) {
     // Rebuilds only when the source is newer than the binary.
     const r = await run('sh', [script, bin]);
-    if (r.exitCode !== 0) throw new HostCapabilityError(`cannot build hbx-probe: ${(r.stderr || r.stdout).trim().split('\n').pop()}`);
+    if (r.exitCode !== 0) throw new HostCapabilityError(`cannot build hbx-probe: ${lastLine(r.stderr || r.stdout)}`);
   }
   if (!existsSync(bin)) throw new HostCapabilityError(`${bin} is missing; run \`npm run build\``);
   return bin;
@@ -104,18 +104,8 @@ export class SandboxRegister {
 }
 
 /** Rejects when `p` has not settled within `ms` (the work behind it is ended by the register). */
-export async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what} did not finish within ${Math.round(ms / 1000)} s`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return withDeadline(p, ms, () => new Error(`${what} did not finish within ${Math.round(ms / 1000)} s`));
 }
 
 /** The last line of `text` that parses as a JSON object. */
@@ -259,17 +249,23 @@ export class HostLatencyProbe {
   ) {}
 
   async start(): Promise<void> {
-    const c = spawn(this.probe, ['host-latency', '600'], { stdio: ['ignore', 'pipe', 'ignore'] });
-    this.child = c;
-    this.register.child(c);
-    this.exited = new Promise((r) => c.on('close', () => r()));
-    await new Promise<void>((resolve, reject) => {
-      c.once('error', reject);
-      c.stdout!.on('data', (d: Buffer) => {
+    let ready = (): void => undefined;
+    const c = spawnChild(this.probe, ['host-latency', '600'], {
+      stdout: (d) => {
         this.out += d.toString();
-        if (this.out.includes('ready\n')) resolve();
-      });
-      c.once('close', () => resolve());
+        if (this.out.includes('ready\n')) ready();
+      },
+      stderr: 'ignore',
+    });
+    this.child = c.process;
+    this.register.child(c.process);
+    this.exited = c.done.then(
+      () => undefined,
+      () => undefined,
+    );
+    await new Promise<void>((resolve, reject) => {
+      ready = resolve;
+      c.done.then(() => resolve(), reject);
     });
   }
 
@@ -290,26 +286,15 @@ export class HostLatencyProbe {
 /** Is the host itself still fine: /bin/true runs within a few seconds and the kernel has not rebooted. */
 export async function hostIsUp(bootId: string): Promise<boolean> {
   const t0 = performance.now();
-  const ok = await new Promise<boolean>((resolve) => {
-    const c = spawn('/bin/true', [], { stdio: 'ignore' });
-    c.on('error', () => resolve(false));
-    c.on('close', (code) => resolve(code === 0));
-  });
+  const ok = await spawnChild('/bin/true', [], { stderr: 'ignore' }).done.then(
+    (r) => r.code === 0,
+    () => false,
+  );
   return ok && performance.now() - t0 < 5000 && readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() === bootId;
 }
 
 export function hostBootId(): string {
   return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-}
-
-/** Waits until `cond` holds or `ms` passed; true when it held. */
-export async function until(cond: () => boolean | Promise<boolean>, ms: number, stepMs = 100): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return true;
-    await sleep(stepMs);
-  }
-  return cond();
 }
 
 /** Backends asked for that are available here; the others, with why not. */

@@ -3,8 +3,9 @@
 // must keep running, and the host must stay up.
 import type { Hybridbox, SandboxInfo } from '../../api/index.js';
 import type { BackendKind } from '../../spec/schema.js';
+import { pollUntil } from '../../util/proc.js';
 import type { FaultCase } from '../../measurements/index.js';
-import { LIMITS, PROBE_IN_IMAGE, findQemuPid, hostBootId, hostIsUp, hostProcessCount, lastJson, until, withTimeout, type Log, type SandboxRegister } from './context.js';
+import { LIMITS, PROBE_IN_IMAGE, findQemuPid, hostBootId, hostIsUp, hostProcessCount, lastJson, withTimeout, type Log, type SandboxRegister } from './context.js';
 
 export interface FaultContext {
   hb: Hybridbox;
@@ -97,7 +98,7 @@ export async function runFault(ctx: FaultContext, backends: BackendKind[]): Prom
       else {
         // This QEMU was started by hybridbox for this bench (found by the sandbox id on its command line).
         process.kill(pid, 'SIGKILL');
-        const ended = await until(async () => (await hb.sandboxes.list({ all: true })).find((s) => s.name === name)?.state !== 'running', 30_000, 200);
+        const ended = await pollUntil(async () => (await hb.sandboxes.list({ all: true })).find((s) => s.name === name)?.state !== 'running', { timeoutMs: 30_000, intervalMs: 200 });
         const rec = (await hb.sandboxes.list({ all: true })).find((s) => s.name === name);
         detail = ended ? `QEMU ${pid} killed: the sandbox is ${rec?.state ?? 'gone'}${rec?.stateReason ? ` (${rec.stateReason})` : ''}` : `QEMU ${pid} killed, but the sandbox is still recorded as running`;
       }

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import type { Hybridbox, RunResult, SandboxInfo } from '../../api/index.js';
 import type { BackendKind, WorkloadSpecInput } from '../../spec/schema.js';
+import { lastLine } from '../../util/exec.js';
 import { sleep } from '../../util/proc.js';
 import { median, summarize } from '../stats.js';
 import type { PerformanceCase } from '../../measurements/index.js';
@@ -91,7 +92,7 @@ async function runBackend(ctx: PerformanceContext, opts: PerformanceOptions, bac
         const e = await withTimeout(hb.sandboxes.exec(victim.id, [PROBE_IN_IMAGE, 'work', String(opts.seconds)]), 120_000 + opts.seconds * 5000, `the ${backend} victim's workload`);
         const j = lastJson(e.stdout);
         if (e.exitCode === 0 && j && typeof j.score === 'number') scores.push(j.score);
-        else log(`performance: ${backend}: a victim measurement failed (exit ${e.exitCode}): ${e.stderr.trim().split('\n').pop() ?? ''}`);
+        else log(`performance: ${backend}: a victim measurement failed (exit ${e.exitCode}): ${lastLine(e.stderr)}`);
       }
       return scores;
     };
@@ -212,7 +213,7 @@ async function neighbourCase(
     await withTimeout(ready, START_TIMEOUT_MS, `the ${backend} ${n} neighbour's start`);
     if (!stdout.includes('ready\n')) {
       const r = await running.catch((e: Error) => e);
-      out.containment = `the neighbour did not start: ${r instanceof Error ? r.message : `exit ${r.exitCode}, ${r.stderr.trim().split('\n').pop() ?? ''}`}`;
+      out.containment = `the neighbour did not start: ${r instanceof Error ? r.message : `exit ${r.exitCode}, ${lastLine(r.stderr)}`}`;
       return out;
     }
     // A moment for the stress to build up (a fork bomb, a memory bomb's first OOM kill).

@@ -2,7 +2,6 @@
 // inside each backend and reports what it can see and do; the rows compare each column
 // with the host. A cell is "safe" when the outcome gives the workload no reach into the host:
 // on a kernel of its own (a VM), what root may do inside the guest touches only the guest.
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,6 +9,7 @@ import { join } from 'node:path';
 import type { Hybridbox } from '../../api/index.js';
 import { seccompProfile } from '../../runtimes/container/seccomp.js';
 import type { BackendKind, Trust } from '../../spec/schema.js';
+import { lastLine, spawnChild } from '../../util/exec.js';
 import { sleep } from '../../util/proc.js';
 import type { SecurityCell, SecurityRow } from '../../measurements/index.js';
 import { PROBE_IN_IMAGE, describeQemu, findQemuPid, lastJson, procIdentity, withTimeout, type Log, type QemuProcess, type SandboxRegister } from './context.js';
@@ -120,15 +120,14 @@ function seccompDenied(seccomp: unknown): string[] {
 
 // ------------------------------------------------------------------------ running --
 
-function runOnHost(probe: string, env: Record<string, string>): Promise<ProbeOutput> {
-  return new Promise((resolve, reject) => {
-    // No HBX_PTRACE_TARGET: on the host the probe ptraces a child of its own, never PID 1.
-    execFile(probe, ['probe'], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, timeout: 30_000 }, (err, stdout, stderr) => {
-      const j = lastJson(stdout);
-      if (!j) return reject(new Error(`the probe failed on the host: ${err?.message ?? ''} ${stderr}`.trim()));
-      resolve(j as unknown as ProbeOutput);
-    });
+async function runOnHost(probe: string, env: Record<string, string>): Promise<ProbeOutput> {
+  // No HBX_PTRACE_TARGET: on the host the probe ptraces a child of its own, never PID 1.
+  const r = await spawnChild(probe, ['probe'], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdout: 'keep', timeoutMs: 30_000 }).done.catch((e: Error) => {
+    throw new Error(`the probe failed on the host: ${e.message}`);
   });
+  const j = lastJson(r.stdout);
+  if (!j) throw new Error(`the probe failed on the host (${r.timedOut ? 'timed out after 30 s' : `exit ${r.code ?? r.signal}`}): ${lastLine(r.stderr)}`);
+  return j as unknown as ProbeOutput;
 }
 
 async function runInSandbox(ctx: SecurityContext, backend: BackendKind, trust: Trust, env: Record<string, string>): Promise<Column> {
@@ -163,7 +162,7 @@ async function runInSandbox(ctx: SecurityContext, backend: BackendKind, trust: T
     done = true;
     await watch;
     const j = lastJson(r.stdout);
-    if (!j) throw new Error(`the probe failed in ${key} (exit ${r.exitCode ?? r.signal}${r.crash ? `, ${r.crash}` : ''}): ${r.stderr.trim().split('\n').pop() ?? ''}`);
+    if (!j) throw new Error(`the probe failed in ${key} (exit ${r.exitCode ?? r.signal}${r.crash ? `, ${r.crash}` : ''}): ${lastLine(r.stderr)}`);
     const info = (await hb.sandboxes.inspect(r.id)) as { backendDetails?: Record<string, unknown> };
     return { key, backend, probe: j as unknown as ProbeOutput, qemu, details: info.backendDetails ?? null, trust };
   } finally {

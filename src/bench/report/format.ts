@@ -1,16 +1,9 @@
 // Number formats shared by the terminal tables, the HTML report and the summary sentences,
 // so a figure reads the same wherever it is shown.
 import type { BackendKind } from '../../spec/schema.js';
+import { formatBytes } from '../../util/text.js';
 
-const MiB = 1048576;
-
-export function fmtBytes(n: number | null | undefined): string {
-  if (n === null || n === undefined || !Number.isFinite(n)) return '-';
-  if (Math.abs(n) >= 1024 * MiB) return `${(n / (1024 * MiB)).toFixed(1)} GiB`;
-  if (Math.abs(n) >= 10 * MiB) return `${(n / MiB).toFixed(0)} MiB`;
-  if (Math.abs(n) >= MiB / 10) return `${(n / MiB).toFixed(1)} MiB`;
-  return `${(n / 1024).toFixed(0)} KiB`;
-}
+export const fmtBytes = (n: number | null | undefined): string => formatBytes(n, 'rounded');
 
 export function fmtMs(ms: number | null | undefined): string {
   if (ms === null || ms === undefined || !Number.isFinite(ms)) return '-';

@@ -4,7 +4,8 @@
 // backend had prepared it, when its first process existed (RunResult.startupMs), when it
 // ended (its resources released), and when it was removed.
 import type { BackendKind } from '../../spec/schema.js';
-import { BenchRunError, lastLine, phaseDurations } from './proc.js';
+import { lastLine } from '../../util/exec.js';
+import { BenchRunError, NO_OUTPUT, phaseDurations } from './proc.js';
 import { backendUnavailable, workloadArgv, type BenchContext, type Measurement, type Scenario } from './types.js';
 
 const DESCRIPTIONS: Record<BackendKind, string> = {
@@ -38,7 +39,7 @@ export function libraryScenario(ctx: BenchContext, backend: BackendKind): Scenar
         await hb.sandboxes.remove(r.id);
         const totalMs = performance.now() - t0;
         if (r.crash) throw new BenchRunError(`the sandbox crashed: ${r.crash}`);
-        if (r.exitCode !== 0) throw new BenchRunError(`the workload ended with ${r.signal ?? `exit code ${r.exitCode}`}; stderr: ${lastLine(r.stderr)}`);
+        if (r.exitCode !== 0) throw new BenchRunError(`the workload ended with ${r.signal ?? `exit code ${r.exitCode}`}; stderr: ${lastLine(r.stderr, NO_OUTPUT)}`);
         const at = (epochMs: number | null | undefined): number | null => (epochMs == null ? null : epochMs - t0Epoch);
         return {
           totalMs,

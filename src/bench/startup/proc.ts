@@ -1,9 +1,11 @@
 // Process helpers of the startup benchmark: a spawn timed to its first output, its exit and
 // its pipes closing; helper commands (qemu-img, virsh, podman load) whose failure is an error.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { HybridboxError } from '../../errors.js';
+import { lastLine, spawnChild } from '../../util/exec.js';
+import { withDeadline } from '../../util/proc.js';
 import type { Measurement } from './types.js';
 
 /** One iteration that takes longer than this is a hang, not a measurement. */
@@ -11,9 +13,8 @@ export const ITERATION_TIMEOUT_MS = 120_000;
 
 export class BenchRunError extends HybridboxError {}
 
-export function lastLine(text: string): string {
-  return text.trim().split('\n').filter(Boolean).pop() ?? '(no output)';
-}
+/** What a failure message quotes when the command printed nothing. */
+export const NO_OUTPUT = '(no output)';
 
 export function findOnPath(name: string): string | null {
   for (const dir of (process.env.PATH ?? '').split(delimiter)) {
@@ -32,75 +33,44 @@ export interface TimedSpawn {
   stderr: string;
 }
 
-/** Spawns a command and times it; stdout is drained (only its first byte matters), 8 KiB of stderr kept. */
-export function timedSpawn(file: string, args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<TimedSpawn> {
-  return new Promise((resolve, reject) => {
-    let stderr = '';
-    let firstOutputMs: number | null = null;
-    let exitMs = 0;
-    const t0 = performance.now();
-    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env });
-    child.stdout!.on('data', () => {
-      firstOutputMs ??= performance.now() - t0;
-    });
-    child.stderr!.on('data', (c: Buffer) => {
-      if (stderr.length < 8192) stderr += c.toString();
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), ITERATION_TIMEOUT_MS);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(new BenchRunError(`cannot start ${file}: ${e.message}`));
-    });
-    child.on('exit', () => {
-      exitMs = performance.now() - t0;
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ firstOutputMs, exitMs, closeMs: performance.now() - t0, code, signal, stderr });
-    });
+/** Spawns a command and times it; stdout is drained (only its first byte matters), the end of stderr kept. */
+export async function timedSpawn(file: string, args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<TimedSpawn> {
+  let firstOutputMs: number | null = null;
+  const c = spawnChild(file, args, {
+    env: opts.env,
+    stdout: () => void (firstOutputMs ??= performance.now() - c.startedAt),
+    timeoutMs: ITERATION_TIMEOUT_MS,
+    killSignal: 'SIGKILL',
   });
+  const r = await c.done.catch((e: Error) => {
+    throw new BenchRunError(`cannot start ${file}: ${e.message}`);
+  });
+  return { firstOutputMs, exitMs: r.exitMs, closeMs: r.closeMs, code: r.code, signal: r.signal, stderr: r.stderr };
 }
 
 /** Throws unless the timed command exited 0. */
 export function mustSucceed(r: TimedSpawn, what: string): TimedSpawn {
-  if (r.code !== 0) throw new BenchRunError(`${what} ended with ${r.signal ?? `exit code ${r.code}`}: ${lastLine(r.stderr)}`);
+  if (r.code !== 0) throw new BenchRunError(`${what} ended with ${r.signal ?? `exit code ${r.code}`}: ${lastLine(r.stderr, NO_OUTPUT)}`);
   return r;
 }
 
-/** A helper command: output kept, never throws for a non-zero exit. */
-export function tool(file: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    let stdout = '';
-    let stderr = '';
-    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env });
-    child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? ITERATION_TIMEOUT_MS);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(new BenchRunError(`cannot start ${file}: ${e.message}`));
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
+/** A helper command: stdout kept, never throws for a non-zero exit. */
+export async function tool(file: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const r = await spawnChild(file, args, { env: opts.env, stdout: 'keep', timeoutMs: opts.timeoutMs ?? ITERATION_TIMEOUT_MS, killSignal: 'SIGKILL' }).done.catch((e: Error) => {
+    throw new BenchRunError(`cannot start ${file}: ${e.message}`);
   });
+  return { code: r.code, stdout: r.stdout, stderr: r.stderr };
 }
 
 export async function mustTool(file: string, args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<string> {
   const r = await tool(file, args, opts);
-  if (r.code !== 0) throw new BenchRunError(`${file} ${args.slice(0, 3).join(' ')} failed (exit ${r.code}): ${lastLine(r.stderr || r.stdout)}`);
+  if (r.code !== 0) throw new BenchRunError(`${file} ${args.slice(0, 3).join(' ')} failed (exit ${r.code}): ${lastLine(r.stderr || r.stdout, NO_OUTPUT)}`);
   return r.stdout;
 }
 
 /** Rejects after `ms` with a message naming what did not happen; the timer never keeps the process alive. */
 export function deadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const t = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new BenchRunError(`${what} did not happen within ${ms} ms`)), ms);
-    timer.unref();
-  });
-  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+  return withDeadline(p, ms, () => new BenchRunError(`${what} did not happen within ${ms} ms`));
 }
 
 /** Kills a child that is still running and waits for it to be gone. */

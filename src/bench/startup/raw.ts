@@ -2,7 +2,6 @@
 // writes, QEMU with the command line hybridbox builds, `virsh create` of the domain XML
 // hybridbox builds; each copied from a sandbox made with hb.sandboxes.create() and removed again.
 import type { ChildProcess } from 'node:child_process';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cgroupMounts, isUnified, removeCgroupTree } from '../../runtimes/container/cgroups.js';
@@ -10,7 +9,9 @@ import { AgentClient } from '../../runtimes/vm/agent/index.js';
 import { vmFiles } from '../../runtimes/vm/files.js';
 import { workloadProcess, type Process } from '../../runtimes/workload.js';
 import type { BackendKind } from '../../spec/schema.js';
-import { BenchRunError, ITERATION_TIMEOUT_MS, deadline, killChild, lastLine, mustSucceed, mustTool, phaseDurations, spawnMeasurement, timedSpawn, tool } from './proc.js';
+import { lastLine, spawnChild, TextTail } from '../../util/exec.js';
+import { pollUntil } from '../../util/proc.js';
+import { BenchRunError, ITERATION_TIMEOUT_MS, NO_OUTPUT, deadline, killChild, mustSucceed, mustTool, phaseDurations, spawnMeasurement, timedSpawn, tool } from './proc.js';
 import { backendUnavailable, workloadArgv, type BenchContext, type Measurement, type Scenario } from './types.js';
 
 /** Cgroup parent of everything the baselines start (crun-raw, podman), in every hierarchy; removed at the end. */
@@ -174,13 +175,13 @@ async function vmTemplate(ctx: BenchContext, isolation: 'microvm' | 'vm'): Promi
 
 /** Session 0 with its first stdout byte timed; rejects unless the workload exits 0. */
 async function rawSession(agent: AgentClient, proc: Process, t0: number, marks: Record<string, number>): Promise<void> {
-  let err = '';
+  const err = new TextTail();
   const x = await agent.startSession(0, proc, {
     onStdout: () => void (marks.firstOutput ??= since(t0)),
-    onStderr: (c) => void (err.length < 8192 && (err += c.toString())),
+    onStderr: err.push,
   }, { timeoutMs: ITERATION_TIMEOUT_MS });
   marks.exit = since(t0);
-  if (x.exitCode !== 0) throw new BenchRunError(`the workload ended with ${x.signal ?? `exit code ${x.exitCode}`}; stderr: ${lastLine(err)}`);
+  if (x.exitCode !== 0) throw new BenchRunError(`the workload ended with ${x.signal ?? `exit code ${x.exitCode}`}; stderr: ${lastLine(err.text, NO_OUTPUT)}`);
 }
 
 /** A raw VM iteration from the moments its phases ended. */
@@ -236,21 +237,24 @@ export function qemuRawScenario(ctx: BenchContext): Scenario {
         await overlayOn(t, files.disk);
         marks.prepare = since(t0);
         // Through the shim for its parent-death signal, as hybridbox does.
-        const c = spawn(ctx.shim, ['--pdeathsig', 'KILL', '--', ...argv], { stdio: ['ignore', 'ignore', 'pipe'] });
-        child = c;
-        running.add(c);
+        const c = spawnChild(ctx.shim, ['--pdeathsig', 'KILL', '--', ...argv]);
+        const qemu = c.process;
+        child = qemu;
+        running.add(qemu);
         let stderr = '';
-        c.stderr!.on('data', (d: Buffer) => void (stderr.length < 8192 && (stderr += d.toString())));
-        const exited = new Promise<number>((resolve, reject) => {
-          c.on('error', (e) => reject(new BenchRunError(`cannot start QEMU: ${e.message}`)));
-          c.on('close', (code, signal) => {
-            running.delete(c);
-            if (code !== 0) stderr += `\n(QEMU exit ${signal ?? code})`;
-            resolve(since(t0));
-          });
-        });
+        const exited = c.done.then(
+          (r) => {
+            running.delete(qemu);
+            stderr = r.code !== 0 ? `${r.stderr}\n(QEMU exit ${r.signal ?? r.code})` : r.stderr;
+            return since(t0);
+          },
+          (e: Error) => {
+            running.delete(qemu);
+            throw new BenchRunError(`cannot start QEMU: ${e.message}`);
+          },
+        );
         const early = exited.then(() => {
-          throw new BenchRunError(`QEMU exited early: ${lastLine(stderr)}`);
+          throw new BenchRunError(`QEMU exited early: ${lastLine(stderr, NO_OUTPUT)}`);
         });
         early.catch(() => undefined);
         agent = await Promise.race([AgentClient.connect(files.agentSock, 10_000), early]);
@@ -259,7 +263,7 @@ export function qemuRawScenario(ctx: BenchContext): Scenario {
         marks.start = since(t0);
         await rawSession(agent, t.proc, t0, marks);
         await deadline(exited, 10_000, 'QEMU exit after the workload');
-        if (/QEMU exit/.test(stderr)) throw new BenchRunError(`QEMU did not exit cleanly: ${lastLine(stderr)}`);
+        if (/QEMU exit/.test(stderr)) throw new BenchRunError(`QEMU did not exit cleanly: ${lastLine(stderr, NO_OUTPUT)}`);
         rmSync(dir, { recursive: true, force: true });
         marks.teardown = since(t0);
         return vmMeasurement(marks);
@@ -278,13 +282,11 @@ export function qemuRawScenario(ctx: BenchContext): Scenario {
 /** libvirt keeps these while a domain exists; a transient domain that powered off loses both. */
 const domainExists = (name: string): boolean => [`/run/libvirt/qemu/${name}.pid`, `/run/libvirt/qemu/${name}.xml`].some((f) => existsSync(f));
 const virsh = (args: string[]) => tool('virsh', ['-c', LIBVIRT_URI, ...args]);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function destroyDomain(name: string): Promise<void> {
   if (!domainExists(name)) return;
   await virsh(['destroy', name]);
-  for (let i = 0; i < 200 && domainExists(name); i++) await sleep(25);
-  if (domainExists(name)) throw new BenchRunError(`domain ${name} is still there after virsh destroy`);
+  if (!(await pollUntil(() => !domainExists(name), { timeoutMs: 5000, intervalMs: 25 }))) throw new BenchRunError(`domain ${name} is still there after virsh destroy`);
 }
 
 export function virshRawScenario(ctx: BenchContext): Scenario {
@@ -311,23 +313,19 @@ export function virshRawScenario(ctx: BenchContext): Scenario {
         marks.prepare = since(t0);
         domains.add(name);
         const created = await virsh(['create', '--paused', files.domainXml]);
-        if (created.code !== 0) throw new BenchRunError(`virsh create failed: ${lastLine(created.stderr || created.stdout)}`);
+        if (created.code !== 0) throw new BenchRunError(`virsh create failed: ${lastLine(created.stderr || created.stdout, NO_OUTPUT)}`);
         agent = await AgentClient.connect(files.agentSock, 10_000);
         marks.create = since(t0);
         // QEMU closes the agent socket when it exits; libvirt then drops the (transient) domain.
         const closed = agent.waitClosed(ITERATION_TIMEOUT_MS);
         closed.catch(() => undefined);
         const resumed = await virsh(['resume', name]);
-        if (resumed.code !== 0) throw new BenchRunError(`virsh resume failed: ${lastLine(resumed.stderr || resumed.stdout)}`);
+        if (resumed.code !== 0) throw new BenchRunError(`virsh resume failed: ${lastLine(resumed.stderr || resumed.stdout, NO_OUTPUT)}`);
         await agent.waitReady(ITERATION_TIMEOUT_MS);
         marks.start = since(t0);
         await rawSession(agent, t.proc, t0, marks);
         await deadline(closed, 10_000, 'QEMU exit after the workload');
-        const exited = since(t0);
-        while (domainExists(name)) {
-          if (since(t0) - exited > 10_000) throw new BenchRunError(`libvirt still has domain ${name} 10 s after QEMU exited`);
-          await sleep(2);
-        }
+        if (!(await pollUntil(() => !domainExists(name), { timeoutMs: 10_000, intervalMs: 2 }))) throw new BenchRunError(`libvirt still has domain ${name} 10 s after QEMU exited`);
         domains.delete(name);
         rmSync(dir, { recursive: true, force: true });
         marks.teardown = since(t0);

@@ -2,7 +2,6 @@
 // from a Debian apt mirror, made reproducible (the same mirror state and options give
 // byte-identical trees, and so identical layer digests).
 
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   accessSync,
@@ -24,7 +23,7 @@ import {
 import { tmpdir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
 import { HostCapabilityError } from '../../errors.js';
-import { run } from '../../util/exec.js';
+import { lastLine, LineTail, run, spawnChild } from '../../util/exec.js';
 import { discardTree } from '../../util/fs.js';
 import type { ImageConfig, ImageStore } from '../store.js';
 import { createLayer } from '../oci/index.js';
@@ -202,7 +201,7 @@ async function fetchInRelease(mirror: string, suite: string, workDir: string): P
     const why =
       /^E: Failed to fetch \S+\s+(.+)$/m.exec(out)?.[1]?.trim() ??
       out.split('\n').find((l) => l.startsWith('E: '))?.slice(3).trim() ??
-      (r.failed && r.exitCode === undefined ? 'timed out' : `exit ${r.exitCode}`);
+      (r.timedOut ? 'timed out' : r.exitCode === undefined ? lastLine(r.stderr) : `exit ${r.exitCode}`);
     throw new HostCapabilityError(`debian mirror ${mirror} is unreachable or has no ${suite} suite (${url}: ${why}); pass a reachable Debian mirror`);
   }
   return readFileSync(dest, 'utf8');
@@ -270,39 +269,18 @@ const LISTS_OUT_HOOK = [
 ].join('\n');
 
 /** Runs mmdebstrap, streaming its output to `log`; a failure becomes one line. */
-function runMmdebstrap(args: string[], env: NodeJS.ProcessEnv, log: (line: string) => void, timeoutMs: number): Promise<void> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn('mmdebstrap', args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    const tail: string[] = [];
-    let partial = '';
-    const onData = (chunk: Buffer) => {
-      const lines = (partial + chunk.toString('utf8')).split(/\r?\n|\r/);
-      partial = lines.pop() ?? '';
-      for (const l of lines) {
-        if (!l.trim()) continue;
-        log(l);
-        tail.push(l);
-        if (tail.length > 40) tail.shift();
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    // SIGTERM lets mmdebstrap unmount /proc, /sys and /dev from the chroot before it exits.
-    const timer = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(new HostCapabilityError(`mmdebstrap could not be started: ${err.message}`));
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      if (partial.trim()) tail.push(partial);
-      if (code === 0) return resolvePromise();
-      const errors = tail.filter((l) => /^E: /.test(l) && !/mmdebstrap failed to run|received signal/.test(l));
-      const why = (errors[0] ?? tail[tail.length - 1] ?? 'no output').replace(/^E: /, '').trim();
-      const how = signal ? `was stopped by ${signal}${signal === 'SIGTERM' ? ` after ${Math.round(timeoutMs / 1000)} s` : ''}` : `failed (exit ${code})`;
-      reject(new HostCapabilityError(`mmdebstrap ${how}: ${why}`));
-    });
+async function runMmdebstrap(args: string[], env: NodeJS.ProcessEnv, log: (line: string) => void, timeoutMs: number): Promise<void> {
+  const output = new LineTail(40, log);
+  // SIGTERM lets mmdebstrap unmount /proc, /sys and /dev from the chroot before it exits.
+  const r = await spawnChild('mmdebstrap', args, { env, stdout: output.push, stderr: output.push, timeoutMs, killSignal: 'SIGTERM' }).done.catch((err: Error) => {
+    throw new HostCapabilityError(`mmdebstrap could not be started: ${err.message}`);
   });
+  const tail = output.end();
+  if (r.code === 0) return;
+  const errors = tail.filter((l) => /^E: /.test(l) && !/mmdebstrap failed to run|received signal/.test(l));
+  const why = (errors[0] ?? tail[tail.length - 1] ?? 'no output').replace(/^E: /, '').trim();
+  const how = r.signal ? `was stopped by ${r.signal}${r.signal === 'SIGTERM' ? ` after ${Math.round(timeoutMs / 1000)} s` : ''}` : `failed (exit ${r.code})`;
+  throw new HostCapabilityError(`mmdebstrap ${how}: ${why}`);
 }
 
 /**

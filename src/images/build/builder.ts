@@ -3,7 +3,7 @@ import { createReadStream } from 'node:fs';
 import { chmodSync, chownSync, copyFileSync, existsSync, lchownSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, realpathSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, posix, relative, resolve, sep } from 'node:path';
 import { HybridboxError } from '../../errors.js';
-import { run } from '../../util/exec.js';
+import { LineTail, run } from '../../util/exec.js';
 import { applyLayer, createLayer, parseDigest, type Layer } from '../oci/index.js';
 import { normalizeRef, statInImage, type ImageConfig, type ImageStore } from '../store.js';
 import { resolveUser } from '../users.js';
@@ -223,14 +223,7 @@ function writeCache(dir: string, path: string, layer: Layer): void {
 async function runStep(store: ImageStore, runner: StepRunner, state: State, argv: string[], opts: BuildOptions, fail: (p: string) => never): Promise<Layer> {
   // The step runs on an untagged image of everything so far.
   const parent = await store.commit([], state.layers, state.config);
-  const tail: string[] = [];
-  let partial = '';
-  const keep = (chunk: Buffer): void => {
-    const lines = (partial + chunk.toString('utf8')).split('\n');
-    partial = lines.pop() ?? '';
-    for (const l of lines) if (l.trim()) tail.push(l);
-    tail.splice(0, Math.max(0, tail.length - TAIL_LINES));
-  };
+  const output = new LineTail(TAIL_LINES);
   const req: StepRequest = {
     image: parent.digest,
     argv,
@@ -239,19 +232,18 @@ async function runStep(store: ImageStore, runner: StepRunner, state: State, argv
     user: state.config.user || '0:0',
     network: opts.network ?? 'none',
     onStdout: (c) => {
-      keep(c);
+      output.push(c);
       opts.onOutput?.(c, 'stdout');
     },
     onStderr: (c) => {
-      keep(c);
+      output.push(c);
       opts.onOutput?.(c, 'stderr');
     },
   };
   return runner.withStep(req, async (outcome) => {
     if (outcome.exitCode !== 0) {
-      if (partial.trim()) tail.push(partial);
       const how = outcome.signal ? `was killed by ${outcome.signal}` : `exited with code ${outcome.exitCode}`;
-      const last = tail.slice(-TAIL_LINES).map((l) => l.trim().slice(0, 160));
+      const last = output.end().map((l) => l.trim().slice(0, 160));
       fail(`the command ${how}${last.length ? `; last output: ${last.join(' | ')}` : ' and printed nothing'}`);
     }
     return createLayer(outcome.changes.dir, {
