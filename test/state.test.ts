@@ -1,7 +1,7 @@
 // State that cannot race: compare-and-set transitions, exact references, and the lock that
 // keeps `image prune` and the image store's writers apart. Real SQLite, real processes.
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -99,4 +99,16 @@ test('racing stop, stop and rm -f of one detached sandbox: one teardown, a consi
     t.is(stateOf(root).get(s.id), undefined);
     t.deepEqual(hostTraces([s.id]), []);
   }
+});
+
+test('a state root with a comma, quote and space runs containers; one with ":" is refused before anything is made', async (t) => {
+  const { hb, root, cleanup } = await freshHybridbox('hbx-odd, "root-');
+  t.teardown(cleanup);
+  const r = await hb.sandboxes.run({ image: 'busybox', command: ['sh', '-c', 'echo ok > /tmp/x; cat /tmp/x; touch /made'] }, { remove: true });
+  t.is(r.exitCode, 0, r.stderr);
+  t.is(r.stdout, 'ok\n');
+  t.true(root.includes(','));
+  const bad = join(tmpdir(), `hbx-colon:${process.pid}`);
+  await t.throwsAsync(Hybridbox.open({ root: bad }), { message: /^root: .* without ":"/ });
+  t.false(existsSync(bad), 'nothing was created');
 });

@@ -1,6 +1,6 @@
 import { customAlphabet } from 'nanoid';
 import { join } from 'node:path';
-import { RuntimeError } from '../errors.js';
+import { RuntimeError, SpecError } from '../errors.js';
 import { probeHost } from '../host/probe.js';
 import type { HostInfo } from '../host/types.js';
 import type { StepRunner } from '../images/build/index.js';
@@ -58,6 +58,8 @@ export class Hybridbox {
   static async open(options: HybridboxOptions = {}): Promise<Hybridbox> {
     ensureSbinOnPath();
     const root = options.root ?? stateRoot();
+    // Every sandbox's overlayfs mount names paths under the root: its lowerdir list is colon-separated.
+    if (!root.startsWith('/') || /[:\x00-\x1f\x7f]/.test(root)) throw new SpecError('root', root, 'give an absolute state directory path without ":" or control characters (overlayfs mount options cannot carry them)');
     // Private: specs, env values, logs and exit records are nobody else's to read (see ARCHITECTURE).
     preparePrivateRoot(root);
     const host = options.host ?? (await probeHost({ cacheDir: join(root, 'cache') }));

@@ -290,12 +290,6 @@ static void check_dir(const char *step, const char *path) {
 
 static void overlay(const char *const ov[4]) {
   const char *target = ov[3];
-  /* The kernel splits mount data on ',' and layers on ':'; refusing those characters is simpler and safer than escaping them. */
-  for (int k = 0; k < 3; k++)
-    if (strpbrk(ov[k], k == 0 ? ",\\" : ",:\\")) {
-      errno = EINVAL;
-      setup_failed("overlay", ov[k]);
-    }
   /* The kernel reports a bad layer as a bare ENOENT/ENOTDIR; naming the culprit saves a hunt. */
   char layer[4096];
   for (const char *p = ov[0], *end; *p; p = *end ? end + 1 : end) {
@@ -311,11 +305,23 @@ static void overlay(const char *const ov[4]) {
   }
   for (int k = 1; k < 4; k++) check_dir("overlay", ov[k]);
   char data[4096]; /* legacy mount(2) copies at most one page of data */
-  int n = snprintf(data, sizeof data, "lowerdir=%s,upperdir=%s,workdir=%s", ov[0], ov[1], ov[2]);
-  if (n < 0 || n >= (int)sizeof data) {
+  size_t n = 0;
+  /* overlayfs splits its options at commas and its lowerdir at colons unless a backslash
+     escapes them: a state root with a comma in its path must still mount. The lowerdir's
+     colons are separators (the state root may not contain one: hybridbox refuses it). */
+  const char *keys[3] = {"lowerdir=", ",upperdir=", ",workdir="};
+  for (int k = 0; k < 3; k++) {
+    for (const char *c = keys[k]; *c && n < sizeof data - 1; c++) data[n++] = *c;
+    for (const char *c = ov[k]; *c && n < sizeof data - 2; c++) {
+      if (*c == ',' || *c == '\\' || (k > 0 && *c == ':')) data[n++] = '\\';
+      data[n++] = *c;
+    }
+  }
+  if (n >= sizeof data - 2) {
     errno = ENAMETOOLONG;
     setup_failed("overlay", target);
   }
+  data[n] = '\0';
   if (mount("overlay", target, "overlay", 0, data) != 0) setup_failed("overlay", target);
 }
 
