@@ -23,7 +23,9 @@ export class Reconciler {
    * the record out of running (or created) does this; false when another process did first.
    */
   async finish(rec: SandboxRecord, status: ExitStatus | null, failure?: string): Promise<boolean> {
-    if (!this.core.store.transition(rec.id, ['running', 'created'], { state: 'exiting', ...thisProcessAsOwner() }, rec.ownerPid)) return false;
+    // The state alone decides: running → exiting happens once, whoever owns the record meanwhile
+    // (a fast workload's monitor may reap it while its starter is still handing it over).
+    if (!this.core.store.transition(rec.id, ['running', 'created'], { state: 'exiting', ...thisProcessAsOwner() })) return false;
     await this.completeExit(rec, status, failure);
     return true;
   }
