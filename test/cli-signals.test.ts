@@ -48,7 +48,7 @@ for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] a
     const t0 = Date.now();
     child.kill(sig);
     const r = await child;
-    t.is(r.exitCode, code, r.stderr);
+    t.is(r.exitCode, code, `${r.stderr} | ${r.stdout} | signal=${r.signal} | ${Date.now() - t0} ms`);
     t.true(Date.now() - t0 < 10_000, 'the workload ended promptly');
     t.is(stateOf(root).find(name), undefined, 'removed under --rm');
     t.deepEqual(hostTraces([id]), []);

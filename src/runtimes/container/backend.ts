@@ -77,6 +77,8 @@ function files(dir: string) {
  */
 export class ContainerBackend implements Backend {
   readonly descriptor = containerDescriptor;
+  /** Sandboxes whose runtime this process runs in the foreground (runAttached), until it exits. */
+  private readonly attachedHere = new Set<string>();
   private readonly shim: string;
   private readonly initBinary: string;
   private readonly runtimePaths: Partial<Record<OciRuntimeName, string>>;
@@ -197,6 +199,7 @@ export class ContainerBackend implements Backend {
     // crun and runc hand their own stdin to the container's init (process.terminal is false),
     // and tini hands it to the workload; 'ignore' gives them /dev/null.
     const child = spawn(this.shim, args, { stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    this.attachedHere.add(rec.id);
     const detachStdin = stdin ? feedStdin(stdin, child.stdin!) : () => undefined;
     let timedOut = false;
     const timers: NodeJS.Timeout[] = [];
@@ -243,6 +246,7 @@ export class ContainerBackend implements Backend {
     const exited = new Promise<ExitStatus>((resolve, reject) => {
       child.on('error', (e) => reject(new RuntimeError(`cannot start ${this.shim}: ${e.message}`)));
       child.on('close', (code, sig) => {
+        this.attachedHere.delete(rec.id);
         for (const t of timers) clearTimeout(t);
         detachStdin();
         try {
@@ -357,7 +361,13 @@ export class ContainerBackend implements Backend {
   }
 
   async signal(rec: SandboxRecord, signal: WorkloadSignal): Promise<void> {
-    const pid = this.initPid(rec);
+    // A sandbox this process is still starting (the runtime has not written the init's pid
+    // yet: a Ctrl-C right after `run`) would drop the signal: wait for its workload to exist.
+    let pid = this.initPid(rec);
+    for (let i = 0; pid === null && i < 15_000 && (this.attachedHere.has(rec.id) || sandboxPids(rec.id).length > 0); i++) {
+      await sleep(2);
+      pid = this.initPid(rec);
+    }
     if (pid === null) return;
     // The runtime writes the pid file before the init can pass a signal on, and one sent too
     // early is lost: PID 1 of a pid namespace drops what it neither handles nor blocks (tini
