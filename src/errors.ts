@@ -9,13 +9,16 @@
 //   ├─ SandboxNotFoundError, AmbiguousReferenceError, NameConflictError
 //   ├─ SandboxStateError         already running, not running, already ended
 //   ├─ PlacementError            no backend can run the workload as specified
-//   ├─ BackendUnavailableError   the backend asked for is not usable on this host
+//   │  └─ BackendUnavailableError  the backend asked for cannot be used here
 //   ├─ HostCapabilityError       the host lacks a binary, kernel feature or privilege
 //   ├─ TimeoutError              a limit on waiting ran out (BootTimeoutError: a guest that never came up)
 //   ├─ AbortedError              the caller's AbortSignal fired; the sandbox was stopped first
 //   ├─ StateStoreError           the state directory or database cannot be used
 //   ├─ InsecureFileError         a file holding secrets is readable by other users
 //   └─ RuntimeError              a runtime (crun, QEMU, libvirt) failed starting or driving a sandbox
+// The package entry also exports the errors of the image builder (SandboxfileError,
+// BuildError), archives (ArchiveError), the S3 registry (RegistryError and its kinds) and the
+// guest agent (AgentError, AgentTimeoutError, AgentClosedError).
 
 export class HybridboxError extends Error {
   readonly exitCode: number = 125;
@@ -109,13 +112,14 @@ export class PlacementError extends HybridboxError {
   }
 }
 
-/** The backend asked for cannot run on this host (no QEMU, no libvirt, no guest kernel, ...). */
-export class BackendUnavailableError extends HybridboxError {
+/** The backend asked for (`isolation: microvm`, ...) cannot run this workload on this host. */
+export class BackendUnavailableError extends PlacementError {
   constructor(
     readonly backend: string,
     readonly reason: string,
+    rejected: { backend: string; reason: string }[] = [],
   ) {
-    super(`the ${backend} backend is not available on this host: ${reason}`);
+    super(`isolation: ${backend} was requested, but ${backend} cannot be used: ${reason}`, rejected);
   }
 }
 

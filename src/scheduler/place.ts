@@ -1,4 +1,4 @@
-import { PlacementError } from '../errors.js';
+import { BackendUnavailableError, PlacementError } from '../errors.js';
 import type { HostInfo, HostLoad } from '../host/types.js';
 import type { BackendDescriptor } from '../runtimes/descriptor.js';
 import { BACKEND_KINDS, type BackendKind, type WorkloadSpec } from '../spec/schema.js';
@@ -102,7 +102,7 @@ export function place(
     const chosen = fits.find((c) => c.d.kind === want);
     if (!chosen) {
       const why = rejected.find((r) => r.backend === want)!.reason;
-      throw new PlacementError(`isolation: ${want} was requested, but ${want} cannot be used: ${why}`, rejected);
+      throw new BackendUnavailableError(want, why, rejected);
     }
     return finish(chosen, [`You asked for isolation: ${want}, so hybridbox uses ${chosen.d.summary}.`], () => `isolation: ${want} was requested`);
   }
