@@ -102,7 +102,8 @@ test.serial('a guest kernel panic crashes only its own VM: a container and the o
     await hb.sandboxes.runDetached(sh('sleep 300', { isolation: 'vm' })),
   ];
   for (const kind of KINDS) {
-    const r = await hb.sandboxes.run(sh('echo before; echo c > /proc/sysrq-trigger; echo after', { isolation: kind }));
+    // A panic takes down whatever the agent has not yet forwarded: give "before" a moment to leave the guest.
+    const r = await hb.sandboxes.run(sh('echo before; sleep 0.5; echo c > /proc/sysrq-trigger; echo after', { isolation: kind }));
     t.regex(r.crash ?? '', /kernel panic/, `${kind} reports its panic`);
     t.is(r.stdout, 'before\n');
     t.is(hb.sandboxes.find(r.id)!.state, 'crashed');
