@@ -1,7 +1,7 @@
 import test from 'ava';
 import { execa } from 'execa';
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -78,6 +78,7 @@ test('QMP: a QEMU that takes the connection but never greets (stopped) is given 
   t.teardown(() => {
     qemu.kill('SIGCONT');
     qemu.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
   });
   t.true(await waitFor(() => existsSync(sock), 20_000), 'QEMU made its QMP socket');
   const live = await QmpClient.connect(sock, 20_000);
