@@ -67,6 +67,9 @@ const BAD: [string, string[], RegExp][] = [
   ['cpus above host', ['run', '--cpus', '999', 'busybox', 'true'], /cpus/],
   ['no backend fits: own kernel within 10 ms', ['run', '--own-kernel', '--startup-budget', '10ms', 'busybox', 'true'], /no backend can run this workload/],
   ['unknown sandbox', ['rm', 'no-such-sandbox'], /no-such-sandbox/],
+  ['run -e without =', ['run', '-e', 'NOEQUALS', 'busybox', 'true'], /^hybridbox: --env: "NOEQUALS" is not valid; allowed: KEY=VALUE, e\.g\. --env LANG=C\.UTF-8$/],
+  ['exec -e without =', ['exec', '-e', 'NOEQUALS', 'no-such-sandbox', '--', 'true'], /^hybridbox: --env: "NOEQUALS" is not valid; allowed: KEY=VALUE, e\.g\. --env LANG=C\.UTF-8$/],
+  ['build --build-arg without =', ['build', '--build-arg', '=1.2', tmpdir()], /^hybridbox: --build-arg: "=1\.2" is not valid; allowed: KEY=VALUE, e\.g\. --build-arg VERSION=1\.2$/],
 ];
 for (const [title, args, field] of BAD) {
   test.serial(`bad input: ${title} → one line, exit 125, nothing created`, async (t) => {

@@ -1,10 +1,12 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Hybridbox } from '../src/index.js';
 import { ImageStore } from '../src/images/index.js';
 import { StateStore } from '../src/store/index.js';
+import { readMountinfo, type MountEntry } from '../src/util/mountinfo.js';
+import { pollUntil } from '../src/util/proc.js';
 
 export const REPO = new URL('..', import.meta.url).pathname.replace(/\/$/, '');
 export const CLI = join(REPO, 'dist', 'cli.js');
@@ -37,12 +39,12 @@ export async function freshHybridbox(prefix = 'hbx-test-'): Promise<{ hb: Hybrid
 export function hostTraces(ids: Iterable<string>): string[] {
   const found: string[] = [];
   const cgroupRoots = readdirSync('/sys/fs/cgroup').map((d) => join('/sys/fs/cgroup', d, 'hybridbox'));
-  const mountinfo = readFileSync('/proc/self/mountinfo', 'utf8');
+  const mounts = readMountinfo();
   const netns = existsSync('/run/netns') ? readdirSync('/run/netns') : [];
   const links = readdirSync('/sys/class/net');
   for (const id of ids) {
     for (const r of cgroupRoots) if (existsSync(join(r, id))) found.push(`cgroup ${join(r, id)}`);
-    if (mountinfo.includes(id)) found.push(`mount of ${id}`);
+    if (mounts.some((m) => mentions(m, id))) found.push(`mount of ${id}`);
     if (netns.includes(`hbx-${id}`)) found.push(`netns hbx-${id}`);
     if (links.includes(`hv${id.slice(0, 12)}`)) found.push(`link hv${id}`);
     for (const rt of ['crun', 'runc']) if (existsSync(`/run/${rt}/${id}`)) found.push(`/run/${rt}/${id}`);
@@ -50,14 +52,10 @@ export function hostTraces(ids: Iterable<string>): string[] {
   return found;
 }
 
-export async function waitFor(cond: () => boolean | Promise<boolean>, ms: number, stepMs = 20): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return true;
-    await new Promise((r) => setTimeout(r, stepMs));
-  }
-  return cond();
-}
+/** Whether a mount names `text` in its mount point, its root, its source or its options (an overlay's upperdir=). */
+export const mentions = (m: MountEntry, text: string): boolean => [m.mountPoint, m.root, m.source, ...m.superOptions].some((f) => f.includes(text));
+
+export const waitFor = (cond: () => boolean | Promise<boolean>, ms: number, stepMs = 20): Promise<boolean> => pollUntil(cond, { timeoutMs: ms, intervalMs: stepMs });
 
 /** The state database of a root, opened beside the library (tests look at leases and raw records). */
 export function stateOf(root: string): StateStore {

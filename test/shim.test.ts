@@ -3,6 +3,8 @@ import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { readMountinfo } from '../src/util/mountinfo.js';
+import { mentions } from './helpers.js';
 
 // These tests mount for real (namespaces, overlayfs), so they need root; they need no crun.
 const isRoot = process.getuid?.() === 0;
@@ -23,10 +25,10 @@ test.after.always(() => {
 
 const run = (args: string[]): SpawnSyncReturns<string> => spawnSync(shim, args, { encoding: 'utf8', timeout: 20_000 });
 
-const hostMountLinesUnder = (dir: string): string[] =>
-  readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .filter((l) => l.includes(dir));
+const hostMountsNaming = (dir: string): string[] =>
+  readMountinfo()
+    .filter((m) => mentions(m, dir))
+    .map((m) => m.mountPoint);
 
 let seq = 0;
 const freshDir = (name: string): string => {
@@ -127,15 +129,15 @@ rootTest('private mounts + overlay: visible to PROGRAM, gone from the host after
   for (const p of [lower1, lower2, upper, wk, target]) mkdirSync(p!);
   writeFileSync(join(lower1!, 'a'), 'from-lower1');
   writeFileSync(join(lower2!, 'b'), 'from-lower2');
-  const before = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').length;
+  const before = readMountinfo().length;
 
   const script = `grep -q " ${target} .* - overlay " /proc/self/mountinfo && cat ${target}/a ${target}/b && echo new > ${target}/c`;
   const r = run(['--private-mounts', '--mask-dir', d, '--overlay', `${lower1}:${lower2}`, upper!, wk!, target!, '--', 'sh', '-c', script]);
   t.is(r.status, 0, r.stderr);
   t.is(r.stdout, 'from-lower1from-lower2');
 
-  t.deepEqual(hostMountLinesUnder(d), []);
-  t.is(readFileSync('/proc/self/mountinfo', 'utf8').split('\n').length, before);
+  t.deepEqual(hostMountsNaming(d), []);
+  t.is(readMountinfo().length, before);
   t.deepEqual(readdirSync(target!), []);
   t.is(readFileSync(join(upper!, 'c'), 'utf8'), 'new\n');
 });
@@ -149,15 +151,11 @@ rootTest('--ro-self makes the path read-only inside only; a missing path is skip
   t.regex(r.stderr, /Read-only file system/);
   t.is(readFileSync(file, 'utf8'), 'x');
   writeFileSync(file, 'z'); // still writable on the host
-  t.deepEqual(hostMountLinesUnder(d), []);
+  t.deepEqual(hostMountsNaming(d), []);
 });
 
 rootTest('--mask-dir covers a cgroup2 mount point and ignores anything else', (t) => {
-  const cg2 = readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' - '))
-    .find(([, fs]) => fs?.startsWith('cgroup2 '))?.[0]
-    ?.split(' ')[4];
+  const cg2 = readMountinfo().find((m) => m.fstype === 'cgroup2')?.mountPoint;
   const plain = freshDir('plain');
   writeFileSync(join(plain, 'keep'), '');
   const probe = cg2 ? `ls -A ${cg2} | wc -l; ` : '';

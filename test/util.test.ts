@@ -1,8 +1,9 @@
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { timedSpawn } from '../src/bench/startup/proc.js';
 import { SpecError } from '../src/errors.js';
 import { probeCgroups } from '../src/host/probe.js';
@@ -99,6 +100,35 @@ test('spawnChild: SIGKILL follows a timeout signal the child ignores', async (t)
   const r = await spawnChild('sh', ['-c', "trap '' TERM; while :; do :; done"], { timeoutMs: 100, forceKillAfterMs: 200 }).done;
   t.true(r.timedOut);
   t.is(r.signal, 'SIGKILL');
+});
+
+test('spawnChild: a stream on stdin ends with its EOF and is let go when the child ends', async (t) => {
+  const from = new PassThrough();
+  const c = spawnChild('cat', [], { input: from, stdout: 'keep' });
+  from.end('streamed\n');
+  t.is((await c.done).stdout, 'streamed\n');
+  // A child that stops reading early: no EPIPE for the caller.
+  const big = new PassThrough();
+  const early = spawnChild('head', ['-c', '1'], { input: big, stdout: 'keep' });
+  big.write(Buffer.alloc(1 << 20, 'x'));
+  t.is((await early.done).stdout, 'x');
+  // A child that ends while the caller's stream is idle (a terminal nobody types into): it is unpiped.
+  const idle = new PassThrough();
+  await spawnChild('true', [], { input: idle }).done;
+  t.is(idle.listenerCount('data'), 0);
+});
+
+test('spawnChild: a detached child with an open stdin neither keeps its parent alive nor loses its EOF when the parent dies', async (t) => {
+  const dir = mkdtempSync(join(os.tmpdir(), 'hbx-util-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const exec = new URL('../src/util/exec.ts', import.meta.url).pathname;
+  // The parent writes one line and has nothing left to do: it must exit at once, and the child sees EOF then.
+  const script = `import { spawnChild } from ${JSON.stringify(exec)}; const c = spawnChild('sh', ['-c', 'cat > got; echo eof > ended'], { detached: true, openStdin: true, cwd: ${JSON.stringify(dir)} }); c.process.stdin.write('from the parent\\n');`;
+  const t0 = performance.now();
+  execFileSync('node', ['--import=tsx', '--input-type=module', '-e', script], { timeout: 20_000 });
+  t.true(performance.now() - t0 < 15_000);
+  t.true(await pollUntil(() => existsSync(join(dir, 'ended')), { timeoutMs: 5000 }));
+  t.is(readFileSync(join(dir, 'got'), 'utf8'), 'from the parent\n');
 });
 
 test('spawnChild rejects when the command cannot be started; run never throws', async (t) => {

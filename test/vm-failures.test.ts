@@ -1,7 +1,7 @@
 import test from 'ava';
 import { execa } from 'execa';
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +13,7 @@ import { BackendRegistry } from '../src/runtimes/registry.js';
 import { encodeFrame, FrameDecoder, type Frame } from '../src/runtimes/vm/agent/index.js';
 import { BOOT_TIMEOUT_ENV, writeExit } from '../src/runtimes/vm/backend.js';
 import { findGuestBoot } from '../src/runtimes/vm/boot.js';
+import { QmpClient } from '../src/runtimes/vm/qmp.js';
 import { ImageStore } from '../src/images/index.js';
 import type { StateStore } from '../src/store/index.js';
 import { CLI, freshHybridbox, stateOf, waitFor } from './helpers.js';
@@ -68,6 +69,25 @@ test('exit.json is replaced whole: a reader that opened the old one never sees a
   t.is(buf.subarray(0, n).toString(), '{"old":true}\n', 'the new record went to a new file, renamed over the old');
   t.is(JSON.parse(readFileSync(path, 'utf8')).exitCode, 0);
   t.deepEqual(readdirSync(dir), ['exit.json'], 'no temporary file is left');
+});
+
+test('QMP: a QEMU that takes the connection but never greets (stopped) is given up on at the limit', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'hbx-qmp-'));
+  const sock = join(dir, 'qmp.sock');
+  const qemu = spawn('qemu-system-x86_64', ['-machine', 'none', '-display', 'none', '-nodefaults', '-no-user-config', '-qmp', `unix:${sock},server=on,wait=off`], { stdio: 'ignore' });
+  t.teardown(() => {
+    qemu.kill('SIGCONT');
+    qemu.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+  t.true(await waitFor(() => existsSync(sock), 20_000), 'QEMU made its QMP socket');
+  const live = await QmpClient.connect(sock, 20_000);
+  t.is((await live.execute<{ status: string }>('query-status')).status, 'running');
+  live.close();
+  qemu.kill('SIGSTOP');
+  const t0 = performance.now();
+  await t.throwsAsync(QmpClient.connect(sock, 500), { message: /QEMU did not answer on .* within 500 ms/ });
+  t.true(performance.now() - t0 < 3000, `${Math.round(performance.now() - t0)} ms`);
 });
 
 for (const kind of KINDS) {

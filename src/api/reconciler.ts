@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { SandboxNotFoundError } from '../errors.js';
 import type { ExitStatus } from '../runtimes/backend.js';
 import type { SandboxRecord } from '../store/index.js';
-import { isSameProcessAlive, sleep } from '../util/proc.js';
+import { isSameProcessAlive, pollUntil, sleep } from '../util/proc.js';
 import { backendOf, sandboxDir, thisProcessAsOwner, type Core } from './context.js';
 
 /** The stateReason of a record that is being removed (in state `exiting` until it is gone). */
@@ -64,16 +64,19 @@ export class Reconciler {
   async remove(rec: SandboxRecord): Promise<void> {
     const { store } = this.core;
     let claimed: SandboxRecord | undefined;
-    for (let i = 0; i < 3000 && !claimed; i++) {
-      const fresh = store.get(rec.id);
-      if (!fresh) return;
-      // Another live process is finishing it: let it, then take what is left.
-      if (fresh.state === 'exiting' && fresh.ownerPid !== process.pid && fresh.ownerPid !== null && isSameProcessAlive(fresh.ownerPid, fresh.ownerStartTime)) {
-        await sleep(10);
-        continue;
-      }
-      if (store.transition(rec.id, fresh.state, { state: 'exiting', stateReason: REMOVING, ...thisProcessAsOwner() }, fresh.ownerPid)) claimed = fresh;
-    }
+    let gone = false;
+    await pollUntil(
+      () => {
+        const fresh = store.get(rec.id);
+        if (!fresh) return (gone = true);
+        // Another live process is finishing it: let it, then take what is left.
+        if (fresh.state === 'exiting' && fresh.ownerPid !== process.pid && fresh.ownerPid !== null && isSameProcessAlive(fresh.ownerPid, fresh.ownerStartTime)) return false;
+        if (store.transition(rec.id, fresh.state, { state: 'exiting', stateReason: REMOVING, ...thisProcessAsOwner() }, fresh.ownerPid)) claimed = fresh;
+        return claimed !== undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 10 },
+    );
+    if (gone) return;
     if (!claimed) throw new SandboxNotFoundError(rec.name);
     await backendOf(this.core, claimed).teardown(claimed);
     rmSync(sandboxDir(this.core, claimed.id), { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
@@ -83,19 +86,14 @@ export class Reconciler {
   /** Waits until no process of the sandbox is alive; false if some still are after `ms`. */
   async waitDead(rec: SandboxRecord, ms: number): Promise<boolean> {
     const backend = backendOf(this.core, rec);
-    const deadline = Date.now() + ms;
-    while (Date.now() < deadline) {
-      if (!(await backend.isAlive(rec))) return true;
-      await sleep(10);
-    }
-    return !(await backend.isAlive(rec));
+    return pollUntil(async () => !(await backend.isAlive(rec)), { timeoutMs: ms, intervalMs: 10 });
   }
 
   /** Waits (at most `ms`) for the record's owner to exit, unless that owner is this process. */
   async waitOwnerGone(rec: SandboxRecord, ms: number): Promise<void> {
-    if (rec.ownerPid === null || rec.ownerPid === process.pid) return;
-    const deadline = Date.now() + ms;
-    while (Date.now() < deadline && isSameProcessAlive(rec.ownerPid, rec.ownerStartTime)) await sleep(10);
+    const { ownerPid, ownerStartTime } = rec;
+    if (ownerPid === null || ownerPid === process.pid) return;
+    await pollUntil(() => !isSameProcessAlive(ownerPid, ownerStartTime), { timeoutMs: ms, intervalMs: 10 });
   }
 
   /**
@@ -145,13 +143,20 @@ export class Reconciler {
    */
   async settle(rec: SandboxRecord, reason: string): Promise<SandboxRecord> {
     const { store } = this.core;
-    const deadline = Date.now() + 3000;
-    while (Date.now() < deadline) {
-      const fresh = store.get(rec.id);
-      if (!fresh || (fresh.state !== 'running' && fresh.state !== 'exiting')) return fresh ?? rec;
-      if (fresh.state === 'running' && (await backendOf(this.core, rec).collectExit(fresh))) break;
-      await sleep(10);
-    }
+    // Until the owner has recorded the end, or the backend's exit record is there for us to.
+    let recorded: SandboxRecord | undefined;
+    await pollUntil(
+      async () => {
+        const fresh = store.get(rec.id);
+        if (!fresh || (fresh.state !== 'running' && fresh.state !== 'exiting')) {
+          recorded = fresh ?? rec;
+          return true;
+        }
+        return fresh.state === 'running' && (await backendOf(this.core, rec).collectExit(fresh)) !== null;
+      },
+      { timeoutMs: 3000, intervalMs: 10 },
+    );
+    if (recorded) return recorded;
     const fresh = store.get(rec.id);
     if (fresh && fresh.state === 'running') {
       const status = await backendOf(this.core, fresh).collectExit(fresh);

@@ -5,6 +5,7 @@ import { HybridboxError, SpecError } from '../errors.js';
 import { formatHostInfo } from '../host/format.js';
 import { formatPlacement } from '../scheduler/index.js';
 import { parseDuration, specFromFlags, type CliRunFlags } from '../spec/index.js';
+import { formatBytes, parseKeyValue } from '../util/text.js';
 
 type Opts = Record<string, unknown>;
 type Handler = (cmd: Command, args: unknown[], opts: Opts) => Promise<void>;
@@ -82,16 +83,6 @@ function forwardSignals(hb: Hybridbox): { abort: AbortSignal; attach(id: string)
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
-}
-
-function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB'];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
 }
 
 function ago(ms: number | null): string {
@@ -270,12 +261,7 @@ export const commands: Record<string, Handler> = {
 
   async exec(_cmd, args, opts) {
     await withHybridbox(opts, async (hb) => {
-      const env: Record<string, string> = {};
-      for (const kv of (opts.env as string[] | undefined) ?? []) {
-        const i = kv.indexOf('=');
-        if (i <= 0) throw new SpecError('env', kv, 'give KEY=VALUE');
-        env[kv.slice(0, i)] = kv.slice(i + 1);
-      }
+      const env = Object.fromEntries(((opts.env as string[] | undefined) ?? []).map((kv) => parseKeyValue(kv, '--env', '--env LANG=C.UTF-8')));
       const argv = args[1] as string[];
       const r = await hb.sandboxes.exec(args[0] as string, argv[0] === '--' ? argv.slice(1) : argv, {
         env,
@@ -358,12 +344,7 @@ export const commands: Record<string, Handler> = {
     const { resolve, join } = await import('node:path');
     const context = resolve(args[0] as string);
     const tags = (opts.tag as string[] | undefined) ?? [];
-    const buildArgs: Record<string, string> = {};
-    for (const kv of (opts.buildArg as string[] | undefined) ?? []) {
-      const i = kv.indexOf('=');
-      if (i <= 0) throw new SpecError('--build-arg', kv, 'give KEY=VALUE');
-      buildArgs[kv.slice(0, i)] = kv.slice(i + 1);
-    }
+    const buildArgs = Object.fromEntries(((opts.buildArg as string[] | undefined) ?? []).map((kv) => parseKeyValue(kv, '--build-arg', '--build-arg VERSION=1.2')));
     const quiet = opts.quiet === true || opts.json === true;
     await withHybridbox(opts, async (hb) => {
       const r = await hb.images.build({

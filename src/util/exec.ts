@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import type { Readable } from 'node:stream';
+import type { Socket } from 'node:net';
 import { StringDecoder } from 'node:string_decoder';
 import { HostCapabilityError } from '../errors.js';
 
@@ -78,8 +78,15 @@ export class LineTail {
 
 export interface ChildOptions {
   env?: NodeJS.ProcessEnv;
-  /** Written to stdin, which is then closed (a stream is piped in); without it stdin is /dev/null. */
-  input?: string | Readable;
+  cwd?: string;
+  /**
+   * Written to stdin, which is then closed. A stream is piped in, its end being the child's EOF,
+   * and let go when the child ends, so that a caller's stream (process.stdin) neither keeps this
+   * process alive nor feeds a pipe nobody reads. Without it (and `openStdin`) stdin is /dev/null.
+   */
+  input?: string | NodeJS.ReadableStream;
+  /** Stdin is a pipe left open for the caller to write to and end (`process.stdin`). Not with `input`. */
+  openStdin?: boolean;
   /** 'keep': collected whole into `stdout` (callers parse it); a function: called with each chunk. Default: /dev/null. */
   stdout?: 'keep' | ((chunk: Buffer) => void);
   /** Called with each chunk; the last `stderrCapChars` are kept for `stderr` whatever it is. 'ignore': /dev/null. */
@@ -90,7 +97,10 @@ export interface ChildOptions {
   killSignal?: NodeJS.Signals;
   /** After the timeout's signal, SIGKILL this much later if the child is still there. */
   forceKillAfterMs?: number;
-  /** In its own process group with all stdio on /dev/null and not keeping this process alive: a daemon or monitor. */
+  /**
+   * In its own process group, stdout and stderr on /dev/null, and not keeping this process alive
+   * (nor does its stdin pipe, if it has one): a daemon, a monitor, a watchdog.
+   */
   detached?: boolean;
 }
 
@@ -120,12 +130,15 @@ export interface Child {
  * its signal; the result is the exit, the output and the timings.
  */
 export function spawnChild(file: string, args: readonly string[], opts: ChildOptions = {}): Child {
-  const stdin = opts.input === undefined || opts.detached ? 'ignore' : 'pipe';
+  const stdin = opts.input === undefined && !opts.openStdin ? 'ignore' : 'pipe';
   const stdout = opts.stdout === undefined || opts.detached ? 'ignore' : 'pipe';
   const stderr = opts.stderr === 'ignore' || opts.detached ? 'ignore' : 'pipe';
   const startedAt = performance.now();
-  const child = spawn(file, args, { env: opts.env, stdio: [stdin, stdout, stderr], detached: opts.detached });
-  if (opts.detached) child.unref();
+  const child = spawn(file, args, { env: opts.env, cwd: opts.cwd, stdio: [stdin, stdout, stderr], detached: opts.detached });
+  if (opts.detached) {
+    child.unref();
+    (child.stdin as Socket | null)?.unref();
+  }
 
   const out: Buffer[] = [];
   if (child.stdout) child.stdout.on('data', typeof opts.stdout === 'function' ? opts.stdout : (c: Buffer) => out.push(c));
@@ -137,11 +150,20 @@ export function spawnChild(file: string, args: readonly string[], opts: ChildOpt
       if (typeof onStderr === 'function') onStderr(c);
     });
   }
+  let releaseInput = (): void => undefined;
   if (child.stdin) {
-    // A child that exits without reading its input must not fail the caller with EPIPE.
-    child.stdin.on('error', () => undefined);
-    if (typeof opts.input === 'string') child.stdin.end(opts.input);
-    else opts.input!.pipe(child.stdin);
+    const to = child.stdin;
+    // A child that exits (or closes its stdin) without reading its input must not fail the caller with EPIPE.
+    to.on('error', () => undefined);
+    const from = opts.input;
+    if (typeof from === 'string') to.end(from);
+    else if (from) {
+      from.pipe(to);
+      releaseInput = () => {
+        from.unpipe(to);
+        to.destroy();
+      };
+    }
   }
 
   let timedOut = false;
@@ -165,11 +187,13 @@ export function spawnChild(file: string, args: readonly string[], opts: ChildOpt
     child.once('error', (e) => {
       clearTimeout(timer);
       clearTimeout(forceTimer);
+      releaseInput();
       reject(e);
     });
     child.once('close', (code, signal) => {
       clearTimeout(timer);
       clearTimeout(forceTimer);
+      releaseInput();
       const closeMs = performance.now() - startedAt;
       resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: err.text, timedOut, exitMs: exitMs ?? closeMs, closeMs });
     });

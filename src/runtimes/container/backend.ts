@@ -1,16 +1,14 @@
-import { run } from '../../util/exec.js';
-import { spawn } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import type { Writable } from 'node:stream';
 import { HostCapabilityError, RuntimeError } from '../../errors.js';
 import type { HostInfo } from '../../host/types.js';
 import { imagePathExists } from '../../images/index.js';
 import type { WorkloadSpec } from '../../spec/index.js';
 import type { BridgeNetwork } from '../../network/index.js';
 import type { StateStore, SandboxRecord } from '../../store/index.js';
+import { lastLine, run, spawnChild } from '../../util/exec.js';
 import { packageRoot } from '../../util/paths.js';
-import { sleep } from '../../util/proc.js';
+import { pollUntil } from '../../util/proc.js';
 import { TIMEOUT_EXIT_CODE, TIMEOUT_GRACE_MS } from '../backend.js';
 import type { AttachOptions, AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, SelfInvocation, WorkloadSignal } from '../backend.js';
 import type { BackendDescriptor } from '../descriptor.js';
@@ -197,10 +195,13 @@ export class ContainerBackend implements Backend {
   async runAttached(rec: SandboxRecord, { sink, stdin }: AttachOptions): Promise<AttachedRun> {
     const args = [...this.runArgs(rec), '--pdeathsig', 'KILL', '--', ...this.runtimeRun(rec)];
     // crun and runc hand their own stdin to the container's init (process.terminal is false),
-    // and tini hands it to the workload; 'ignore' gives them /dev/null.
-    const child = spawn(this.shim, args, { stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    // and tini hands it to the workload; without one they get /dev/null.
+    const { process: child, done } = spawnChild(this.shim, args, {
+      input: stdin ?? undefined,
+      stdout: (c) => sink.onStdout(c),
+      stderr: (c) => sink.onStderr(c),
+    });
     this.attachedHere.add(rec.id);
-    const detachStdin = stdin ? feedStdin(stdin, child.stdin!) : () => undefined;
     let timedOut = false;
     const timers: NodeJS.Timeout[] = [];
     const timeoutMs = (rec.spec as WorkloadSpec).timeoutMs;
@@ -237,25 +238,17 @@ export class ContainerBackend implements Backend {
       };
       timers.push(setTimeout(onDeadline, timeoutMs));
     }
-    child.stdout!.on('data', (c: Buffer) => sink.onStdout(c));
-    let shimErr = '';
-    child.stderr!.on('data', (c: Buffer) => {
-      sink.onStderr(c);
-      if (shimErr.length < 8192) shimErr += c.toString();
-    });
-    const exited = new Promise<ExitStatus>((resolve, reject) => {
-      child.on('error', (e) => reject(new RuntimeError(`cannot start ${this.shim}: ${e.message}`)));
-      child.on('close', (code, sig) => {
+    const exited = done
+      .finally(() => {
         this.attachedHere.delete(rec.id);
         for (const t of timers) clearTimeout(t);
-        detachStdin();
-        try {
-          resolve(this.finish(rec, code, sig, shimErr, timedOut));
-        } catch (e) {
-          reject(e);
-        }
-      });
-    });
+      })
+      .then(
+        (r) => this.finish(rec, r.code, r.signal, r.stderr, timedOut),
+        (e: Error) => {
+          throw new RuntimeError(`cannot start ${this.shim}: ${e.message}`);
+        },
+      );
     return { exited };
   }
 
@@ -267,7 +260,7 @@ export class ContainerBackend implements Backend {
     const f = files(this.rt(rec).dir);
     // A limit that ran out while the runtime was still setting up stopped it before the start.
     if (!existsSync(f.pid) && !timedOut) {
-      const line = stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${code}`;
+      const line = lastLine(stderr, `exit code ${code}`);
       throw new RuntimeError(`${this.runtimeOf(rec).name} could not start sandbox ${rec.id}: ${line}`, stderr);
     }
     // tini reports a workload killed by signal N as exit code 128+N, like a shell does.
@@ -309,21 +302,16 @@ export class ContainerBackend implements Backend {
       ...(spec.timeoutMs !== undefined ? ['--timeout-ms', String(spec.timeoutMs), '--grace-ms', String(TIMEOUT_GRACE_MS), '--pid-file', f.pid] : []),
       '--', ...this.runtimeRun(rec),
     ];
-    const child = spawn(this.shim, args, { stdio: 'ignore', detached: true });
-    child.unref();
-    // Started = the runtime wrote the pid file; failed = the monitor recorded an exit first.
-    const deadline = Date.now() + START_LIMIT_MS;
-    while (Date.now() < deadline) {
-      // The monitor keeps its pid through the exit hook (sh, then `exec` of the reap).
-      if (existsSync(f.pid)) return { monitorPid: child.pid! };
-      if (existsSync(f.exit)) {
-        const err = existsSync(f.stderr) ? readFileSync(f.stderr, 'utf8') : '';
-        const line = err.trim().split('\n').filter(Boolean).pop() ?? 'no output';
-        throw new RuntimeError(`${this.runtimeOf(rec).name} could not start sandbox ${rec.id}: ${line}`, err);
-      }
-      await sleep(2);
+    const child = spawnChild(this.shim, args, { detached: true }).process;
+    // Started = the runtime wrote the pid file; failed = the monitor recorded an exit first (the
+    // runtime is done by then, so the pid file that is not there never will be).
+    if (!(await pollUntil(() => existsSync(f.pid) || existsSync(f.exit), { timeoutMs: START_LIMIT_MS, intervalMs: 2 }))) {
+      throw new RuntimeError(`sandbox ${rec.id} did not start within 30 s`);
     }
-    throw new RuntimeError(`sandbox ${rec.id} did not start within 30 s`);
+    // The monitor keeps its pid through the exit hook (sh, then `exec` of the reap).
+    if (existsSync(f.pid)) return { monitorPid: child.pid! };
+    const err = existsSync(f.stderr) ? readFileSync(f.stderr, 'utf8') : '';
+    throw new RuntimeError(`${this.runtimeOf(rec).name} could not start sandbox ${rec.id}: ${lastLine(err, 'no output')}`, err);
   }
 
   async exec(rec: SandboxRecord, argv: string[], opts: ExecOptions): Promise<number> {
@@ -333,19 +321,12 @@ export class ContainerBackend implements Backend {
     if (opts.user) a.push('--user', opts.user);
     for (const [k, v] of Object.entries(opts.env ?? {})) a.push('--env', `${k}=${v}`);
     a.push(rec.id, ...argv);
-    const child = spawn(this.shim, [...this.nsArgs(path), '--pdeathsig', 'KILL', '--', ...a], {
-      stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
-    });
-    const detachStdin = opts.stdin ? feedStdin(opts.stdin, child.stdin!) : () => undefined;
-    child.stdout!.on('data', (c: Buffer) => opts.sink.onStdout(c));
-    child.stderr!.on('data', (c: Buffer) => opts.sink.onStderr(c));
-    return new Promise((resolve, reject) => {
-      child.on('error', reject);
-      child.on('close', (code, sig) => {
-        detachStdin();
-        resolve(code ?? 128 + (sig ? signalNumber(sig) : 0));
-      });
-    });
+    const { code, signal } = await spawnChild(this.shim, [...this.nsArgs(path), '--pdeathsig', 'KILL', '--', ...a], {
+      input: opts.stdin ?? undefined,
+      stdout: (c) => opts.sink.onStdout(c),
+      stderr: (c) => opts.sink.onStderr(c),
+    }).done;
+    return code ?? 128 + (signal ? signalNumber(signal) : 0);
   }
 
   private initPid(rec: { id: string; runtime: Record<string, unknown> }): number | null {
@@ -364,21 +345,21 @@ export class ContainerBackend implements Backend {
     // A sandbox this process is still starting (the runtime has not written the init's pid
     // yet: a Ctrl-C right after `run`) would drop the signal: wait for its workload to exist.
     let pid = this.initPid(rec);
-    for (let i = 0; pid === null && i < 15_000 && (this.attachedHere.has(rec.id) || sandboxPids(rec.id).length > 0); i++) {
-      await sleep(2);
-      pid = this.initPid(rec);
+    if (pid === null && this.attachedHere.has(rec.id)) {
+      await pollUntil(() => (pid = this.initPid(rec)) !== null || !this.attachedHere.has(rec.id), { timeoutMs: 30_000, intervalMs: 2 });
     }
     if (pid === null) return;
+    const init: number = pid;
     // The runtime writes the pid file before the init can pass a signal on, and one sent too
     // early is lost: PID 1 of a pid namespace drops what it neither handles nor blocks (tini
     // blocks its signals only once it runs), and tini forwards to the workload's process group,
     // which does not exist until its child has made it. Wait for that group, then signal.
     if (signal !== 'KILL') {
-      for (let i = 0; i < 500 && existsSync(`/proc/${pid}`) && !this.workloadGroupExists(rec, pid); i++) await sleep(2);
+      await pollUntil(() => !existsSync(`/proc/${init}`) || this.workloadGroupExists(rec, init), { timeoutMs: 1000, intervalMs: 2 });
     }
     try {
       // SIGKILL to PID 1 of a pid namespace ends every process in it.
-      process.kill(pid, `SIG${signal}`);
+      process.kill(init, `SIG${signal}`);
     } catch {
       /* already gone */
     }
@@ -429,16 +410,20 @@ export class ContainerBackend implements Backend {
 
   async teardown(rec: { id: string; runtime: Record<string, unknown> }): Promise<void> {
     // Kill what is left; PID 1's death takes the pid namespace with it.
-    for (let i = 0; i < 200 && sandboxPids(rec.id).length > 0; i++) {
-      for (const pid of sandboxPids(rec.id)) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          /* gone */
+    await pollUntil(
+      () => {
+        const pids = sandboxPids(rec.id);
+        for (const pid of pids) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            /* gone */
+          }
         }
-      }
-      await sleep(5);
-    }
+        return pids.length === 0;
+      },
+      { timeoutMs: 1000, intervalMs: 5 },
+    );
     // A runtime killed mid-run leaves its state directory: delete through the runtime itself,
     // then make sure. Orphans have no record of which runtime made them, so check both.
     for (const [name, path] of Object.entries(this.runtimePaths) as [OciRuntimeName, string | undefined][]) {
@@ -449,11 +434,8 @@ export class ContainerBackend implements Backend {
     }
     // A killed workload whose parent died is reaped by the host's PID 1, which can be slow; an
     // unreaped zombie still holds its cgroup busy, so removal is retried for a while.
-    let left = removeCgroups(rec.id);
-    for (let i = 0; left.length > 0 && i < 250; i++) {
-      await sleep(20);
-      left = removeCgroups(rec.id);
-    }
+    let left: string[] = [];
+    await pollUntil(() => (left = removeCgroups(rec.id)).length === 0, { timeoutMs: 5000, intervalMs: 20 });
     // A complete record says what the sandbox holds; an orphan's (runtime {}) does not.
     const rt = this.rt(rec);
     const complete = rt.ociRuntime !== undefined;
@@ -474,22 +456,6 @@ export class ContainerBackend implements Backend {
   }
 
 
-}
-
-/**
- * Pipes a caller's stream into a child's stdin, its end becoming the workload's EOF. Returns
- * what to call when the child has exited: the caller's stream (say, process.stdin) is let go,
- * so that it neither keeps this process alive nor feeds a pipe nobody reads.
- */
-function feedStdin(from: NodeJS.ReadableStream, to: Writable): () => void {
-  // A workload that exits (or closes its stdin) before reading everything makes writes fail
-  // with EPIPE: that is its choice, not an error of the run.
-  to.on('error', () => undefined);
-  from.pipe(to);
-  return () => {
-    from.unpipe(to);
-    to.destroy();
-  };
 }
 
 /**

@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { readMountinfo } from '../../util/mountinfo.js';
 
 /**
  * Sandbox cgroups live at /hybridbox/<id>/ctr in every hierarchy. The runtime creates and
@@ -23,15 +24,11 @@ let mountsCache: CgroupMount[] | undefined;
 export function cgroupMounts(): CgroupMount[] {
   if (mountsCache) return mountsCache;
   const out: CgroupMount[] = [];
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const sep = line.indexOf(' - ');
-    if (sep < 0) continue;
-    const [fstype, , superOpts = ''] = line.slice(sep + 3).split(' ');
-    if (fstype !== 'cgroup' && fstype !== 'cgroup2') continue;
-    const mountPoint = line.slice(0, sep).split(' ')[4]!;
+  for (const m of readMountinfo()) {
+    if (m.fstype !== 'cgroup' && m.fstype !== 'cgroup2') continue;
     const controllers =
-      fstype === 'cgroup' ? superOpts.split(',').filter((o) => !['rw', 'ro', 'relatime', 'nosuid', 'nodev', 'noexec'].includes(o) && !o.startsWith('release_agent')) : [];
-    out.push({ path: mountPoint, type: fstype, controllers });
+      m.fstype === 'cgroup' ? m.superOptions.filter((o) => !['rw', 'ro', 'relatime', 'nosuid', 'nodev', 'noexec'].includes(o) && !o.startsWith('release_agent')) : [];
+    out.push({ path: m.mountPoint, type: m.fstype, controllers });
   }
   return (mountsCache = out);
 }

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { BootTimeoutError, RuntimeError, SpecError } from '../../errors.js';
 import type { HostInfo } from '../../host/types.js';
@@ -7,7 +6,8 @@ import { macFor, type BridgeNetwork } from '../../network/index.js';
 import type { WorkloadSpec } from '../../spec/index.js';
 import type { SandboxRecord, StateStore } from '../../store/index.js';
 import { connectUnix } from '../../util/net.js';
-import { sleep } from '../../util/proc.js';
+import { spawnChild } from '../../util/exec.js';
+import { pollUntil } from '../../util/proc.js';
 import { TIMEOUT_GRACE_MS, type AttachOptions, type AttachedRun, type Backend, type CreateContext, type ExecOptions, type ExitStatus, type SelfInvocation, type WorkloadSignal } from '../backend.js';
 import type { BackendDescriptor } from '../descriptor.js';
 import { workloadProcess, type Process, resolveUser } from '../workload.js';
@@ -203,21 +203,16 @@ export class VmBackend implements Backend {
   async startDetached(rec: SandboxRecord, monitor: SelfInvocation): Promise<{ monitorPid: number }> {
     const files = vmFiles(this.rt(rec).dir);
     const [cmd, ...args] = [...monitor.argv, 'internal', 'monitor', rec.id];
-    const child = spawn(cmd!, args, { stdio: 'ignore', detached: true, env: { ...process.env, ...monitor.env } });
-    child.unref();
+    const child = spawnChild(cmd!, args, { detached: true, env: { ...process.env, ...monitor.env } }).process;
     // Started = the agent is up; failed = the monitor recorded an end first.
-    const deadline = Date.now() + this.bootTimeoutMs() + 15_000;
-    while (Date.now() < deadline) {
-      if (existsSync(files.ready)) return { monitorPid: child.pid! };
-      if (existsSync(files.exit)) {
-        const x = JSON.parse(readFileSync(files.exit, 'utf8')) as VmExit;
-        if (x.bootTimedOut) throw new BootTimeoutError(`sandbox ${rec.id} did not start: ${x.crash}`, this.bootTimeoutMs());
-        if (x.crash) throw new RuntimeError(`sandbox ${rec.id} did not start: ${x.crash}`);
-        return { monitorPid: child.pid! };
-      }
-      await sleep(10);
+    const settled = await pollUntil(() => existsSync(files.ready) || existsSync(files.exit), { timeoutMs: this.bootTimeoutMs() + 15_000, intervalMs: 10 });
+    if (!settled) throw new RuntimeError(`sandbox ${rec.id} did not start in time`);
+    if (!existsSync(files.ready)) {
+      const x = JSON.parse(readFileSync(files.exit, 'utf8')) as VmExit;
+      if (x.bootTimedOut) throw new BootTimeoutError(`sandbox ${rec.id} did not start: ${x.crash}`, this.bootTimeoutMs());
+      if (x.crash) throw new RuntimeError(`sandbox ${rec.id} did not start: ${x.crash}`);
     }
-    throw new RuntimeError(`sandbox ${rec.id} did not start in time`);
+    return { monitorPid: child.pid! };
   }
 
   async exec(rec: SandboxRecord, argv: string[], opts: ExecOptions): Promise<number> {

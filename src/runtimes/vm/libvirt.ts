@@ -1,10 +1,9 @@
-import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { Builder } from 'xml2js';
 import { HostCapabilityError, RuntimeError } from '../../errors.js';
-import { run } from '../../util/exec.js';
-import { isSameProcessAlive, sleep } from '../../util/proc.js';
+import { lastLine, run, spawnChild, TextTail } from '../../util/exec.js';
+import { isSameProcessAlive, pollUntil } from '../../util/proc.js';
 import type { VmFiles } from './files.js';
 import type { MachineHandle, MachineLauncher, MachineSpec } from './machine.js';
 import { AGENT_PORT, QEMU } from './microvm.js';
@@ -123,13 +122,9 @@ export async function ensureLibvirtd(hideKvm: boolean): Promise<void> {
     // while libvirt waits for its QEMU to be gone.
     const daemon = `exec ${existsSync('/usr/bin/tini-static') ? '/usr/bin/tini-static' : 'tini'} -s -- libvirtd`;
     const script = hideKvm && existsSync('/dev/kvm') ? `mount --bind /dev/null /dev/kvm && ${daemon}` : daemon;
-    const child = spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script], { detached: true, stdio: 'ignore' });
-    child.unref();
+    spawnChild('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script], { detached: true });
   }
-  for (let i = 0; i < 200; i++) {
-    if (await socketAnswers(SOCKET)) return;
-    await sleep(50);
-  }
+  if (await pollUntil(() => socketAnswers(SOCKET), { timeoutMs: 10_000, intervalMs: 50 })) return;
   throw new HostCapabilityError(`libvirtd did not come up (no ${SOCKET}); start it with \`libvirtd -d\` and check its log`);
 }
 
@@ -153,20 +148,18 @@ function libvirtQemuPid(id: string): number | null {
 }
 
 /** `virsh create`, with its pid told to `onPid` as soon as it exists. */
-function virshCreate(xmlPath: string, onPid: (pid: number) => void): Promise<{ ok: boolean; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn('virsh', ['-c', URI, 'create', '--paused', xmlPath], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
-    if (child.pid) onPid(child.pid);
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.on('error', (e) => resolve({ ok: false, out: e.message }));
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ ok: code === 0, out: out.trim() || `virsh exited with ${code ?? 'a signal'}` });
-    });
-  });
+async function virshCreate(xmlPath: string, onPid: (pid: number) => void): Promise<{ ok: boolean; out: string }> {
+  // Both streams in the order virsh wrote them (its error may be on either), each chunk decoded on its own.
+  const out = new TextTail();
+  const keep = (c: Buffer): void => out.push(c.toString());
+  const child = spawnChild('virsh', ['-c', URI, 'create', '--paused', xmlPath], { stdout: keep, stderr: keep, timeoutMs: 60_000, killSignal: 'SIGKILL' });
+  if (child.process.pid) onPid(child.process.pid);
+  try {
+    const { code } = await child.done;
+    return { ok: code === 0, out: out.text.trim() || `virsh exited with ${code ?? 'a signal'}` };
+  } catch (e) {
+    return { ok: false, out: (e as Error).message };
+  }
 }
 
 /**
@@ -185,12 +178,8 @@ function startWatchdog(name: string): { creator(pid: number): void; done(): void
     'if [ -n "$creator" ]; then while read -r _ _ st _ < "/proc/$creator/stat" && [ "$st" != Z ]; do sleep 0.05; done; fi 2>/dev/null',
     `exec virsh -q -c ${URI} destroy ${name}`,
   ].join('\n');
-  const child = spawn('sh', ['-c', script], { detached: true, cwd: '/', stdio: ['pipe', 'ignore', 'ignore'] });
-  child.unref();
-  const pipe = child.stdin as Socket;
-  pipe.on('error', () => undefined);
-  // The pipe must not keep the supervisor alive: only its death is the message.
-  pipe.unref();
+  // Detached, its pipe does not keep the supervisor alive: only the supervisor's death is the message.
+  const pipe = spawnChild('sh', ['-c', script], { detached: true, cwd: '/', openStdin: true }).process.stdin!;
   let ended = false;
   return {
     creator: (pid) => {
@@ -216,17 +205,16 @@ export const libvirtLauncher: MachineLauncher = {
     const created = await virshCreate(files.domainXml, (pid) => watchdog.creator(pid));
     if (!created.ok) {
       watchdog.done();
-      throw new RuntimeError(`virsh create failed: ${created.out.split('\n').pop()}`);
+      throw new RuntimeError(`virsh create failed: ${lastLine(created.out)}`);
     }
     const limited = await virsh(['memtune', name, '--hard-limit', String(memoryLimitMiB(spec) * 1024), '--live']);
     if (!limited.ok) {
       await virsh(['destroy', name]);
       watchdog.done();
-      throw new RuntimeError(`virsh memtune failed: ${limited.out.split('\n').pop()}`);
+      throw new RuntimeError(`virsh memtune failed: ${lastLine(limited.out)}`);
     }
-    const stopped = (async () => {
-      while (libvirtQemuPid(spec.id) !== null) await sleep(50);
-    })();
+    // However long the guest runs: the domain's end is its QEMU gone.
+    const stopped = pollUntil(() => libvirtQemuPid(spec.id) === null, { timeoutMs: Infinity, intervalMs: 50 }).then(() => undefined);
     return {
       pid: libvirtQemuPid(spec.id) ?? -1,
       stopped,
@@ -249,7 +237,7 @@ export const libvirtLauncher: MachineLauncher = {
     // Transient domains disappear when destroyed: nothing is left in `virsh list --all`.
     if (libvirtQemuPid(id) === null && !existsSync(`/run/libvirt/qemu/${domainName(id)}.xml`)) return;
     await virsh(['destroy', domainName(id)]);
-    for (let i = 0; i < 100 && libvirtQemuPid(id) !== null; i++) await sleep(50);
+    await pollUntil(() => libvirtQemuPid(id) === null, { timeoutMs: 5000, intervalMs: 50 });
   },
 
   describe(spec: MachineSpec, files: VmFiles): Record<string, unknown> {

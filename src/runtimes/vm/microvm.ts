@@ -1,9 +1,9 @@
-import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { HostCapabilityError, RuntimeError, TimeoutError } from '../../errors.js';
+import { lastLine, spawnChild } from '../../util/exec.js';
 import { packageRoot } from '../../util/paths.js';
-import { isSameProcessAlive, sleep, within } from '../../util/proc.js';
+import { isSameProcessAlive, pollUntil, within } from '../../util/proc.js';
 import { QmpClient } from './qmp.js';
 import type { VmFiles } from './files.js';
 import type { MachineHandle, MachineLauncher, MachineSpec } from './machine.js';
@@ -126,25 +126,24 @@ export const microvmLauncher: MachineLauncher = {
     if (!existsSync(shim)) throw new HostCapabilityError(`${shim} is missing; run \`npm run setup\` to build it`);
     // Through the shim for its parent-death signal: QEMU never outlives its supervisor.
     const argv = microvmArgv(spec, files);
-    const child = spawn(shim, ['--pdeathsig', 'KILL', '--', ...argv], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr!.on('data', (c: Buffer) => {
-      if (stderr.length < 8192) stderr += c.toString();
-    });
-    const stopped = new Promise<void>((resolve) => child.on('close', () => resolve()));
-    const failed = new Promise<never>((_, reject) => {
-      child.on('error', (e) => reject(new RuntimeError(`cannot start ${QEMU}: ${e.message}`)));
-      child.on('close', (code) => reject(new RuntimeError(`${QEMU} exited at start (code ${code}): ${stderr.trim().split('\n').pop() ?? ''}`)));
-    });
-    failed.catch(() => undefined);
+    const { process: child, done } = spawnChild(shim, ['--pdeathsig', 'KILL', '--', ...argv]);
+    let ended = false;
+    const stopped = done.then(
+      () => void (ended = true),
+      () => void (ended = true),
+    );
     // Up = QEMU has written its pid file and opened the agent socket.
-    const deadline = Date.now() + 10_000;
-    while (!(existsSync(files.pid) && existsSync(files.agentSock))) {
-      await Promise.race([sleep(2), failed]);
-      if (Date.now() > deadline) {
+    const up = (): boolean => existsSync(files.pid) && existsSync(files.agentSock);
+    await pollUntil(() => up() || ended, { timeoutMs: 10_000, intervalMs: 2 });
+    if (!up()) {
+      if (!ended) {
         child.kill('SIGKILL');
         throw new TimeoutError(`${QEMU} did not start within 10 s; the host may be overloaded`, 10_000);
       }
+      const r = await done.catch((e: Error) => {
+        throw new RuntimeError(`cannot start ${QEMU}: ${e.message}`);
+      });
+      throw new RuntimeError(`${QEMU} exited at start (code ${r.code}): ${lastLine(r.stderr)}`);
     }
     return {
       pid: child.pid!,
@@ -174,14 +173,14 @@ export const microvmLauncher: MachineLauncher = {
     const pid = qemuPid(id, files);
     if (pid === null) return;
     await quitOverQmp(files).catch(() => undefined);
-    for (let i = 0; i < 100 && qemuPid(id, files) !== null; i++) await sleep(10);
-    if (qemuPid(id, files) === null) return;
+    const gone = (): boolean => qemuPid(id, files) === null;
+    if (await pollUntil(gone, { timeoutMs: 1000, intervalMs: 10 })) return;
     try {
       process.kill(pid, 'SIGKILL');
     } catch {
       /* gone */
     }
-    for (let i = 0; i < 200 && qemuPid(id, files) !== null; i++) await sleep(10);
+    await pollUntil(gone, { timeoutMs: 2000, intervalMs: 10 });
   },
 
   describe(spec: MachineSpec, files: VmFiles): Record<string, unknown> {

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import { RuntimeError } from '../../errors.js';
 import { connectUnixWithRetry } from '../../util/net.js';
+import { withDeadline } from '../../util/proc.js';
 
 /**
  * A small client for QEMU's machine protocol (QMP): JSON lines over a unix socket. One
@@ -29,17 +30,17 @@ export class QmpClient {
     const deadline = Date.now() + timeoutMs;
     const socket = await connectUnixWithRetry(path, timeoutMs, (e) => new RuntimeError(`cannot connect to QMP at ${path}: ${e.message}`));
     const c = new QmpClient(socket);
-    // A stopped or wedged QEMU still accepts the connection (the kernel does) but never greets:
-    // without a limit here, whoever wanted to end that QEMU would wait for ever.
-    const timer = setTimeout(() => socket.destroy(new RuntimeError(`QEMU did not answer on ${path} within ${timeoutMs} ms`)), Math.max(0, deadline - Date.now()));
-    try {
+    const greeted = (async () => {
       await c.next(); // greeting
       await c.execute('qmp_capabilities');
+    })();
+    try {
+      // A stopped or wedged QEMU still accepts the connection (the kernel does) but never greets:
+      // without a limit here, whoever wanted to end that QEMU would wait for ever.
+      await withDeadline(greeted, Math.max(0, deadline - Date.now()), () => new RuntimeError(`QEMU did not answer on ${path} within ${timeoutMs} ms`));
     } catch (e) {
       c.close();
       throw e;
-    } finally {
-      clearTimeout(timer);
     }
     return c;
   }
