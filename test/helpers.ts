@@ -30,7 +30,8 @@ export async function freshHybridbox(prefix = 'hbx-test-'): Promise<{ hb: Hybrid
     cleanup: async () => {
       for (const s of await hb.sandboxes.list({ all: true })) await hb.sandboxes.remove(s.id, { force: true }).catch(() => undefined);
       hb.close();
-      rmSync(root, { recursive: true, force: true });
+      // A monitor's last step (`internal reap`) may still be closing its database files here.
+      rmSync(root, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
     },
   };
 }
