@@ -65,4 +65,8 @@ if [ "$(cat "$cache/guest-boot.json" 2>/dev/null)" != "$boot_json" ]; then
   printf '%s\n' "$boot_json" > "$cache/guest-boot.json.tmp" && mv "$cache/guest-boot.json.tmp" "$cache/guest-boot.json"
 fi
 
+# The root disk of the cgroup v2 test guest (test/cgroup-v2.test.ts): busybox, node, crun and
+# tini copied from this host onto an ext4 image, cached by their content (guest-images/README.md).
+bash guest-images/build-cgroup2-root.sh >/dev/null
+
 node dist/cli.js setup >/dev/null

@@ -161,4 +161,12 @@ test('formatHostInfo lists KVM, cgroups, every runtime, CPUs, memory and kernel'
   t.regex(out, new RegExp(`^CPUs +${info.cpus} x `, 'm'));
   t.regex(out, /^memory +\d+\.\d GiB total, \d+\.\d GiB available$/m);
   t.true(out.includes(info.kernelRelease));
+  // The layout by name, then where the controllers are.
+  const row = (cgroup: typeof info.cgroup) => /^cgroups +(.*)$/m.exec(formatHostInfo({ ...info, cgroup }))![1];
+  t.is(row({ layout: 'v2', v1: {}, unifiedMount: '/sys/fs/cgroup', unifiedControllers: ['cpu', 'io', 'memory', 'pids'] }), 'v2 (unified hierarchy only): cgroup2 at /sys/fs/cgroup, controllers cpu io memory pids');
+  t.is(
+    row({ layout: 'hybrid', v1: { pids: '/sys/fs/cgroup/pids', memory: '/sys/fs/cgroup/memory' }, unifiedMount: '/sys/fs/cgroup/unified', unifiedControllers: [] }),
+    'hybrid (v1 controllers memory pids; cgroup2 at /sys/fs/cgroup/unified, controllers none, hidden from the container runtime)',
+  );
+  t.is(row({ layout: 'v1', v1: {}, unifiedMount: null, unifiedControllers: [] }), 'v1 (controllers none)');
 });

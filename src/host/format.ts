@@ -4,18 +4,29 @@ const GiB = 1024 ** 3;
 const gib = (bytes: number): string => `${(bytes / GiB).toFixed(1)} GiB`;
 const yesNo = (b: boolean): string => (b ? 'yes' : 'no');
 
+/** The cgroup layout by name first, then where its controllers are. */
+function formatCgroups(cg: HostInfo['cgroup']): string {
+  const v1 = Object.keys(cg.v1).sort().join(' ') || 'none';
+  const v2 = (mount: string | null) => `cgroup2 at ${mount}, controllers ${cg.unifiedControllers.join(' ') || 'none'}`;
+  switch (cg.layout) {
+    case 'v2':
+      return `v2 (unified hierarchy only): ${v2(cg.unifiedMount)}`;
+    case 'hybrid':
+      return `hybrid (v1 controllers ${v1}; ${v2(cg.unifiedMount)}, hidden from the container runtime)`;
+    case 'v1':
+      return `v1 (controllers ${v1})`;
+  }
+}
+
 /** `hybridbox info`: one labelled row per fact, the label column aligned. */
 export function formatHostInfo(info: HostInfo): string {
-  const { cgroup } = info;
-  const v1 = Object.keys(cgroup.v1).sort().join(' ');
-  const unified = cgroup.unifiedMount ? `cgroup2 at ${cgroup.unifiedMount}: ${cgroup.unifiedControllers.join(' ') || 'no controllers'}` : '';
   const tool = (name: keyof HostInfo['tools']): string => {
     const t = info.tools[name];
     return t ? `${t.version} (${t.path})` : 'not installed';
   };
   const rows: [string, string][] = [
     ['KVM', `${yesNo(info.kvm.usable)}: ${info.kvm.reason}`],
-    ['cgroups', [cgroup.layout, v1 && `v1: ${v1}`, unified].filter(Boolean).join('; ')],
+    ['cgroups', formatCgroups(info.cgroup)],
     ['crun', tool('crun')],
     ['runc', tool('runc')],
     ['tini', tool('tini')],

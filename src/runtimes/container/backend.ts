@@ -133,12 +133,13 @@ export class ContainerBackend implements Backend {
     let ip: string | null = null;
     let mountStubs: string[] = [];
     let netnsPath: string | null = null;
-    const caps = cgroupCaps();
     const warnings: string[] = [];
-    if (ctx.spec.resources.ioWeight !== undefined && !caps.ioWeight) {
-      warnings.push('resources.ioWeight is not applied: this host has no IO weight control (cgroup v1 without BFQ); the other limits hold');
-    }
     try {
+      const caps = cgroupCaps(ctx.spec.resources.ioWeight !== undefined ? ctx.id : undefined);
+      if (ctx.spec.resources.ioWeight !== undefined && !caps.ioWeight) {
+        const why = caps.unified ? 'cgroup v2: the runtime needs io.max (blk-throttling) and io.weight (iocost) or io.bfq.weight (BFQ)' : 'cgroup v1 without BFQ';
+        warnings.push(`resources.ioWeight is not applied: this host has no IO weight control (${why}); the other limits hold`);
+      }
       if (ctx.spec.trust === 'untrusted') {
         const slot = this.store.tx(() =>
           this.store.lease('uid-range', ctx.id, (function* () {

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readMountinfo } from '../../util/mountinfo.js';
 
@@ -73,20 +73,48 @@ export interface CgroupCaps {
   memorySwap: boolean;
 }
 
-/** Which optional limits this host's kernel can enforce (the runtime fails if asked for a missing file). */
-export function cgroupCaps(): CgroupCaps {
+/**
+ * Which optional limits this host's kernel can enforce (the runtime fails if asked for a
+ * missing file). `ioWeight` is only worked out when `probeIoFor` names the sandbox that asks
+ * for one (it is false otherwise): on cgroup v2 the io controller's files exist only in
+ * child cgroups, and only for what the kernel has built, while the root's cgroup.controllers
+ * lists `io` either way (see v2IoWeight).
+ */
+export function cgroupCaps(probeIoFor?: string): CgroupCaps {
   if (isUnified()) {
     const ctl = readFileSync('/sys/fs/cgroup/cgroup.controllers', 'utf8');
     const has = (c: string): boolean => ctl.split(/\s+/).includes(c);
-    return { unified: true, ioWeight: has('io'), memorySwap: has('memory') };
+    return { unified: true, ioWeight: probeIoFor !== undefined && has('io') && v2IoWeight(probeIoFor), memorySwap: has('memory') };
   }
   const blkio = controllerDir('blkio');
   const mem = controllerDir('memory');
   return {
     unified: false,
-    ioWeight: !!blkio && (existsSync(join(blkio, 'blkio.weight')) || existsSync(join(blkio, 'blkio.bfq.weight'))),
+    ioWeight: probeIoFor !== undefined && !!blkio && (existsSync(join(blkio, 'blkio.weight')) || existsSync(join(blkio, 'blkio.bfq.weight'))),
     memorySwap: !!mem && existsSync(join(mem, 'memory.memsw.limit_in_bytes')),
   };
+}
+
+/**
+ * Whether an IO weight can be set in this sandbox's cgroup on cgroup v2. crun (1.8) opens
+ * io.max for any blockIO setting, the weight included, and then writes io.bfq.weight or
+ * io.weight: io.max comes with blk-throttling, io.weight with iocost, io.bfq.weight with BFQ.
+ * A kernel with the io controller but without those fails every start that asks for a
+ * weight. The files are looked up where the runtime will write them: the sandbox's own
+ * cgroup, made here with io enabled on the way down, as the runtime would enable it.
+ */
+function v2IoWeight(id: string): boolean {
+  ensureSandboxCgroup(id);
+  let dir = '/sys/fs/cgroup';
+  for (const part of [CGROUP_PARENT.slice(1), id]) {
+    try {
+      writeFileSync(join(dir, 'cgroup.subtree_control'), '+io');
+    } catch {
+      return false;
+    }
+    dir = join(dir, part);
+  }
+  return existsSync(join(dir, 'io.max')) && (existsSync(join(dir, 'io.weight')) || existsSync(join(dir, 'io.bfq.weight')));
 }
 
 /** The host-wide count of OOM kills (/proc/vmstat), for the v1 OOM test in readUsage. */
