@@ -23,7 +23,10 @@ const SCENARIOS = ['hybridbox-push', 'rclone-up', 'hybridbox-pull', 'rclone-down
 type Scenario = (typeof SCENARIOS)[number];
 
 class BenchError extends Error {
-  constructor(message: string, readonly exitCode = 1) {
+  constructor(
+    message: string,
+    readonly exitCode = 1,
+  ) {
     super(message);
   }
 }
@@ -220,7 +223,7 @@ async function randomTarLayer(store: BlobStore, bytes: number, n: number): Promi
   async function* content() {
     yield header;
     for (let left = bytes; left > 0; left -= MiB) yield randomBytes(Math.min(MiB, left));
-    yield Buffer.alloc((512 - (bytes % 512)) % 512 + 1024);
+    yield Buffer.alloc(((512 - (bytes % 512)) % 512) + 1024);
   }
   const d = await store.putStream(Readable.from(content()), 'application/vnd.oci.image.layer.v1.tar');
   // An uncompressed layer's diff id is its own digest.
@@ -266,8 +269,7 @@ async function main(): Promise<number> {
   let server: Server | undefined;
   let registry: Registry | undefined;
   try {
-    server =
-      opts.server === 's3rver' ? await startS3rverProcess(work) : opts.server === 'swift' ? await startSwiftServer(work) : urlServer(opts.url!);
+    server = opts.server === 's3rver' ? await startS3rverProcess(work) : opts.server === 'swift' ? await startSwiftServer(work) : urlServer(opts.url!);
     const srv = server;
     log(`registry benchmark: ${opts.sizeMiB} MiB in ${opts.layers} layers, ${opts.rounds} round(s), server ${srv.kind} at ${srv.endpoint}`);
 
@@ -313,8 +315,7 @@ async function main(): Promise<number> {
         'rclone-down': () => rclone(srv, ['copy', rcloneRemote(`${url}/rclone`), downDir]),
       };
       // Uploads before downloads; which tool goes first alternates between rounds.
-      const order: Scenario[] =
-        round % 2 === 0 ? ['hybridbox-push', 'rclone-up', 'hybridbox-pull', 'rclone-down'] : ['rclone-up', 'hybridbox-push', 'rclone-down', 'hybridbox-pull'];
+      const order: Scenario[] = round % 2 === 0 ? ['hybridbox-push', 'rclone-up', 'hybridbox-pull', 'rclone-down'] : ['rclone-up', 'hybridbox-push', 'rclone-down', 'hybridbox-pull'];
       for (const s of order) {
         if (s.startsWith('rclone') && !hasRclone) continue;
         const ms = await timed(run[s]);
@@ -375,7 +376,8 @@ async function main(): Promise<number> {
     const out = opts.json ? process.stderr : process.stdout;
     const lines = ['', `registry benchmark: ${(imageBytes / MiB).toFixed(0)} MiB image, ${opts.layers} layers, server ${srv.kind}, ${opts.rounds} round(s); MiB/s`];
     lines.push(`${'scenario'.padEnd(16)} ${'n'.padStart(2)} ${'min'.padStart(7)} ${'median'.padStart(7)} ${'max'.padStart(7)}`);
-    for (const [name, st] of Object.entries(scenarios)) lines.push(`${name.padEnd(16)} ${String(st.n).padStart(2)} ${st.min.toFixed(1).padStart(7)} ${st.median.toFixed(1).padStart(7)} ${st.max.toFixed(1).padStart(7)}`);
+    for (const [name, st] of Object.entries(scenarios))
+      lines.push(`${name.padEnd(16)} ${String(st.n).padStart(2)} ${st.min.toFixed(1).padStart(7)} ${st.median.toFixed(1).padStart(7)} ${st.max.toFixed(1).padStart(7)}`);
     lines.push(`re-push unchanged: median ${rePush.median.toFixed(0)} ms (with open and close: ${rePushCold.median.toFixed(0)} ms)`);
     for (const [name, r] of Object.entries(ratios)) if (r) lines.push(`${name.padEnd(22)} ${String(r.value).padStart(7)}  target ${r.target}  ${r.pass ? 'pass' : 'FAIL'}`);
     out.write(`${lines.join('\n')}\n`);

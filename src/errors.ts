@@ -44,10 +44,7 @@ export class ImageNotFoundError extends HybridboxError {
     readonly image: string,
     known: string[] = [],
   ) {
-    super(
-      `image: "${image}" is not in the local image store; ` +
-        (known.length ? `known images: ${known.join(', ')}` : 'run `hybridbox setup` to build the base images'),
-    );
+    super(`image: "${image}" is not in the local image store; ` + (known.length ? `known images: ${known.join(', ')}` : 'run `hybridbox setup` to build the base images'));
   }
 }
 

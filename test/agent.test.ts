@@ -37,15 +37,18 @@ test('codec: a frame round-trips with the documented header layout', (t) => {
 test('codec: empty, binary, JSON and maximal payloads round-trip, several per chunk', (t) => {
   const binary = randomBytes(4096);
   const max = randomBytes(MAX_PAYLOAD);
-  const all = frameBytes(
-    encodeFrame('C', 7),
-    encodeFrame('E', 65535, binary),
-    encodeJsonFrame('X', 3, { exitCode: 0, signal: null, oomKilled: false }),
-    encodeFrame('O', 1, max),
-  );
+  const all = frameBytes(encodeFrame('C', 7), encodeFrame('E', 65535, binary), encodeJsonFrame('X', 3, { exitCode: 0, signal: null, oomKilled: false }), encodeFrame('O', 1, max));
   const frames = new FrameDecoder().push(all);
   t.is(frames.length, 4);
-  t.deepEqual(frames.map((f) => [f.type, f.session, f.payload.length]), [['C', 7, 0], ['E', 65535, 4096], ['X', 3, 46], ['O', 1, MAX_PAYLOAD]]);
+  t.deepEqual(
+    frames.map((f) => [f.type, f.session, f.payload.length]),
+    [
+      ['C', 7, 0],
+      ['E', 65535, 4096],
+      ['X', 3, 46],
+      ['O', 1, MAX_PAYLOAD],
+    ],
+  );
   t.true(frames[1]!.payload.equals(binary));
   t.true(frames[3]!.payload.equals(max));
   t.deepEqual(decodeJsonPayload(frames[2]!), { exitCode: 0, signal: null, oomKilled: false });
@@ -107,7 +110,10 @@ test('codec: oversize payloads are refused by the encoder and skipped by the dec
   t.deepEqual(frames.map(simple), [{ type: 'E', session: 1, payload: 'ok' }]);
   t.is(d.pendingBytes, 0, 'an oversize header must not make the decoder wait for its payload');
   const small = new FrameDecoder(8);
-  t.deepEqual(small.push(frameBytes(encodeFrame('O', 0, '123456789'), encodeFrame('O', 0, '12345678'))).map((f) => f.payload.toString()), ['12345678']);
+  t.deepEqual(
+    small.push(frameBytes(encodeFrame('O', 0, '123456789'), encodeFrame('O', 0, '12345678'))).map((f) => f.payload.toString()),
+    ['12345678'],
+  );
 });
 
 // ---- initramfs -----------------------------------------------------------------------------
@@ -402,7 +408,13 @@ agentTest('agent: garbage before the first host frame is skipped', async (t) => 
   socket.write(encodeJsonFrame('S', 5, spec(['echo', 'through the noise']) as unknown as Record<string, unknown>));
   const x = await got((f) => f.type === 'X' && f.session === 5);
   t.deepEqual(decodeJsonPayload(x), { exitCode: 0, signal: null, oomKilled: false });
-  t.is(frames.filter((f) => f.type === 'O' && f.session === 5).map((f) => f.payload.toString()).join(''), 'through the noise\n');
+  t.is(
+    frames
+      .filter((f) => f.type === 'O' && f.session === 5)
+      .map((f) => f.payload.toString())
+      .join(''),
+    'through the noise\n',
+  );
   // The client refuses a duplicate id itself; the agent must too.
   const sleeper = encodeJsonFrame('S', 6, spec(['sleep', '5']) as unknown as Record<string, unknown>);
   socket.write(Buffer.concat([sleeper, sleeper]));
@@ -429,7 +441,8 @@ agentTest('agent: the client rejects what is pending when the agent dies', async
 // A memory cgroup around the whole agent makes its session meet the OOM killer.
 const memoryCgroup = ((): { dir: string; limit: string; procs: string } | null => {
   if (existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes')) return { dir: '/sys/fs/cgroup/memory', limit: 'memory.limit_in_bytes', procs: 'cgroup.procs' };
-  if (existsSync('/sys/fs/cgroup/cgroup.controllers') && readFileSync('/sys/fs/cgroup/cgroup.subtree_control', 'utf8').includes('memory')) return { dir: '/sys/fs/cgroup', limit: 'memory.max', procs: 'cgroup.procs' };
+  if (existsSync('/sys/fs/cgroup/cgroup.controllers') && readFileSync('/sys/fs/cgroup/cgroup.subtree_control', 'utf8').includes('memory'))
+    return { dir: '/sys/fs/cgroup', limit: 'memory.max', procs: 'cgroup.procs' };
   return null;
 })();
 const oomTest = memoryCgroup ? agentTest : test.skip;
@@ -504,16 +517,51 @@ vmTest('vm: the initramfs boots the guest kernel into the image with volumes, ne
   const qemu = spawn(
     'qemu-system-x86_64',
     [
-      '-M', 'microvm,acpi=off', '-accel', kvmUsable ? 'kvm' : 'tcg', '-m', '256', '-smp', '1',
-      '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-      '-kernel', guest!.kernel, '-initrd', initrd, '-append', append,
-      '-chardev', `file,id=con,path=${consoleLog}`, '-serial', 'chardev:con',
-      '-device', 'virtio-serial-device',
-      '-chardev', `socket,id=agent,path=${sock},server=on,wait=off`, '-device', 'virtserialport,chardev=agent,name=hbx.agent',
-      '-drive', `id=root,file=${image},format=raw,if=none,readonly=on`, '-device', 'virtio-blk-device,drive=root',
-      '-fsdev', `local,id=v0,path=${join(dir, 'vol')},security_model=none`, '-device', 'virtio-9p-device,fsdev=v0,mount_tag=vol0',
-      '-fsdev', `local,id=v1,path=${join(dir, 'vol')},security_model=none`, '-device', 'virtio-9p-device,fsdev=v1,mount_tag=vol0rw',
-      '-netdev', 'user,id=n0,restrict=on', '-device', 'virtio-net-device,netdev=n0',
+      '-M',
+      'microvm,acpi=off',
+      '-accel',
+      kvmUsable ? 'kvm' : 'tcg',
+      '-m',
+      '256',
+      '-smp',
+      '1',
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-no-reboot',
+      '-kernel',
+      guest!.kernel,
+      '-initrd',
+      initrd,
+      '-append',
+      append,
+      '-chardev',
+      `file,id=con,path=${consoleLog}`,
+      '-serial',
+      'chardev:con',
+      '-device',
+      'virtio-serial-device',
+      '-chardev',
+      `socket,id=agent,path=${sock},server=on,wait=off`,
+      '-device',
+      'virtserialport,chardev=agent,name=hbx.agent',
+      '-drive',
+      `id=root,file=${image},format=raw,if=none,readonly=on`,
+      '-device',
+      'virtio-blk-device,drive=root',
+      '-fsdev',
+      `local,id=v0,path=${join(dir, 'vol')},security_model=none`,
+      '-device',
+      'virtio-9p-device,fsdev=v0,mount_tag=vol0',
+      '-fsdev',
+      `local,id=v1,path=${join(dir, 'vol')},security_model=none`,
+      '-device',
+      'virtio-9p-device,fsdev=v1,mount_tag=vol0rw',
+      '-netdev',
+      'user,id=n0,restrict=on',
+      '-device',
+      'virtio-net-device,netdev=n0',
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
@@ -530,7 +578,14 @@ vmTest('vm: the initramfs boots the guest kernel into the image with volumes, ne
   const r = await run(
     client,
     1,
-    spec(['sh', '-c', 'hostname; ip -4 addr show eth0 | grep -o "inet [0-9./]*"; ip route | grep default; grep -E " / | /mnt/r[ow] " /proc/mounts | cut -d" " -f1-4; cat /mnt/ro/hello.txt; echo guest > /mnt/rw/from-guest.txt; touch /mnt/ro/x; id -u'], { uid: 0 }),
+    spec(
+      [
+        'sh',
+        '-c',
+        'hostname; ip -4 addr show eth0 | grep -o "inet [0-9./]*"; ip route | grep default; grep -E " / | /mnt/r[ow] " /proc/mounts | cut -d" " -f1-4; cat /mnt/ro/hello.txt; echo guest > /mnt/rw/from-guest.txt; touch /mnt/ro/x; id -u',
+      ],
+      { uid: 0 },
+    ),
     60_000,
   );
   t.is(r.exit.exitCode, 0, r.stderr);

@@ -127,13 +127,19 @@ test('umoci image as a gzip OCI archive: needs a name, then imports byte for byt
 
   const { format, images } = await importArchive(store, archive, { ref: 'umoci/img:1' });
   t.is(format, 'oci');
-  t.deepEqual(images.map((i) => i.ref), ['umoci/img:1']);
+  t.deepEqual(
+    images.map((i) => i.ref),
+    ['umoci/img:1'],
+  );
   t.is(images[0]!.manifest.digest, fx.umociManifest.digest);
   t.is((await resolveTag(store, 'umoci/img:1'))?.digest, fx.umociManifest.digest);
 
   const manifest = await readManifest(store, images[0]!.manifest);
   const original = json(join(fx.umociLayout, 'blobs/sha256', fx.umociManifest.digest.slice(7)));
-  t.deepEqual(manifest.layers.map((l) => l.digest), original.layers.map((l: Descriptor) => l.digest));
+  t.deepEqual(
+    manifest.layers.map((l) => l.digest),
+    original.layers.map((l: Descriptor) => l.digest),
+  );
   for (const l of manifest.layers) t.true(await store.verify(l.digest));
   const config = await readConfig(store, manifest);
   t.deepEqual(config.config.Cmd, ['/bin/tool']);
@@ -150,12 +156,18 @@ test('buildah oci-archive imports under its name with its config and layers', as
   const store = await freshStore('buildah-oci');
   const { format, images } = await importArchive(store, fx.buildahOci);
   t.is(format, 'oci');
-  t.deepEqual(images.map((i) => i.ref), ['bname:btag']);
+  t.deepEqual(
+    images.map((i) => i.ref),
+    ['bname:btag'],
+  );
   const inspected = JSON.parse((await execa('skopeo', ['inspect', `oci-archive:${fx.buildahOci}`])).stdout);
   t.is(images[0]!.manifest.digest, inspected.Digest);
 
   const manifest = await readManifest(store, images[0]!.manifest);
-  t.deepEqual(manifest.layers.map((l) => l.digest), inspected.Layers);
+  t.deepEqual(
+    manifest.layers.map((l) => l.digest),
+    inspected.Layers,
+  );
   t.is(manifest.config.digest, `sha256:${fx.buildahImageId}`);
   const config = await readConfig(store, manifest);
   t.deepEqual(config.config.Cmd, ['/bin/app', '--flag']);
@@ -177,8 +189,14 @@ test('buildah docker-archive: every RepoTag, normalized; uncompressed layers who
   t.is(manifest.config.mediaType, MEDIA_TYPES.config);
   t.is(manifest.config.digest, `sha256:${fx.buildahImageId}`);
   const config = await readConfig(store, manifest);
-  t.deepEqual(manifest.layers.map((l) => l.mediaType), [MEDIA_TYPES.layerTar]);
-  t.deepEqual(manifest.layers.map((l) => l.digest), config.rootfs.diff_ids);
+  t.deepEqual(
+    manifest.layers.map((l) => l.mediaType),
+    [MEDIA_TYPES.layerTar],
+  );
+  t.deepEqual(
+    manifest.layers.map((l) => l.digest),
+    config.rootfs.diff_ids,
+  );
   t.deepEqual(config.config.Cmd, ['/bin/app', '--flag']);
   const rootfs = await unpack(store, images[0]!.manifest, 'buildah-docker');
   t.is(fs.readFileSync(join(rootfs, 'etc/app.txt'), 'utf8'), 'built by buildah\n');
@@ -191,19 +209,28 @@ test('buildah docker-archive: every RepoTag, normalized; uncompressed layers who
 test('skopeo docker-archive of the umoci image: same config and layer content', async (t) => {
   const store = await freshStore('skopeo-docker');
   const { images } = await importArchive(store, fx.skopeoDocker);
-  t.deepEqual(images.map((i) => i.ref), ['umoci/img:2']);
+  t.deepEqual(
+    images.map((i) => i.ref),
+    ['umoci/img:2'],
+  );
   const manifest = await readManifest(store, images[0]!.manifest);
   const original = json(join(fx.umociLayout, 'blobs/sha256', fx.umociManifest.digest.slice(7)));
   t.is(manifest.config.digest, original.config.digest);
   const config = await readConfig(store, manifest);
-  t.deepEqual(manifest.layers.map((l) => l.digest), config.rootfs.diff_ids);
+  t.deepEqual(
+    manifest.layers.map((l) => l.digest),
+    config.rootfs.diff_ids,
+  );
   t.deepEqual(config.config.Cmd, ['/bin/tool']);
   const rootfs = await unpack(store, images[0]!.manifest, 'skopeo-docker');
   t.is(fs.readFileSync(join(rootfs, 'etc/greeting'), 'utf8'), 'hello from umoci\n');
 
   // A --tag replaces the archive's names.
   const renamed = await importArchive(await freshStore('skopeo-renamed'), fx.skopeoDocker, { ref: 'docker.io/library/other' });
-  t.deepEqual(renamed.images.map((i) => i.ref), ['other:latest']);
+  t.deepEqual(
+    renamed.images.map((i) => i.ref),
+    ['other:latest'],
+  );
 });
 
 test('export: skopeo inspects it, podman loads it (OCI and docker formats), output is reproducible', async (t) => {
@@ -213,13 +240,19 @@ test('export: skopeo inspects it, podman loads it (OCI and docker formats), outp
 
   const oci = join(fx.root, 'export-oci.tar');
   const res = await exportArchive(store, ['umoci/img:1'], oci);
-  t.deepEqual(res.images.map((i) => i.ref), ['umoci/img:1']);
+  t.deepEqual(
+    res.images.map((i) => i.ref),
+    ['umoci/img:1'],
+  );
   t.is(res.images[0]!.manifest.digest, fx.umociManifest.digest);
   t.is(res.bytes, fs.statSync(oci).size);
   const inspected = JSON.parse((await execa('skopeo', ['inspect', `oci-archive:${oci}`])).stdout);
   t.is(inspected.Digest, fx.umociManifest.digest);
   const manifest = await readManifest(store, res.images[0]!.manifest);
-  t.deepEqual(inspected.Layers, manifest.layers.map((l) => l.digest));
+  t.deepEqual(
+    inspected.Layers,
+    manifest.layers.map((l) => l.digest),
+  );
   t.is(inspected.Architecture, 'amd64');
   // Only the blobs this image needs are in the archive.
   const listed = (await execa('tar', ['-tf', oci])).stdout.split('\n').filter((p) => p.startsWith('blobs/sha256/') && p.length > 13);
@@ -236,8 +269,18 @@ test('export: skopeo inspects it, podman loads it (OCI and docker formats), outp
 
   // podman with a private store; removed at the end, the host's podman store stays untouched.
   const p = [
-    '--root', join(fx.root, 'podman'), '--runroot', join(fx.root, 'podman-run'), '--tmpdir', join(fx.root, 'podman-tmp'),
-    '--storage-driver', 'vfs', '--events-backend', 'none', '--cgroup-manager', 'cgroupfs',
+    '--root',
+    join(fx.root, 'podman'),
+    '--runroot',
+    join(fx.root, 'podman-run'),
+    '--tmpdir',
+    join(fx.root, 'podman-tmp'),
+    '--storage-driver',
+    'vfs',
+    '--events-backend',
+    'none',
+    '--cgroup-manager',
+    'cgroupfs',
   ];
   t.teardown(() => rm(join(fx.root, 'podman'), { recursive: true, force: true }));
   const podmanInspect = async (ref: string) => JSON.parse((await execa('podman', [...p, 'image', 'inspect', ref])).stdout)[0];
@@ -392,22 +435,15 @@ test('image indexes: linux/amd64 is picked from a nested index; other-only and u
     await l.init();
     const layer = await createLayer(tree, { store: l });
     const amd64 = await writeImage(l, { layers: [layer], config: { Cmd: ['/bin/true'] } });
-    const armConfig = await l.putBytes(
-      JSON.stringify({ architecture: 'arm64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [layer.diffId] } }),
-      MEDIA_TYPES.config,
-    );
-    const arm64 = await l.putBytes(
-      JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.manifest, config: armConfig, layers: [layer.descriptor] }),
-      MEDIA_TYPES.manifest,
-    );
+    const armConfig = await l.putBytes(JSON.stringify({ architecture: 'arm64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [layer.diffId] } }), MEDIA_TYPES.config);
+    const arm64 = await l.putBytes(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.manifest, config: armConfig, layers: [layer.descriptor] }), MEDIA_TYPES.manifest);
     const top = await mutate(l, amd64, arm64);
     fs.writeFileSync(l.indexPath, JSON.stringify({ schemaVersion: 2, manifests: top }));
     return { file: await tarDir(l.layoutDir, join(fx.root, `idx-${name}.tar`)), amd64 };
   };
   const named = (d: Descriptor, ref = 'multi:1') => ({ ...d, annotations: { [REF_NAME_ANNOTATION]: ref } });
   const platform = (d: Descriptor, architecture: string) => ({ ...d, platform: { os: 'linux', architecture } });
-  const nested = async (l: BlobStore, manifests: object[]) =>
-    l.putBytes(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.index, manifests }), MEDIA_TYPES.index);
+  const nested = async (l: BlobStore, manifests: object[]) => l.putBytes(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.index, manifests }), MEDIA_TYPES.index);
 
   const multi = await make('multi', async (l, amd64, arm64) => [named(await nested(l, [platform(arm64, 'arm64'), platform(amd64, 'amd64')]))]);
   const store = await freshStore('index');
@@ -438,7 +474,10 @@ test('image indexes: linux/amd64 is picked from a nested index; other-only and u
     return [named(amd64, 'a:1'), named(amd64, 'a:2'), named(second, 'b:1')];
   });
   const both = await importArchive(await freshStore('index-two'), two.file);
-  t.deepEqual(both.images.map((i) => i.ref), ['a:1', 'a:2', 'b:1']);
+  t.deepEqual(
+    both.images.map((i) => i.ref),
+    ['a:1', 'a:2', 'b:1'],
+  );
   t.is(both.images[0]!.manifest.digest, both.images[1]!.manifest.digest);
   t.not(both.images[0]!.manifest.digest, both.images[2]!.manifest.digest);
   t.regex((await t.throwsAsync(importArchive(other, two.file, { ref: 'x:1' }), { instanceOf: ArchiveError }))!.message, /holds 2 images/);
@@ -487,11 +526,20 @@ test('tagImage refs from an import resolve like any other tag', async (t) => {
   await tagImage(store, 'copy:1', img!.manifest);
   const out = join(fx.root, 'retag.tar');
   const res = await exportArchive(store, ['copy:1', 'bname:btag', 'copy:1'], out);
-  t.deepEqual(res.images.map((i) => i.ref), ['copy:1', 'bname:btag']);
+  t.deepEqual(
+    res.images.map((i) => i.ref),
+    ['copy:1', 'bname:btag'],
+  );
   const index = JSON.parse((await execa('tar', ['-xOf', out, 'index.json'])).stdout);
-  t.deepEqual(index.manifests.map((d: Descriptor) => d.annotations?.[REF_NAME_ANNOTATION]), ['copy:1', 'bname:btag']);
+  t.deepEqual(
+    index.manifests.map((d: Descriptor) => d.annotations?.[REF_NAME_ANNOTATION]),
+    ['copy:1', 'bname:btag'],
+  );
   const back = await importArchive(await freshStore('retag-back'), out);
-  t.deepEqual(back.images.map((i) => i.ref), ['copy:1', 'bname:btag']);
+  t.deepEqual(
+    back.images.map((i) => i.ref),
+    ['copy:1', 'bname:btag'],
+  );
 });
 
 test('applyLayer takes a layer that ends right after its last file (umoci 0.4), never one cut inside it', async (t) => {

@@ -6,7 +6,7 @@ import type { Hybridbox } from '../src/index.js';
 import { SandboxRegister, runIsolationBench } from '../src/bench/isolation/index.js';
 import type { IsolationResult, SecurityCell } from '../src/measurements/index.js';
 import { findGuestBoot } from '../src/runtimes/vm/boot.js';
-import { CLI, REPO, freshHybridbox, hostTraces , stateOf } from './helpers.js';
+import { CLI, REPO, freshHybridbox, hostTraces, stateOf } from './helpers.js';
 
 // `hybridbox bench isolation` on real backends (containers and microVMs; the libvirt VM is
 // left to full runs: it adds little here but boot time). No timing is asserted: only what
@@ -127,7 +127,10 @@ test.serial('a tiny performance run: container victim alone and next to a CPU ho
   const r = await runIsolationBench(hb, { backends: ['container'], parts: ['performance'], neighbours: ['cpu-hog'], reps: 1, seconds: 1, quick: true, register });
   t.deepEqual(r.security, []);
   t.deepEqual(r.fault, []);
-  t.deepEqual(r.performance.map((c) => `${c.backend} ${c.neighbour}`), ['container none', 'container cpu-hog']);
+  t.deepEqual(
+    r.performance.map((c) => `${c.backend} ${c.neighbour}`),
+    ['container none', 'container cpu-hog'],
+  );
   const [alone, hog] = r.performance;
   t.is(alone!.victimScore.length, 1);
   t.true(alone!.victimScore[0]! > 0);

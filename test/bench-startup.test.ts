@@ -45,7 +45,10 @@ function checkStats(t: ExecutionContext, st: Stats | null | undefined, n: number
   if (!st) return;
   t.is(st.n, n, what);
   const v = [st.minMs, st.medianMs, st.p95Ms, st.p99Ms, st.maxMs, st.meanMs, ...st.medianCiMs];
-  t.true(v.every((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0), `${what}: ${JSON.stringify(st)}`);
+  t.true(
+    v.every((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0),
+    `${what}: ${JSON.stringify(st)}`,
+  );
   t.true(st.minMs <= st.medianMs && st.medianMs <= st.p95Ms && st.p95Ms <= st.p99Ms && st.p99Ms <= st.maxMs, what);
   t.true(st.medianCiMs[0] <= st.medianMs && st.medianMs <= st.medianCiMs[1], `${what}: the CI contains the median`);
   t.is(typeof st.noisy, 'boolean');
@@ -53,7 +56,10 @@ function checkStats(t: ExecutionContext, st: Stats | null | undefined, n: number
 
 /** Every scenario asked for: n runs with finite stats, or a skip reason and nothing else. */
 function checkScenarios(t: ExecutionContext, result: StartupResult, names: string[], n: number): void {
-  t.deepEqual(result.scenarios.map((s) => s.name), names);
+  t.deepEqual(
+    result.scenarios.map((s) => s.name),
+    names,
+  );
   for (const s of result.scenarios) {
     if (s.skipped) {
       t.is(typeof s.skipped, 'string');
@@ -88,7 +94,10 @@ rootTest('bench startup: container, host and crun-raw interleaved; well-formed J
   t.is(result.kind, 'startup');
   t.like(result.options, { runs: 2, warmup: 0, image: 'busybox', command: 'echo ready' });
   checkScenarios(t, result, ['host', 'crun-raw', 'container'], 2);
-  t.false(result.scenarios.some((s) => s.skipped), result.scenarios.map((s) => `${s.name}: ${s.skipped ?? 'ok'}`).join('; '));
+  t.false(
+    result.scenarios.some((s) => s.skipped),
+    result.scenarios.map((s) => `${s.name}: ${s.skipped ?? 'ok'}`).join('; '),
+  );
   const container = result.scenarios.find((s) => s.name === 'container')!;
   t.like(container, { kind: 'backend', backend: 'container' });
   t.deepEqual(Object.keys(container.phasesMs), ['placement', 'prepare', 'start', 'firstOutput', 'exit', 'teardown']);
@@ -104,7 +113,10 @@ rootTest('bench startup: container, host and crun-raw interleaved; well-formed J
     t.is(result.host.key, hb.measurements.hostKey);
     const stored = hb.measurements.latest('startup', hb.measurements.hostKey);
     t.is(stored?.id, result.id);
-    t.deepEqual(stored?.scenarios.map((s) => s.totalMs), result.scenarios.map((s) => s.totalMs));
+    t.deepEqual(
+      stored?.scenarios.map((s) => s.totalMs),
+      result.scenarios.map((s) => s.totalMs),
+    );
     t.deepEqual(await hb.sandboxes.list({ all: true }), [], 'no sandbox is left behind');
   } finally {
     hb.close();
@@ -112,14 +124,20 @@ rootTest('bench startup: container, host and crun-raw interleaved; well-formed J
   const files = readdirSync(out);
   t.is(files.length, 1);
   t.is((JSON.parse(readFileSync(join(out, files[0]!), 'utf8')) as StartupResult).id, result.id);
-  t.false(['blkio', 'memory', 'pids'].some((c) => existsSync(`/sys/fs/cgroup/${c}/hybridbox-bench`)), 'the baselines\' cgroup parent is removed');
+  t.false(
+    ['blkio', 'memory', 'pids'].some((c) => existsSync(`/sys/fs/cgroup/${c}/hybridbox-bench`)),
+    "the baselines' cgroup parent is removed",
+  );
 });
 
 vmTest('bench startup: a microVM next to raw QEMU, one run each', async (t) => {
   t.timeout(180_000);
   const { result } = await bench(t, ['--runs', '1', '--warmup', '0', '--backends', 'microvm,qemu']);
   checkScenarios(t, result, ['qemu-raw', 'microvm'], 1);
-  t.false(result.scenarios.some((s) => s.skipped), result.scenarios.map((s) => `${s.name}: ${s.skipped ?? 'ok'}`).join('; '));
+  t.false(
+    result.scenarios.some((s) => s.skipped),
+    result.scenarios.map((s) => `${s.name}: ${s.skipped ?? 'ok'}`).join('; '),
+  );
   checkRatio(t, result, 'microvm / qemu-raw (first output)');
   t.is(result.ratios.find((r) => r.name.startsWith('microvm / qemu-raw'))!.basis, 'firstOutput');
 });

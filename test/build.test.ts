@@ -93,7 +93,7 @@ test.serial('a build FROM debian:bookworm (made locally by mmdebstrap) runs as a
   const dir = context({
     Sandboxfile: [
       'FROM debian:bookworm',
-      'RUN useradd --create-home --uid 1234 app && dpkg-query -W -f "\${Package}\\n" | wc -l > /etc/package-count',
+      'RUN useradd --create-home --uid 1234 app && dpkg-query -W -f "${Package}\\n" | wc -l > /etc/package-count',
       'COPY hello.sh /usr/local/bin/hello',
       'RUN chmod 755 /usr/local/bin/hello',
       'USER app',

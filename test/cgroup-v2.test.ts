@@ -25,7 +25,6 @@ const GUEST_TIMEOUT_MS = 300_000;
 const BOOT_TIMEOUT_MS = 60_000;
 const LEAK_CYCLES = 20;
 
-
 interface CaseResult {
   stdout: string;
   stderr: string;
@@ -86,7 +85,11 @@ test.before(async () => {
   // This clone's kernel, not whatever guest-boot.json names: the guest needs the namespaces
   // and cgroup controllers of this clone's kernels/hybridbox-guest.config (and 9p, which
   // Debian's fallback kernel lacks).
-  const script = (...p: string[]) => execFileSync('bash', [join(REPO, ...p)], { encoding: 'utf8' }).trim().split('\n').pop()!;
+  const script = (...p: string[]) =>
+    execFileSync('bash', [join(REPO, ...p)], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .pop()!;
   const kernel = execFileSync('bash', [join(REPO, 'kernels', 'build.sh'), '--print-path'], { encoding: 'utf8' }).trim();
   if (!existsSync(kernel)) throw new Error(`${kernel} is not built: run \`npm run setup\` (bash kernels/build.sh) first`);
   const boot: GuestBoot = { kernel, initrd: script('guest-images', 'build-initramfs.sh'), flavour: 'custom', kernelRelease: '' };
@@ -96,9 +99,7 @@ test.before(async () => {
   // The VM's writable layer; the cached disk is only ever read.
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', base, files.disk]);
   const host = await probeHost();
-  const volumes = [
-    { tag: 'pkg', hostPath: REPO, guestPath: '/opt/hybridbox', readOnly: true },
-  ];
+  const volumes = [{ tag: 'pkg', hostPath: REPO, guestPath: '/opt/hybridbox', readOnly: true }];
   const spec: MachineSpec = {
     id: 'cgroup2-guest',
     name: 'cgroup2-guest',
@@ -125,7 +126,13 @@ test.before(async () => {
     microvmLauncher,
     spec,
     files,
-    { argv: ['/bin/sh', '/opt/hybridbox/test/support/cgroup-v2-guest.sh'], env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LEAK_CYCLES: String(LEAK_CYCLES) }, workdir: '/', uid: 0, gid: 0 },
+    {
+      argv: ['/bin/sh', '/opt/hybridbox/test/support/cgroup-v2-guest.sh'],
+      env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LEAK_CYCLES: String(LEAK_CYCLES) },
+      workdir: '/',
+      uid: 0,
+      gid: 0,
+    },
     { onStdout: onOutput, onStderr: (c) => (transcript += c.toString()) },
     { bootTimeoutMs: BOOT_TIMEOUT_MS, timeoutMs: GUEST_TIMEOUT_MS },
   );
@@ -232,10 +239,10 @@ test(`no leftovers after ${LEAK_CYCLES} run cycles: cgroups, mounts, /run/crun, 
   const kv = (prefix: string) => Object.fromEntries([...c.stdout.matchAll(new RegExp(`^${prefix}([\\w-]+)=(.*)$`, 'gm'))].map((m) => [m[1], m[2]!.trim()]));
   const before = kv('before:');
   const after = kv('after:');
-  t.is(kv('')['cycles'], String(LEAK_CYCLES));
+  t.is(kv('').cycles, String(LEAK_CYCLES));
   t.like(after, { cgroups: '', 'cgroup-parent': 'absent', 'hybridbox-mounts': '0', 'run-crun': '', 'sandbox-dirs': '', procs: '0' });
   t.is(after.mounts, before.mounts);
-  t.is(kv('')['ps'], '[]');
+  t.is(kv('').ps, '[]');
   t.log(`${LEAK_CYCLES} cycles in ${c.seconds.toFixed(1)} s of guest time (${((c.seconds / LEAK_CYCLES) * 1000).toFixed(0)} ms per \`hybridbox run --rm\`)`);
 });
 

@@ -27,19 +27,27 @@ test.after.always(async () => {
 /** Starts a foreground run and waits until its workload is up (its record is running). */
 async function started(name: string, args: string[]) {
   const child = execa('node', [CLI, 'run', '--name', name, ...args], { env: env(), reject: false });
-  const up = await waitFor(() => {
-    const db = stateOf(root);
-    try {
-      const rec = db.find(name);
-      return rec?.state === 'running' && hostTraces([rec.id]).some((x) => x.startsWith('cgroup'));
-    } finally {
-      db.close();
-    }
-  }, 20_000, 50);
+  const up = await waitFor(
+    () => {
+      const db = stateOf(root);
+      try {
+        const rec = db.find(name);
+        return rec?.state === 'running' && hostTraces([rec.id]).some((x) => x.startsWith('cgroup'));
+      } finally {
+        db.close();
+      }
+    },
+    20_000,
+    50,
+  );
   return { child, up };
 }
 
-for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
+for (const [sig, code] of [
+  ['SIGINT', 130],
+  ['SIGTERM', 143],
+  ['SIGHUP', 129],
+] as const) {
   test.serial(`${sig} to a foreground run --rm reaches the workload; the exit is ${code} and nothing is left`, async (t) => {
     const name = `sig-${sig.toLowerCase()}`;
     const { child, up } = await started(name, ['--rm', 'busybox', '--', 'sleep', '30']);

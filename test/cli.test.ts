@@ -39,7 +39,22 @@ test.serial('run --json prints one result object', async (t) => {
   const r = await hbx(['run', '--rm', '--json', '-m', '64m', 'busybox', '--', 'echo', 'hi']);
   t.is(r.exitCode, 0);
   const o = JSON.parse(r.stdout) as Record<string, unknown>;
-  for (const k of ['id', 'backend', 'placement', 'exitCode', 'signal', 'timedOut', 'oomKilled', 'durationMs', 'startupMs', 'stdout', 'stderr', 'stdoutTruncated', 'stderrTruncated', 'peakMemoryBytes']) {
+  for (const k of [
+    'id',
+    'backend',
+    'placement',
+    'exitCode',
+    'signal',
+    'timedOut',
+    'oomKilled',
+    'durationMs',
+    'startupMs',
+    'stdout',
+    'stderr',
+    'stdoutTruncated',
+    'stderrTruncated',
+    'peakMemoryBytes',
+  ]) {
     t.true(k in o, `result has ${k}`);
   }
   t.is(o.stdout, 'hi\n');
@@ -104,7 +119,10 @@ test.serial('place explains its choice without running anything', async (t) => {
   const { findGuestBoot } = await import('../src/runtimes/vm/boot.js');
   t.is(p.backend, findGuestBoot() ? 'microvm' : 'container');
   t.true(p.reasons.some((x) => /untrusted/.test(x)));
-  t.deepEqual(p.rejected.map((x) => x.backend).sort(), ['container', 'microvm', 'vm'].filter((b) => b !== p.backend));
+  t.deepEqual(
+    p.rejected.map((x) => x.backend).sort(),
+    ['container', 'microvm', 'vm'].filter((b) => b !== p.backend),
+  );
   const ps = await hbx(['ps', '-a', '--json']);
   t.deepEqual(JSON.parse(ps.stdout), []);
 });
@@ -161,6 +179,9 @@ test.serial('info --json: the host and each backend, available or why not', asyn
   const info = JSON.parse(r.stdout) as { host: { kvm: { usable: boolean }; cgroup: { layout: string } }; backends: { kind: string; available: boolean; reason: string | null }[] };
   t.is(typeof info.host.kvm.usable, 'boolean');
   t.regex(info.host.cgroup.layout, /^(v1|hybrid|v2)$/);
-  t.deepEqual(info.backends.map((b) => b.kind), ['container', 'microvm', 'vm']);
+  t.deepEqual(
+    info.backends.map((b) => b.kind),
+    ['container', 'microvm', 'vm'],
+  );
   for (const b of info.backends) t.is(b.available, b.reason === null);
 });

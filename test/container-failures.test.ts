@@ -119,15 +119,23 @@ let fgSeq = 0;
 async function startForeground(spec: Record<string, unknown>, stepMs = 20): Promise<{ done: Promise<RunResult>; id: string }> {
   const name = `fg-${process.pid}-${++fgSeq}`;
   const done = hb.sandboxes.run({ ...spec, name });
-  const up = await waitFor(() => {
-    const rec = store.find(name);
-    return !!rec && rec.state === 'running' && !!rec.runtime.dir && existsSync(join(rec.runtime.dir as string, 'pid'));
-  }, 10_000, stepMs);
+  const up = await waitFor(
+    () => {
+      const rec = store.find(name);
+      return !!rec && rec.state === 'running' && !!rec.runtime.dir && existsSync(join(rec.runtime.dir as string, 'pid'));
+    },
+    10_000,
+    stepMs,
+  );
   if (!up) throw new Error('the foreground sandbox did not start');
   return { done, id: store.find(name)!.id };
 }
 
-for (const [sig, code] of [['INT', 130], ['HUP', 129], ['TERM', 143]] as const) {
+for (const [sig, code] of [
+  ['INT', 130],
+  ['HUP', 129],
+  ['TERM', 143],
+] as const) {
   test(`signal ${sig} to a foreground \`sleep 30\` reaches the workload: exit ${code}, SIG${sig}, nothing left`, async (t) => {
     const { done, id } = await startForeground({ image: 'busybox', command: ['sleep', '30'] });
     const t0 = Date.now();
@@ -197,7 +205,11 @@ test('stdin: 4 MiB pass through unchanged (back-pressure, no loss)', async (t) =
 });
 
 test('stdin: a workload that exits without reading an endless stdin ends the run normally', async (t) => {
-  const endless = new Readable({ read() { this.push(Buffer.alloc(65536, 120)); } });
+  const endless = new Readable({
+    read() {
+      this.push(Buffer.alloc(65536, 120));
+    },
+  });
   const r = await hb.sandboxes.run(sh('exit 4', { timeoutMs: 20_000 }), { stdin: endless, remove: true });
   t.is(r.exitCode, 4);
   t.false(r.timedOut);
@@ -215,7 +227,11 @@ test('exec with stdin (`exec -i`): piped input reaches the command, with its EOF
   const e = await hb.sandboxes.exec(d.id, ['sh', '-c', 'cat | tr a-z A-Z'], { stdin: Readable.from(['piped in\n']) });
   t.is(e.exitCode, 0, e.stderr);
   t.is(e.stdout, 'PIPED IN\n');
-  const endless = new Readable({ read() { this.push(Buffer.alloc(65536, 120)); } });
+  const endless = new Readable({
+    read() {
+      this.push(Buffer.alloc(65536, 120));
+    },
+  });
   const early = await hb.sandboxes.exec(d.id, ['true'], { stdin: endless });
   t.is(early.exitCode, 0);
   endless.destroy();

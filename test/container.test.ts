@@ -133,7 +133,10 @@ test.serial('two bridge sandboxes reach each other; no route leads out', async (
 
 test('untrusted sandbox: cannot mount, unshare or write /proc/sys; root is not host root', async (t) => {
   const r = await hb.sandboxes.run(
-    sh('mount -t tmpfs x /mnt 2>/dev/null; echo mount=$?; unshare -U true 2>/dev/null; echo unshare=$?; (echo 1 > /proc/sys/kernel/ostype) 2>/dev/null; echo procsys=$?; cat /proc/self/uid_map; ls /sys/class/net | tr "\\n" " "', { trust: 'untrusted', isolation: 'container' }),
+    sh(
+      'mount -t tmpfs x /mnt 2>/dev/null; echo mount=$?; unshare -U true 2>/dev/null; echo unshare=$?; (echo 1 > /proc/sys/kernel/ostype) 2>/dev/null; echo procsys=$?; cat /proc/self/uid_map; ls /sys/class/net | tr "\\n" " "',
+      { trust: 'untrusted', isolation: 'container' },
+    ),
     { remove: true },
   );
   const lines = r.stdout.trim().split('\n');
@@ -231,7 +234,11 @@ test.serial('kill -9 of a foreground CLI: the sandbox dies with it and the next 
     env: { ...process.env, HYBRIDBOX_ROOT: root },
     stdio: 'ignore',
   });
-  const found = await waitFor(() => hb.sandboxes.find(`victim-${process.pid}`)?.state === 'running' && hostTraces([hb.sandboxes.find(`victim-${process.pid}`)!.id]).some((x) => x.startsWith('cgroup')), 10_000, 50);
+  const found = await waitFor(
+    () => hb.sandboxes.find(`victim-${process.pid}`)?.state === 'running' && hostTraces([hb.sandboxes.find(`victim-${process.pid}`)!.id]).some((x) => x.startsWith('cgroup')),
+    10_000,
+    50,
+  );
   t.true(found, 'sandbox started');
   const id = hb.sandboxes.find(`victim-${process.pid}`)!.id;
   child.kill('SIGKILL');
@@ -240,7 +247,12 @@ test.serial('kill -9 of a foreground CLI: the sandbox dies with it and the next 
   const info = (await hb.sandboxes.list({ all: true })).find((s) => s.id === id)!;
   t.not(info.state, 'running');
   t.deepEqual(hostTraces([id]), []);
-  t.deepEqual(stateOf(root).leases().filter((l) => l.sandboxId === id), []);
+  t.deepEqual(
+    stateOf(root)
+      .leases()
+      .filter((l) => l.sandboxId === id),
+    [],
+  );
   await hb.sandboxes.remove(id);
 });
 
@@ -253,7 +265,12 @@ test.serial('50 run/rm cycles leave no cgroup, mount, netns, link, lease or reco
   }
   t.deepEqual(hostTraces(ids), []);
   t.deepEqual(stateOf(root).leases(), []);
-  t.deepEqual(stateOf(root).list().filter((r) => ids.includes(r.id)), []);
+  t.deepEqual(
+    stateOf(root)
+      .list()
+      .filter((r) => ids.includes(r.id)),
+    [],
+  );
   const mountsOfRoot = readMountinfo().filter((m) => mentions(m, root));
   t.deepEqual(mountsOfRoot, []);
 });

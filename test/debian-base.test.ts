@@ -62,12 +62,21 @@ test.serial('debian:bookworm base: a working minbase rootfs, and a rebuild from 
     t.true(existsSync(join(a, 'bin/sh')), '/bin/sh');
     t.regex(readFileSync(join(a, 'etc/apt/sources.list'), 'utf8'), /^deb \S+ bookworm main$/m, 'apt stays usable');
     t.true(first.build.packages.some((p) => p.startsWith('apt=')));
-    t.false(first.build.packages.some((p) => /^(usrmerge|perl)=/.test(p)), 'no usrmerge and so no perl');
+    t.false(
+      first.build.packages.some((p) => /^(usrmerge|perl)=/.test(p)),
+      'no usrmerge and so no perl',
+    );
     t.deepEqual(readdirSync(join(a, 'dev')), [], 'the runtime provides /dev');
     t.false(existsSync(join(a, 'etc/resolv.conf')), 'no copy of the host resolver config');
-    t.deepEqual(readdirSync(join(a, 'var/lib/apt/lists')).filter((n) => n !== 'lock' && n !== 'partial'), []);
+    t.deepEqual(
+      readdirSync(join(a, 'var/lib/apt/lists')).filter((n) => n !== 'lock' && n !== 'partial'),
+      [],
+    );
     t.false(existsSync(join(a, 'usr/share/man/man1')), 'no manual pages');
-    t.true(readdirSync(join(a, 'usr/share/doc/bash')).every((n) => n === 'copyright'), 'copyright files only');
+    t.true(
+      readdirSync(join(a, 'usr/share/doc/bash')).every((n) => n === 'copyright'),
+      'copyright files only',
+    );
     t.true(first.layer.descriptor.size < 40e6, `layer is ${first.layer.descriptor.size} bytes`);
 
     // A second build from the same mirror state. Should the mirror publish between the two

@@ -4,10 +4,33 @@ import * as hybridbox from '../src/index.js';
 // Every failure a caller can handle has its own class, exported from the package entry, and
 // says in one line what to do.
 const NAMES = [
-  'SpecError', 'ImageNotFoundError', 'ImageInUseError', 'ImageStoreBusyError', 'SandboxNotFoundError', 'AmbiguousReferenceError', 'NameConflictError',
-  'SandboxStateError', 'PlacementError', 'BackendUnavailableError', 'HostCapabilityError', 'TimeoutError', 'BootTimeoutError', 'AbortedError',
-  'StateStoreError', 'InsecureFileError', 'RuntimeError', 'SandboxfileError', 'BuildError', 'ArchiveError', 'RegistryError', 'RegistryAuthError',
-  'BucketNotFoundError', 'DigestMismatchError', 'AgentError', 'AgentTimeoutError', 'AgentClosedError',
+  'SpecError',
+  'ImageNotFoundError',
+  'ImageInUseError',
+  'ImageStoreBusyError',
+  'SandboxNotFoundError',
+  'AmbiguousReferenceError',
+  'NameConflictError',
+  'SandboxStateError',
+  'PlacementError',
+  'BackendUnavailableError',
+  'HostCapabilityError',
+  'TimeoutError',
+  'BootTimeoutError',
+  'AbortedError',
+  'StateStoreError',
+  'InsecureFileError',
+  'RuntimeError',
+  'SandboxfileError',
+  'BuildError',
+  'ArchiveError',
+  'RegistryError',
+  'RegistryAuthError',
+  'BucketNotFoundError',
+  'DigestMismatchError',
+  'AgentError',
+  'AgentTimeoutError',
+  'AgentClosedError',
 ] as const;
 
 test('each error class is exported and is a HybridboxError', (t) => {

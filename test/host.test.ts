@@ -51,7 +51,10 @@ test('probeHost matches this machine', async (t) => {
   }
 
   // cgroups, from /proc/mounts rather than the mountinfo the probe reads.
-  const mounts = readFileSync('/proc/mounts', 'utf8').trim().split('\n').map((l) => l.split(' '));
+  const mounts = readFileSync('/proc/mounts', 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => l.split(' '));
   const cg2 = mounts.filter((m) => m[2] === 'cgroup2').map((m) => m[1]);
   const cg1 = mounts.filter((m) => m[2] === 'cgroup');
   const layout = cg2.includes('/sys/fs/cgroup') ? 'v2' : cg1.length && cg2.length ? 'hybrid' : 'v1';
@@ -129,7 +132,11 @@ test('cgroup layout from mountinfo: v2, hybrid, v1', (t) => {
   const v2 = probeCgroups(line(30, '/sys/fs/cgroup', 'cgroup2', 'rw,nsdelegate'));
   t.like(v2, { layout: 'v2', v1: {}, unifiedMount: '/sys/fs/cgroup' });
 
-  const v1Lines = [line(32, '/sys/fs/cgroup/cpu,cpuacct', 'cgroup', 'rw,cpu,cpuacct'), line(35, '/sys/fs/cgroup/memory', 'cgroup', 'rw,memory'), line(40, '/sys/fs/cgroup/systemd', 'cgroup', 'rw,xattr,name=systemd')];
+  const v1Lines = [
+    line(32, '/sys/fs/cgroup/cpu,cpuacct', 'cgroup', 'rw,cpu,cpuacct'),
+    line(35, '/sys/fs/cgroup/memory', 'cgroup', 'rw,memory'),
+    line(40, '/sys/fs/cgroup/systemd', 'cgroup', 'rw,xattr,name=systemd'),
+  ];
   const v1 = probeCgroups(v1Lines.join('\n'));
   t.is(v1.layout, 'v1');
   t.deepEqual(v1.v1, { cpu: '/sys/fs/cgroup/cpu,cpuacct', cpuacct: '/sys/fs/cgroup/cpu,cpuacct', memory: '/sys/fs/cgroup/memory' });
@@ -139,7 +146,7 @@ test('cgroup layout from mountinfo: v2, hybrid, v1', (t) => {
   t.like(hybrid, { layout: 'hybrid', unifiedMount: '/sys/fs/cgroup/unified' });
 });
 
-test('parseVersion reads the tools\' version lines', (t) => {
+test("parseVersion reads the tools' version lines", (t) => {
   t.is(parseVersion('crun version 1.8.1\ncommit: f8a0'), '1.8.1');
   t.is(parseVersion('runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1+deb12u1'), '1.1.5+ds1');
   t.is(parseVersion('tini version 0.19.0 - git.de40ad0'), '0.19.0');
@@ -163,7 +170,10 @@ test('formatHostInfo lists KVM, cgroups, every runtime, CPUs, memory and kernel'
   t.true(out.includes(info.kernelRelease));
   // The layout by name, then where the controllers are.
   const row = (cgroup: typeof info.cgroup) => /^cgroups +(.*)$/m.exec(formatHostInfo({ ...info, cgroup }))![1];
-  t.is(row({ layout: 'v2', v1: {}, unifiedMount: '/sys/fs/cgroup', unifiedControllers: ['cpu', 'io', 'memory', 'pids'] }), 'v2 (unified hierarchy only): cgroup2 at /sys/fs/cgroup, controllers cpu io memory pids');
+  t.is(
+    row({ layout: 'v2', v1: {}, unifiedMount: '/sys/fs/cgroup', unifiedControllers: ['cpu', 'io', 'memory', 'pids'] }),
+    'v2 (unified hierarchy only): cgroup2 at /sys/fs/cgroup, controllers cpu io memory pids',
+  );
   t.is(
     row({ layout: 'hybrid', v1: { pids: '/sys/fs/cgroup/pids', memory: '/sys/fs/cgroup/memory' }, unifiedMount: '/sys/fs/cgroup/unified', unifiedControllers: [] }),
     'hybrid (v1 controllers memory pids; cgroup2 at /sys/fs/cgroup/unified, controllers none, hidden from the container runtime)',

@@ -109,10 +109,19 @@ test('microvm argv: every path inside an option string comes back whole; whole-a
 test("microvm: the RTC's IRQ goes to a placeholder; the volume limit and the command-line reserve follow the devices", (t) => {
   const devices = (s: MachineSpec) => microvmArgv(s, files).filter((a, i, all) => all[i - 1] === '-device' && /^virtio-\w+-device/.test(a));
   const small = machine([{ hostPath: '/h0', guestPath: '/g0' }]);
-  t.deepEqual(devices(small).map((d) => d.split(',')[0]), ['virtio-serial-device', 'virtio-blk-device', 'virtio-9p-device']);
-  const bridged = machine([0, 1, 2, 3].map((i) => ({ hostPath: `/h${i}`, guestPath: `/g${i}` })), { tap: 'htabc', mac: '52:54:00:00:00:01' });
+  t.deepEqual(
+    devices(small).map((d) => d.split(',')[0]),
+    ['virtio-serial-device', 'virtio-blk-device', 'virtio-9p-device'],
+  );
+  const bridged = machine(
+    [0, 1, 2, 3].map((i) => ({ hostPath: `/h${i}`, guestPath: `/g${i}` })),
+    { tap: 'htabc', mac: '52:54:00:00:00:01' },
+  );
   // Transports are taken from IRQ 12 down: the 5th has IRQ 8, the RTC's.
-  t.deepEqual(devices(bridged).map((d) => d.split(',')[0]), ['virtio-serial-device', 'virtio-blk-device', 'virtio-net-device', 'virtio-9p-device', 'virtio-rng-device', 'virtio-9p-device', 'virtio-9p-device', 'virtio-9p-device']);
+  t.deepEqual(
+    devices(bridged).map((d) => d.split(',')[0]),
+    ['virtio-serial-device', 'virtio-blk-device', 'virtio-net-device', 'virtio-9p-device', 'virtio-rng-device', 'virtio-9p-device', 'virtio-9p-device', 'virtio-9p-device'],
+  );
   t.is(microvmMaxVolumes({ boot, tap: 'htabc' }), 4);
   t.is(microvmMaxVolumes({ boot, tap: null }), 5);
   t.is(microvmMaxVolumes({ boot: { ...boot, flavour: 'debian' }, tap: null }), null);
@@ -151,7 +160,10 @@ function kernelArgs(line: string): { param: string; val: string | null }[] {
 function agentVolume(val: string): { tag: string; path: string; ro: boolean } {
   const decode = (s: string) => {
     if (/%(?![0-9A-Fa-f]{2})|%00/.test(s)) throw new Error(`the agent refuses ${s}`);
-    return Buffer.from(s.replace(/%([0-9A-Fa-f]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1').toString('utf8');
+    return Buffer.from(
+      s.replace(/%([0-9A-Fa-f]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16))),
+      'latin1',
+    ).toString('utf8');
   };
   const colon = val.indexOf(':');
   let path = val.slice(colon + 1);
@@ -166,7 +178,11 @@ test('kernel command line: odd guest paths reach the agent intact, as parameters
   t.regex(line, /^[\x21-\x7e ]+$/, 'printable ASCII only: no quotes, no bytes the kernel takes for spaces');
   t.false(line.includes('"'));
   const args = kernelArgs(line);
-  t.deepEqual(args.map((a) => a.param), line.split(' ').map((a) => a.split('=')[0]), 'each parameter stays one');
+  t.deepEqual(
+    args.map((a) => a.param),
+    line.split(' ').map((a) => a.split('=')[0]),
+    'each parameter stays one',
+  );
   t.deepEqual(
     args.filter((a) => a.param === 'hbx.vol').map((a) => agentVolume(a.val!)),
     volumes.map((v) => ({ tag: v.tag, path: v.guestPath, ro: v.readOnly })),
@@ -199,7 +215,12 @@ test('libvirt XML: odd paths come back from the XML whole, and the domain valida
   const volumes = ODD_HOST.map((hostPath, i) => ({ hostPath, guestPath: ODD_GUEST[i % ODD_GUEST.length]! }));
   const spec = machine(volumes, { tap: 'htabc', mac: '52:54:00:00:00:01' });
   const xml = domainXml(spec, files);
-  const dom = (await parseStringPromise(xml)) as { domain: { os: { kernel: string[]; initrd: string[]; cmdline: string[] }[]; devices: { filesystem: { source: { $: { dir: string } }[] }[]; disk: { source: { $: { file: string } }[] }[]; channel: { source: { $: { path: string } }[] }[] }[] } };
+  const dom = (await parseStringPromise(xml)) as {
+    domain: {
+      os: { kernel: string[]; initrd: string[]; cmdline: string[] }[];
+      devices: { filesystem: { source: { $: { dir: string } }[] }[]; disk: { source: { $: { file: string } }[] }[]; channel: { source: { $: { path: string } }[] }[] }[];
+    };
+  };
   t.deepEqual(
     dom.domain.devices[0]!.filesystem.map((f) => f.source[0]!.$.dir),
     volumes.map((v) => v.hostPath),
@@ -265,7 +286,10 @@ vmTest("microvm: with a NIC and 4 volumes every device works (the 5th transport'
   const dir = mkdtempSync(join(tmpdir(), 'hbx-esc-many-'));
   writeFileSync(join(dir, 'f'), 'x\n');
   const volumes = [0, 1, 2, 3].map((i) => ({ hostPath: dir, guestPath: `/m${i}`, readOnly: true }));
-  const r = await hb.sandboxes.run({ image: 'busybox', command: ['sh', '-c', 'cat /m0/f /m1/f /m2/f /m3/f; ip -o link show eth0 | grep -c eth0'], isolation: 'microvm', network: 'bridge', volumes }, { remove: true });
+  const r = await hb.sandboxes.run(
+    { image: 'busybox', command: ['sh', '-c', 'cat /m0/f /m1/f /m2/f /m3/f; ip -o link show eth0 | grep -c eth0'], isolation: 'microvm', network: 'bridge', volumes },
+    { remove: true },
+  );
   t.is(r.crash, null);
   t.is(r.exitCode, 0, r.stderr);
   t.is(r.stdout, 'x\nx\nx\nx\n1\n');

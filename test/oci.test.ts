@@ -7,19 +7,7 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { Header, list as tarList } from 'tar';
-import {
-  BlobStore,
-  MEDIA_TYPES,
-  applyLayer,
-  createLayer,
-  readConfig,
-  readManifest,
-  resolveTag,
-  tagImage,
-  untag,
-  writeImage,
-  LayerEscapeError,
-} from '../src/images/oci/index.js';
+import { BlobStore, MEDIA_TYPES, applyLayer, createLayer, readConfig, readManifest, resolveTag, tagImage, untag, writeImage, LayerEscapeError } from '../src/images/oci/index.js';
 
 const tmp = (prefix: string) => mkdtemp(join(tmpdir(), `hbx-oci-${prefix}-`));
 
@@ -182,7 +170,13 @@ test('layer entries that escape the target are refused', async (t) => {
   const outside = join(root, 'outside');
   fs.mkdirSync(outside);
   const cases: [string, Buffer][] = [
-    ['dotdot', hostileLayer([{ path: 'ok', type: 'File', body: 'fine' }, { path: '../outside/pwned', type: 'File', body: 'x' }])],
+    [
+      'dotdot',
+      hostileLayer([
+        { path: 'ok', type: 'File', body: 'fine' },
+        { path: '../outside/pwned', type: 'File', body: 'x' },
+      ]),
+    ],
     ['absolute', hostileLayer([{ path: join(outside, 'pwned'), type: 'File', body: 'x' }])],
     [
       'symlink',
@@ -259,7 +253,10 @@ test('image write, tag and resolve; accepted by skopeo and umoci', async (t) => 
   t.deepEqual(await writeImage(store, { layers: [l1, l2], config: { Cmd: ['/usr/bin/tool'], Env: ['PATH=/usr/bin:/bin'], WorkingDir: '/', Labels: { 'io.hybridbox.test': '1' } } }), manifest);
 
   const m = await readManifest(store, manifest);
-  t.deepEqual(m.layers.map((l) => l.digest), [l1.descriptor.digest, l2.descriptor.digest]);
+  t.deepEqual(
+    m.layers.map((l) => l.digest),
+    [l1.descriptor.digest, l2.descriptor.digest],
+  );
   const cfg = await readConfig(store, m);
   t.deepEqual(cfg.rootfs, { type: 'layers', diff_ids: [l1.diffId, l2.diffId] });
   t.is(cfg.architecture, 'amd64');

@@ -46,10 +46,14 @@ const sh = (script: string, more: Record<string, unknown> = {}) => ({ image: 'bu
 
 async function waitEnded(id: string): Promise<SandboxInfo> {
   let info: SandboxInfo | undefined;
-  await waitFor(async () => {
-    info = (await hb.sandboxes.list({ all: true })).find((s) => s.id === id);
-    return info !== undefined && info.state !== 'running';
-  }, 30_000, 50);
+  await waitFor(
+    async () => {
+      info = (await hb.sandboxes.list({ all: true })).find((s) => s.id === id);
+      return info !== undefined && info.state !== 'running';
+    },
+    30_000,
+    50,
+  );
   return info!;
 }
 
@@ -170,7 +174,7 @@ test('registry.json is refused while other users can read or write it, like an s
   t.is(resolveRegistryConfig({}, join(root, 'registry-check')).endpoint, 'http://127.0.0.1:9');
 });
 
-test.serial('the state root\'s own registry.json is refused by push before anything is sent', async (t) => {
+test.serial("the state root's own registry.json is refused by push before anything is sent", async (t) => {
   const file = join(root, 'registry.json');
   writeFileSync(file, JSON.stringify({ endpoint: 'http://127.0.0.1:9', accessKeyId: 'k', secretAccessKey: SECRET }));
   chmodSync(file, 0o644);

@@ -54,7 +54,16 @@ function startupResult(host: HostDescription): StartupResult {
       scenario('microvm', 'backend', 'microvm', 1250, 3, { placement: 1, create: 40, boot: 1100, teardown: 60 }),
       scenario('qemu-raw', 'baseline', 'microvm', 1150, 4),
       scenario('vm', 'backend', 'vm', 3900, 5, { placement: 1, create: 300, boot: 3300, teardown: 250 }),
-      { ...scenario('podman', 'baseline', 'container', 1, 6), totalMs: [], firstOutputMs: [], phasesMs: {}, stats: summarize([]), firstOutputStats: null, phaseStats: {}, skipped: 'podman is not installed' },
+      {
+        ...scenario('podman', 'baseline', 'container', 1, 6),
+        totalMs: [],
+        firstOutputMs: [],
+        phasesMs: {},
+        stats: summarize([]),
+        firstOutputStats: null,
+        phaseStats: {},
+        skipped: 'podman is not installed',
+      },
     ],
     ratios: [
       { name: 'container / crun-raw', numerator: 'container', denominator: 'crun-raw', value: 1.2, target: { max: 1.5, met: true } },
@@ -123,7 +132,10 @@ rootTest('bench density measures and cleans up; report renders every section as 
   t.is(c.backend, 'container');
   t.is(c.started, 2);
   t.regex(c.stopReason, /count reached/);
-  t.deepEqual(c.ramp.map((p) => p.count), [0, 1, 2]);
+  t.deepEqual(
+    c.ramp.map((p) => p.count),
+    [0, 1, 2],
+  );
   t.true(c.ramp.every((p, i) => p.hostUsedBytes > 0 && (i === 0 || p.elapsedMs >= c.ramp[i - 1]!.elapsedMs)));
   t.true(c.startRatePerS > 0);
   t.true(c.hostRssBytesPerSandbox > 0, 'the shim and runtime have resident memory');
@@ -179,7 +191,11 @@ rootTest('bench density measures and cleans up; report renders every section as 
     t.is(await page.locator('table.matrix th').filter({ hasText: 'container:untrusted' }).count(), 1, 'security matrix: a variant column');
     t.is(await page.locator('ul.faults li').count(), 2, 'fault list');
     t.deepEqual(errors, [], 'no console errors');
-    t.deepEqual(requests.filter((u) => u !== url && !u.startsWith('data:')), [], 'no request beyond the file itself');
+    t.deepEqual(
+      requests.filter((u) => u !== url && !u.startsWith('data:')),
+      [],
+      'no request beyond the file itself',
+    );
     const png = join(dir, 'report.png');
     await page.screenshot({ path: png, fullPage: true });
     t.true(readFileSync(png).length > 10_000);

@@ -74,31 +74,111 @@ interface Row {
 }
 
 const rows: Row[] = [
-  { name: 'trusted on a full host: the fastest start-up wins', expect: { backend: 'container', reason: /trusted.*fastest predicted start-up.*container at 60 ms/, rejected: ['microvm', /slower predicted start-up \(400 ms/] } },
-  { name: 'untrusted on a full host: microvm, not the full machine', spec: { trust: 'untrusted' }, expect: { backend: 'microvm', reason: /microvm is preferred over vm: .*full machine/, rejected: ['container', /untrusted and a VM backend is available/] } },
-  { name: 'untrusted without QEMU: hardened container', spec: { trust: 'untrusted' }, host: hosts.noQemu, expect: { backend: 'container', reason: /^no VM backend available on this host: running untrusted code in a hardened container \(user namespace, strict seccomp\)\.$/, rejected: ['microvm', /QEMU is not installed/] } },
-  { name: 'untrusted when VMs are not implemented: hardened container', spec: { trust: 'untrusted' }, backends: [container], expect: { backend: 'container', reason: /no VM backend available on this host/, rejected: ['vm', /not implemented in this version of hybridbox/] } },
-  { name: 'untrusted without KVM: microvm under TCG, said so', spec: { trust: 'untrusted' }, host: hosts.noKvm, expect: { backend: 'microvm', reason: /KVM is not usable \(\/dev\/kvm does not exist.*TCG/ } },
-  { name: 'untrusted without libvirt: microvm still fits', spec: { trust: 'untrusted' }, host: hosts.noLibvirt, expect: { backend: 'microvm', reason: /untrusted/, rejected: ['vm', /libvirt is not installed/] } },
-  { name: 'untrusted with only the full-machine VM implemented', spec: { trust: 'untrusted' }, backends: [container, vm], expect: { backend: 'vm', reason: /untrusted/, rejected: ['microvm', /not implemented/] } },
-  { name: 'own kernel: VM class only', spec: { kernel: { ownKernel: true } }, expect: { backend: 'microvm', reason: /kernel of its own.*only VM backends/, rejected: ['container', /needs its own kernel.*shares the host's kernel/] } },
-  { name: 'own kernel without QEMU: nothing fits', spec: { kernel: { ownKernel: true } }, host: hosts.noQemu, throws: /no backend can run this workload: container: the workload needs its own kernel.*microvm: QEMU is not installed/ },
-  { name: 'trusted without crun or runc: next fastest', host: hosts.noOciRuntime, expect: { backend: 'microvm', reason: /fastest predicted start-up: microvm/, rejected: ['container', /neither crun nor runc is installed/] } },
+  {
+    name: 'trusted on a full host: the fastest start-up wins',
+    expect: { backend: 'container', reason: /trusted.*fastest predicted start-up.*container at 60 ms/, rejected: ['microvm', /slower predicted start-up \(400 ms/] },
+  },
+  {
+    name: 'untrusted on a full host: microvm, not the full machine',
+    spec: { trust: 'untrusted' },
+    expect: { backend: 'microvm', reason: /microvm is preferred over vm: .*full machine/, rejected: ['container', /untrusted and a VM backend is available/] },
+  },
+  {
+    name: 'untrusted without QEMU: hardened container',
+    spec: { trust: 'untrusted' },
+    host: hosts.noQemu,
+    expect: {
+      backend: 'container',
+      reason: /^no VM backend available on this host: running untrusted code in a hardened container \(user namespace, strict seccomp\)\.$/,
+      rejected: ['microvm', /QEMU is not installed/],
+    },
+  },
+  {
+    name: 'untrusted when VMs are not implemented: hardened container',
+    spec: { trust: 'untrusted' },
+    backends: [container],
+    expect: { backend: 'container', reason: /no VM backend available on this host/, rejected: ['vm', /not implemented in this version of hybridbox/] },
+  },
+  {
+    name: 'untrusted without KVM: microvm under TCG, said so',
+    spec: { trust: 'untrusted' },
+    host: hosts.noKvm,
+    expect: { backend: 'microvm', reason: /KVM is not usable \(\/dev\/kvm does not exist.*TCG/ },
+  },
+  {
+    name: 'untrusted without libvirt: microvm still fits',
+    spec: { trust: 'untrusted' },
+    host: hosts.noLibvirt,
+    expect: { backend: 'microvm', reason: /untrusted/, rejected: ['vm', /libvirt is not installed/] },
+  },
+  {
+    name: 'untrusted with only the full-machine VM implemented',
+    spec: { trust: 'untrusted' },
+    backends: [container, vm],
+    expect: { backend: 'vm', reason: /untrusted/, rejected: ['microvm', /not implemented/] },
+  },
+  {
+    name: 'own kernel: VM class only',
+    spec: { kernel: { ownKernel: true } },
+    expect: { backend: 'microvm', reason: /kernel of its own.*only VM backends/, rejected: ['container', /needs its own kernel.*shares the host's kernel/] },
+  },
+  {
+    name: 'own kernel without QEMU: nothing fits',
+    spec: { kernel: { ownKernel: true } },
+    host: hosts.noQemu,
+    throws: /no backend can run this workload: container: the workload needs its own kernel.*microvm: QEMU is not installed/,
+  },
+  {
+    name: 'trusted without crun or runc: next fastest',
+    host: hosts.noOciRuntime,
+    expect: { backend: 'microvm', reason: /fastest predicted start-up: microvm/, rejected: ['container', /neither crun nor runc is installed/] },
+  },
   { name: 'trusted with runc only: container still fits', host: hosts.runcOnly, expect: { backend: 'container', reason: /fastest/ } },
   { name: 'not root: no backend (containers and VMs both need root here)', host: hosts.notRoot, throws: /container: container sandboxes need root.*microvm: VM sandboxes need root/ },
-  { name: 'explicit vm on a full host', spec: { isolation: 'vm' }, expect: { backend: 'vm', reason: /You asked for isolation: vm.*libvirt domain XML/, rejected: ['container', /isolation: vm was requested/] } },
+  {
+    name: 'explicit vm on a full host',
+    spec: { isolation: 'vm' },
+    expect: { backend: 'vm', reason: /You asked for isolation: vm.*libvirt domain XML/, rejected: ['container', /isolation: vm was requested/] },
+  },
   { name: 'explicit vm without libvirt', spec: { isolation: 'vm' }, host: hosts.noLibvirt, throws: /^isolation: vm was requested, but vm cannot be used: libvirt is not installed/ },
   { name: 'explicit container without an OCI runtime', spec: { isolation: 'container' }, host: hosts.noOciRuntime, throws: /isolation: container was requested.*neither crun nor runc is installed/ },
-  { name: 'explicit vm when not implemented', spec: { isolation: 'vm' }, backends: [container, microvm], throws: /isolation: vm was requested, but vm cannot be used: not implemented in this version of hybridbox/ },
+  {
+    name: 'explicit vm when not implemented',
+    spec: { isolation: 'vm' },
+    backends: [container, microvm],
+    throws: /isolation: vm was requested, but vm cannot be used: not implemented in this version of hybridbox/,
+  },
   { name: 'explicit container for an own-kernel workload', spec: { isolation: 'container', kernel: { ownKernel: true } }, throws: /container cannot be used: the workload needs its own kernel/ },
   { name: 'explicit microvm without KVM', spec: { isolation: 'microvm' }, host: hosts.noKvm, expect: { backend: 'microvm', reason: /KVM is not usable/ } },
-  { name: 'untrusted with a tight budget: VMs ruled out, hardened container', spec: { trust: 'untrusted', startupBudgetMs: 200 }, expect: { backend: 'container', reason: /No VM backend fits this workload.*hardened container/, rejected: ['microvm', /p95 of 900 ms \(default estimate\) is over the start-up budget of 200 ms/] } },
-  { name: 'budget below every p95: nothing fits', spec: { startupBudgetMs: 100 }, throws: /container: its predicted start-up p95 of 120 ms \(default estimate\) is over the start-up budget of 100 ms/ },
-  { name: 'measured stats beat the defaults', stats: { container: { median: 900, p95: 1500, samples: 20 }, microvm: { median: 300, p95: 500, samples: 20 } }, expect: { backend: 'microvm', reason: /fastest predicted start-up: microvm at 300 ms median \(vs container 900 ms/, source: 'measured' } },
+  {
+    name: 'untrusted with a tight budget: VMs ruled out, hardened container',
+    spec: { trust: 'untrusted', startupBudgetMs: 200 },
+    expect: { backend: 'container', reason: /No VM backend fits this workload.*hardened container/, rejected: ['microvm', /p95 of 900 ms \(default estimate\) is over the start-up budget of 200 ms/] },
+  },
+  {
+    name: 'budget below every p95: nothing fits',
+    spec: { startupBudgetMs: 100 },
+    throws: /container: its predicted start-up p95 of 120 ms \(default estimate\) is over the start-up budget of 100 ms/,
+  },
+  {
+    name: 'measured stats beat the defaults',
+    stats: { container: { median: 900, p95: 1500, samples: 20 }, microvm: { median: 300, p95: 500, samples: 20 } },
+    expect: { backend: 'microvm', reason: /fastest predicted start-up: microvm at 300 ms median \(vs container 900 ms/, source: 'measured' },
+  },
   { name: 'too few samples: defaults stay', stats: { container: { median: 900, p95: 1500, samples: 2 } }, expect: { backend: 'container', reason: /60 ms/, source: 'default' } },
-  { name: 'measured p95 decides the budget', spec: { startupBudgetMs: 1300 }, stats: { container: { median: 700, p95: 1400, samples: 10 } }, expect: { backend: 'microvm', reason: /fastest/, rejected: ['container', /p95 of 1400 ms \(measured on this host\).*budget of 1300 ms/] } },
+  {
+    name: 'measured p95 decides the budget',
+    spec: { startupBudgetMs: 1300 },
+    stats: { container: { median: 700, p95: 1400, samples: 10 } },
+    expect: { backend: 'microvm', reason: /fastest/, rejected: ['container', /p95 of 1400 ms \(measured on this host\).*budget of 1300 ms/] },
+  },
   { name: 'memory that fits next to the committed load', spec: { resources: { memoryMiB: 4096 } }, load: { ...idle, committedMemoryMiB: 8192 }, expect: { backend: 'container', reason: /fastest/ } },
-  { name: 'memory over what is available', spec: { resources: { memoryMiB: 8192 } }, load: { ...idle, committedMemoryMiB: 16384 }, throws: /asks for 8192 MiB of memory; with the 16384 MiB already promised.*24576 MiB, more than the 20480 MiB this host has available/ },
+  {
+    name: 'memory over what is available',
+    spec: { resources: { memoryMiB: 8192 } },
+    load: { ...idle, committedMemoryMiB: 16384 },
+    throws: /asks for 8192 MiB of memory; with the 16384 MiB already promised.*24576 MiB, more than the 20480 MiB this host has available/,
+  },
 ];
 
 for (const row of rows) {
@@ -114,7 +194,10 @@ for (const row of rows) {
     }
     const p = run();
     t.is(p.backend, row.expect!.backend, formatPlacement(p));
-    t.true(p.reasons.some((r) => row.expect!.reason.test(r)), `no reason matches ${row.expect!.reason}:\n${formatPlacement(p)}`);
+    t.true(
+      p.reasons.some((r) => row.expect!.reason.test(r)),
+      `no reason matches ${row.expect!.reason}:\n${formatPlacement(p)}`,
+    );
     if (row.expect!.rejected) {
       const [backend, re] = row.expect!.rejected;
       t.regex(p.rejected.find((r) => r.backend === backend)?.reason ?? '(not rejected)', re);

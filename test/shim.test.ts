@@ -259,7 +259,7 @@ test('monitor mode: a PROGRAM that ignores SIGTERM gets SIGKILL after --grace-ms
   t.like(readExitFile(exitFile), { exitCode: 124, signal: 'SIGKILL', timedOut: true });
 });
 
-test('monitor mode: with --pid-file the limit counts from the workload\'s start, not from PROGRAM\'s', (t) => {
+test("monitor mode: with --pid-file the limit counts from the workload's start, not from PROGRAM's", (t) => {
   const d = freshDir('timeout-from');
   const exitFile = join(d, 'exit.json');
   const pidFile = join(d, 'pid');
@@ -267,7 +267,18 @@ test('monitor mode: with --pid-file the limit counts from the workload\'s start,
   // PROGRAM "sets up" for 400 ms, then writes its pid, with a child leading its own process
   // group as a started init has: the workload still gets its 600 ms, and TERM goes out at once.
   const t0 = Date.now();
-  const r = run(['--exit-file', exitFile, '--timeout-ms', '600', '--pid-file', pidFile, '--', 'sh', '-c', `sleep 0.4; setsid sleep 30 >/dev/null 2>&1 & echo $! > ${stray}; echo $$ > ${pidFile}.tmp; mv ${pidFile}.tmp ${pidFile}; wait`]);
+  const r = run([
+    '--exit-file',
+    exitFile,
+    '--timeout-ms',
+    '600',
+    '--pid-file',
+    pidFile,
+    '--',
+    'sh',
+    '-c',
+    `sleep 0.4; setsid sleep 30 >/dev/null 2>&1 & echo $! > ${stray}; echo $$ > ${pidFile}.tmp; mv ${pidFile}.tmp ${pidFile}; wait`,
+  ]);
   const took = Date.now() - t0;
   process.kill(Number(readFileSync(stray, 'utf8')), 'SIGKILL');
   t.is(r.status, 124);

@@ -2,18 +2,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
-import { HybridboxError, ImageNotFoundError, NameConflictError, SpecError } from '../src/errors.js';
-import {
-  parseCpus,
-  parseDuration,
-  parseSize,
-  parseSpecText,
-  specFromFlags,
-  validateForHost,
-  validateSpec,
-  type CliRunFlags,
-  type HostContext,
-} from '../src/spec/index.js';
+import { type HybridboxError, ImageNotFoundError, NameConflictError, SpecError } from '../src/errors.js';
+import { parseCpus, parseDuration, parseSize, parseSpecText, specFromFlags, validateForHost, validateSpec, type CliRunFlags, type HostContext } from '../src/spec/index.js';
 
 const IMAGES = ['alpine:3.20', 'busybox:latest'];
 const withTag = (ref: string) => (ref.includes(':') ? ref : `${ref}:latest`);
@@ -254,9 +244,30 @@ test('paths are normalised', (t) => {
 });
 
 test('size, duration and cpu parsing', (t) => {
-  const sizes: [string, number][] = [['256m', 256], ['256M', 256], ['256MiB', 256], ['256mb', 256], ['1g', 1024], ['1.5G', 1536], ['512k', 1], ['1536k', 2], ['64', 64], [' 2 g ', 2048], ['1t', 1048576], ['1048576b', 1]];
+  const sizes: [string, number][] = [
+    ['256m', 256],
+    ['256M', 256],
+    ['256MiB', 256],
+    ['256mb', 256],
+    ['1g', 1024],
+    ['1.5G', 1536],
+    ['512k', 1],
+    ['1536k', 2],
+    ['64', 64],
+    [' 2 g ', 2048],
+    ['1t', 1048576],
+    ['1048576b', 1],
+  ];
   for (const [text, mib] of sizes) t.is(parseSize(text, '--memory'), mib, text);
-  const durations: [string, number][] = [['500ms', 500], ['10s', 10_000], ['2m', 120_000], ['1h', 3_600_000], ['1.5s', 1500], ['250', 250], ['1d', 86_400_000]];
+  const durations: [string, number][] = [
+    ['500ms', 500],
+    ['10s', 10_000],
+    ['2m', 120_000],
+    ['1h', 3_600_000],
+    ['1.5s', 1500],
+    ['250', 250],
+    ['1d', 86_400_000],
+  ];
   for (const [text, ms] of durations) t.is(parseDuration(text, '--timeout'), ms, text);
   t.is(parseCpus('0.5', '--cpus'), 0.5);
   t.is(parseCpus('2', '--cpus'), 2);

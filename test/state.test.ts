@@ -13,9 +13,26 @@ import { freshHybridbox, hostTraces, stateOf, waitFor } from './helpers.js';
 
 function record(id: string, name: string, state: SandboxRecord['state'] = 'exited'): SandboxRecord {
   return {
-    id, name, backend: 'container', image: 'busybox:latest', imageDigest: '', state, spec: {}, placement: {}, runtime: {},
-    createdAtMs: Date.now(), startedAtMs: null, finishedAtMs: null, exitCode: null, signal: null, oomKilled: false, timedOut: false,
-    ownerPid: null, ownerStartTime: null, warnings: [], stateReason: null,
+    id,
+    name,
+    backend: 'container',
+    image: 'busybox:latest',
+    imageDigest: '',
+    state,
+    spec: {},
+    placement: {},
+    runtime: {},
+    createdAtMs: Date.now(),
+    startedAtMs: null,
+    finishedAtMs: null,
+    exitCode: null,
+    signal: null,
+    oomKilled: false,
+    timedOut: false,
+    ownerPid: null,
+    ownerStartTime: null,
+    warnings: [],
+    stateReason: null,
   };
 }
 
@@ -65,7 +82,10 @@ test('image prune and the writers exclude each other', async (t) => {
   // A writer holds the store: prune refuses, and deletes nothing.
   const release = images.guardFromPrune();
   let inUseRead = false;
-  await t.throwsAsync(images.prune(() => ((inUseRead = true), [])), { instanceOf: ImageStoreBusyError, message: /build, import, pull or sandbox start/ });
+  await t.throwsAsync(
+    images.prune(() => ((inUseRead = true), [])),
+    { instanceOf: ImageStoreBusyError, message: /build, import, pull or sandbox start/ },
+  );
   t.false(inUseRead, 'prune decided nothing while a writer held the store');
   release();
   await t.notThrowsAsync(images.prune(() => []));

@@ -185,7 +185,7 @@ test('pollUntil: false once the time is up, after one last look', async (t) => {
   t.true(looks.length >= 3 && looks.length <= 9, `${looks.length} looks`);
 });
 
-test('withDeadline: the value in time, the caller\'s error when late', async (t) => {
+test("withDeadline: the value in time, the caller's error when late", async (t) => {
   t.is(await withDeadline(Promise.resolve(7), 1000, () => new Error('late')), 7);
   const e = await t.throwsAsync(withDeadline(new Promise(() => undefined), 30, () => new Error('too slow')));
   t.is(e!.message, 'too slow');
@@ -254,7 +254,11 @@ test('parseKeyValue splits at the first = and names the field when it cannot', (
   t.deepEqual(parseKeyValue('LANG=C.UTF-8', '--env'), ['LANG', 'C.UTF-8']);
   t.deepEqual(parseKeyValue('EQ=a=b', '--env'), ['EQ', 'a=b']);
   t.deepEqual(parseKeyValue('EMPTY=', '--build-arg'), ['EMPTY', '']);
-  for (const [bad, field] of [['FOO', '--env'], ['=value', '--build-arg'], ['', 'exec -e']] as const) {
+  for (const [bad, field] of [
+    ['FOO', '--env'],
+    ['=value', '--build-arg'],
+    ['', 'exec -e'],
+  ] as const) {
     const e = t.throws(() => parseKeyValue(bad, field, `${field} A=1`), { instanceOf: SpecError });
     t.is(e!.field, field);
     t.is(e!.value, bad);

@@ -143,20 +143,24 @@ test.serial('microvm: a hung guest fails the run with BootTimeoutError, not as t
   const run = withBootTimeout('3000', () => hb.sandboxes.run(sh('echo never', { isolation: 'microvm', timeoutMs: 60_000 })));
   // Freeze QEMU as soon as it is up (pid file and agent socket): the guest then prints
   // nothing, as a hung one does.
-  await waitFor(() => {
-    for (const id of existsSync(join(root, 'sandboxes')) ? readdirSync(join(root, 'sandboxes')) : []) {
-      if (before.has(id)) continue;
-      const pidFile = join(sandboxDir(id), 'qemu.pid');
-      if (!existsSync(pidFile) || !existsSync(join(sandboxDir(id), 'agent.sock'))) continue;
-      const pid = Number(readFileSync(pidFile, 'utf8').trim());
-      if (pid > 0) {
-        process.kill(pid, 'SIGSTOP');
-        frozen = pid;
-        return true;
+  await waitFor(
+    () => {
+      for (const id of existsSync(join(root, 'sandboxes')) ? readdirSync(join(root, 'sandboxes')) : []) {
+        if (before.has(id)) continue;
+        const pidFile = join(sandboxDir(id), 'qemu.pid');
+        if (!existsSync(pidFile) || !existsSync(join(sandboxDir(id), 'agent.sock'))) continue;
+        const pid = Number(readFileSync(pidFile, 'utf8').trim());
+        if (pid > 0) {
+          process.kill(pid, 'SIGSTOP');
+          frozen = pid;
+          return true;
+        }
       }
-    }
-    return false;
-  }, 30_000, 2);
+      return false;
+    },
+    30_000,
+    2,
+  );
   t.truthy(frozen);
   const t0 = Date.now();
   const e = await t.throwsAsync(run, { instanceOf: BootTimeoutError });

@@ -6,7 +6,7 @@ import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Hybridbox } from '../src/index.js';
 import { findGuestBoot } from '../src/runtimes/vm/boot.js';
-import { CLI, freshHybridbox, hostTraces, waitFor , stateOf } from './helpers.js';
+import { CLI, freshHybridbox, hostTraces, waitFor, stateOf } from './helpers.js';
 
 // Real VMs: QEMU microvm and libvirt, booting hybridbox's guest kernel (under TCG on hosts
 // without usable KVM). Few tests, each doing several checks: every boot costs seconds.

@@ -59,7 +59,8 @@ export class Hybridbox {
     ensureSbinOnPath();
     const root = options.root ?? stateRoot();
     // Every sandbox's overlayfs mount names paths under the root: its lowerdir list is colon-separated.
-    if (!root.startsWith('/') || /[:\x00-\x1f\x7f]/.test(root)) throw new SpecError('root', root, 'give an absolute state directory path without ":" or control characters (overlayfs mount options cannot carry them)');
+    if (!root.startsWith('/') || /[:\x00-\x1f\x7f]/.test(root))
+      throw new SpecError('root', root, 'give an absolute state directory path without ":" or control characters (overlayfs mount options cannot carry them)');
     // Private: specs, env values, logs and exit records are nobody else's to read (see ARCHITECTURE).
     preparePrivateRoot(root);
     const host = options.host ?? (await probeHost({ cacheDir: join(root, 'cache') }));

@@ -121,9 +121,7 @@ export class ImageService {
     const digest = this.store.digestOf(ref);
     if (!digest) throw new ImageNotFoundError(ref, this.store.list());
     const vmDisk = opts.withVmDisk ? { path: await ensureVmDisk(this.store, await this.store.resolve(ref)) } : undefined;
-    return this.withRegistry(opts, (reg, progress) =>
-      reg.push({ blobs: this.store.blobs, ref: normalizeRef(ref), remoteRef: opts.remoteRef, vmDisk, progress, signal: opts.signal }),
-    );
+    return this.withRegistry(opts, (reg, progress) => reg.push({ blobs: this.store.blobs, ref: normalizeRef(ref), remoteRef: opts.remoteRef, vmDisk, progress, signal: opts.signal }));
   }
 
   /** Pulls an image from an S3 registry, verifying every blob while it streams; the tag last. */

@@ -46,10 +46,7 @@ export class Reconciler {
       signal: status?.signal ?? null,
       oomKilled: status?.oomKilled ?? false,
       timedOut: status?.timedOut ?? false,
-      stateReason:
-        failure ??
-        status?.crash ??
-        (status?.oomKilled ? 'killed by the kernel: out of memory (memory limit reached)' : status?.timedOut ? 'stopped: its time limit ran out' : null),
+      stateReason: failure ?? status?.crash ?? (status?.oomKilled ? 'killed by the kernel: out of memory (memory limit reached)' : status?.timedOut ? 'stopped: its time limit ran out' : null),
       ownerPid: null,
       ownerStartTime: null,
     });

@@ -216,11 +216,7 @@ export class SandboxService {
     if (!store.transition(rec.id, 'created', { state: 'running', startedAtMs: Date.now(), ...thisProcessAsOwner() }, null)) {
       const now = store.get(rec.id) ?? rec;
       if (now.state === 'running') throw new SandboxStateError(`sandbox ${rec.name} is already running`, rec.name, now.state);
-      throw new SandboxStateError(
-        `sandbox ${rec.name} has ${now.state}; only a created sandbox can be started: run a new one, or remove it with \`hybridbox rm ${rec.name}\``,
-        rec.name,
-        now.state,
-      );
+      throw new SandboxStateError(`sandbox ${rec.name} has ${now.state}; only a created sandbox can be started: run a new one, or remove it with \`hybridbox rm ${rec.name}\``, rec.name, now.state);
     }
     const started = store.get(rec.id)!;
     let monitorPid: number;
@@ -350,7 +346,12 @@ export class SandboxService {
     const output = new OutputCapture(opts.maxBufferBytes, opts);
     // The backend stops the command when `stop` aborts: SIGTERM, then SIGKILL after the grace period.
     const stop = new AbortController();
-    const limit = stopOn(opts.signal, opts.timeoutMs, () => stop.abort(), () => undefined);
+    const limit = stopOn(
+      opts.signal,
+      opts.timeoutMs,
+      () => stop.abort(),
+      () => undefined,
+    );
     let code: number;
     try {
       code = await backendOf(this.core, rec).exec(rec, argv, {

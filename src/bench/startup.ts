@@ -229,7 +229,9 @@ export function summarizeStartup(r: StartupResult): string[] {
     out.push(`To the workload's first output, ${parts.join(' and ')}${tcg}.`);
   } else if (container && get('host')) {
     const host = get('host')!;
-    out.push(`To the workload's first output, a container took ${fmtMs(first(container))} median, ${fmtRatio(first(container) / first(host))} the ${fmtMs(first(host))} of running it directly on the host.`);
+    out.push(
+      `To the workload's first output, a container took ${fmtMs(first(container))} median, ${fmtRatio(first(container) / first(host))} the ${fmtMs(first(host))} of running it directly on the host.`,
+    );
   }
 
   const crun = ratio('container', 'crun-raw');

@@ -33,7 +33,24 @@ function json(value: unknown): void {
 }
 
 // commander's option names are CliRunFlags' names (camel-cased); this list keeps the two in step.
-const RUN_FLAGS = ['file', 'name', 'env', 'workdir', 'user', 'cpus', 'memory', 'pids', 'ioWeight', 'network', 'volume', 'isolation', 'trust', 'startupBudget', 'timeout', 'ownKernel'] as const satisfies readonly (keyof CliRunFlags)[];
+const RUN_FLAGS = [
+  'file',
+  'name',
+  'env',
+  'workdir',
+  'user',
+  'cpus',
+  'memory',
+  'pids',
+  'ioWeight',
+  'network',
+  'volume',
+  'isolation',
+  'trust',
+  'startupBudget',
+  'timeout',
+  'ownKernel',
+] as const satisfies readonly (keyof CliRunFlags)[];
 
 function runFlags(opts: Opts): CliRunFlags {
   return Object.fromEntries(RUN_FLAGS.filter((k) => opts[k] !== undefined).map((k) => [k, opts[k]])) as CliRunFlags;
@@ -82,7 +99,14 @@ function forwardSignals(hb: Hybridbox): { abort: AbortSignal; attach(id: string)
 
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+  return rows
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 function ago(ms: number | null): string {
@@ -255,7 +279,7 @@ export const commands: Record<string, Handler> = {
         signal: ac.signal,
         onStdout: (c) => process.stdout.write(c),
         onStderr: (c) => process.stderr.write(c),
-    });
+      });
     });
   },
 
@@ -270,8 +294,8 @@ export const commands: Record<string, Handler> = {
         stdin: opts.interactive ? process.stdin : undefined,
         onStdout: (c) => process.stdout.write(c),
         onStderr: (c) => process.stderr.write(c),
-    });
-    process.exitCode = r.exitCode ?? 128 + (r.signal ? (os.constants.signals[r.signal as NodeJS.Signals] ?? 9) : 1);
+      });
+      process.exitCode = r.exitCode ?? 128 + (r.signal ? (os.constants.signals[r.signal as NodeJS.Signals] ?? 9) : 1);
     });
   },
 
@@ -358,7 +382,10 @@ export const commands: Record<string, Handler> = {
         onOutput: quiet ? undefined : (chunk) => process.stderr.write(chunk),
       });
       if (opts.json) return json(r);
-      if (!quiet) process.stderr.write(`built ${r.digest} in ${(r.durationMs / 1000).toFixed(2)} s (${r.steps.filter((s) => s.cached).length} cached steps)${r.tags.length ? `; tagged ${r.tags.join(', ')}` : ''}\n`);
+      if (!quiet)
+        process.stderr.write(
+          `built ${r.digest} in ${(r.durationMs / 1000).toFixed(2)} s (${r.steps.filter((s) => s.cached).length} cached steps)${r.tags.length ? `; tagged ${r.tags.join(', ')}` : ''}\n`,
+        );
       out(r.digest);
     });
   },

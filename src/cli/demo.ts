@@ -7,7 +7,12 @@ import { formatPlacement } from '../scheduler/index.js';
 const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 const say = (s = ''): void => void process.stdout.write(s + '\n');
 const step = (n: number, title: string): void => say(`\n${bold(`── ${n}. ${title} ${'─'.repeat(Math.max(0, 60 - title.length))}`)}`);
-const indent = (s: string): string => s.trimEnd().split('\n').map((l) => `   ${l}`).join('\n');
+const indent = (s: string): string =>
+  s
+    .trimEnd()
+    .split('\n')
+    .map((l) => `   ${l}`)
+    .join('\n');
 const mib = (b: number | null): string => (b === null ? '?' : `${(b / 1048576).toFixed(1)} MiB`);
 
 function outcome(r: RunResult): string {
@@ -30,39 +35,63 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     say(indent(formatPlacement(hb.placement.place({ image: 'busybox', command: ['./submission'], trust: 'untrusted' }))));
 
     step(3, 'A container: its own PID tree, hostname, root filesystem, network');
-    const tour = await hb.sandboxes.run({
-      image: 'busybox',
-      isolation: 'container',
-      name: `demo-tour-${process.pid}`,
-      command: ['sh', '-c', 'echo "hostname: $(hostname)"; echo "processes:"; ps -o pid,user,args; echo "network devices: $(ls /sys/class/net | tr "\\n" " ")"; echo "root fs: $(head -1 /proc/mounts)"'],
-    }, { remove: true });
+    const tour = await hb.sandboxes.run(
+      {
+        image: 'busybox',
+        isolation: 'container',
+        name: `demo-tour-${process.pid}`,
+        command: [
+          'sh',
+          '-c',
+          'echo "hostname: $(hostname)"; echo "processes:"; ps -o pid,user,args; echo "network devices: $(ls /sys/class/net | tr "\\n" " ")"; echo "root fs: $(head -1 /proc/mounts)"',
+        ],
+      },
+      { remove: true },
+    );
     say(indent(tour.stdout));
     say(`   -> ${outcome(tour)}`);
 
     step(4, 'Limits hold for the whole group: memory');
     say('   memory limit 32 MiB, the workload tries to hold 200 MiB:');
-    const oom = await hb.sandboxes.run({
-      image: 'busybox',
-      isolation: 'container',
-      command: ['sh', '-c', 'x=$(head -c 200000000 /dev/zero | tr "\\000" a); echo survived'],
-      resources: { memoryMiB: 32 },
-    }, { remove: true });
+    const oom = await hb.sandboxes.run(
+      {
+        image: 'busybox',
+        isolation: 'container',
+        command: ['sh', '-c', 'x=$(head -c 200000000 /dev/zero | tr "\\000" a); echo survived'],
+        resources: { memoryMiB: 32 },
+      },
+      { remove: true },
+    );
     say(`   -> ${outcome(oom)}`);
 
     step(5, 'Limits hold for the whole group: a fork bomb');
     say('   pids limit 64, a fork bomb runs for a second; the host keeps answering:');
     const t0 = Date.now();
-    const bomb = await hb.sandboxes.run({
-      image: 'busybox',
-      isolation: 'container',
-      command: ['sh', '-c', 'f=/sys/fs/cgroup/pids; [ -d $f ] || f=/sys/fs/cgroup; bomb() { while :; do bomb & done; }; bomb 2>/dev/null & i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; read cur < $f/pids.current; read max < $f/pids.max; read ev < $f/pids.events; echo "pids in use: $cur of $max; forks refused so far: ${ev#* }"'],
-      resources: { pids: 64 },
-      timeoutMs: 3000,
-    }, { remove: true });
-    say(indent(bomb.stdout.split('\n').filter((l) => l.startsWith('pids')).join('\n') || '(no output)'));
+    const bomb = await hb.sandboxes.run(
+      {
+        image: 'busybox',
+        isolation: 'container',
+        command: [
+          'sh',
+          '-c',
+          'f=/sys/fs/cgroup/pids; [ -d $f ] || f=/sys/fs/cgroup; bomb() { while :; do bomb & done; }; bomb 2>/dev/null & i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; read cur < $f/pids.current; read max < $f/pids.max; read ev < $f/pids.events; echo "pids in use: $cur of $max; forks refused so far: ${ev#* }"',
+        ],
+        resources: { pids: 64 },
+        timeoutMs: 3000,
+      },
+      { remove: true },
+    );
+    say(
+      indent(
+        bomb.stdout
+          .split('\n')
+          .filter((l) => l.startsWith('pids'))
+          .join('\n') || '(no output)',
+      ),
+    );
     say(`   -> ${outcome(bomb)}; wall ${Date.now() - t0} ms`);
 
-    step(6, 'One workload, three isolation levels: its own kernel or the host\'s');
+    step(6, "One workload, three isolation levels: its own kernel or the host's");
     const kinds = (['container', 'microvm', 'vm'] as const).filter((k) => {
       try {
         hb.placement.place({ image: 'busybox', command: ['true'], isolation: k });
@@ -97,7 +126,15 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     const server = await hb.sandboxes.runDetached({ image: 'busybox', name: `demo-server-${process.pid}`, command: ['sleep', '60'], network: 'bridge', isolation: serverKind });
     made.push(server.id);
     say(`   a ${serverKind} (${server.name}) runs detached at ${server.ip}; a container pings it:`);
-    const ping = await hb.sandboxes.run({ image: 'busybox', command: ['sh', '-c', `ip -4 -o addr show eth0 | awk '{print "client address: "$4}'; ping -c 2 -W 2 ${server.ip} | tail -2; ip route`], network: 'bridge', isolation: 'container' }, { remove: true });
+    const ping = await hb.sandboxes.run(
+      {
+        image: 'busybox',
+        command: ['sh', '-c', `ip -4 -o addr show eth0 | awk '{print "client address: "$4}'; ping -c 2 -W 2 ${server.ip} | tail -2; ip route`],
+        network: 'bridge',
+        isolation: 'container',
+      },
+      { remove: true },
+    );
     say(indent(ping.stdout));
     say(`   -> ${outcome(ping)}`);
 
@@ -155,7 +192,9 @@ async function imagesTour(hb: Hybridbox, withVm: boolean): Promise<void> {
     const first = await hb.images.build({ file: join(ctx, 'Sandboxfile'), contextDir: ctx, tags: [tag], noCache: true, onLog: (l) => say(`   ${l}`) });
     say(`   -> ${first.digest.slice(0, 19)} in ${(first.durationMs / 1000).toFixed(2)} s`);
     const again = await hb.images.build({ file: join(ctx, 'Sandboxfile'), contextDir: ctx, tags: [tag] });
-    say(`   rebuilt unchanged: ${again.steps.filter((st) => st.cached).length} of ${again.steps.filter((st) => st.layerDigest).length} layer steps from the cache, ${again.durationMs} ms, same digest: ${again.digest === first.digest}`);
+    say(
+      `   rebuilt unchanged: ${again.steps.filter((st) => st.cached).length} of ${again.steps.filter((st) => st.layerDigest).length} layer steps from the cache, ${again.durationMs} ms, same digest: ${again.digest === first.digest}`,
+    );
     for (const isolation of withVm ? (['container', 'microvm'] as const) : (['container'] as const)) {
       const r = await hb.sandboxes.run({ image: tag, isolation }, { remove: true });
       say(`   ${isolation.padEnd(9)} ${r.stdout.trim()}`);

@@ -59,8 +59,7 @@ export async function probeHost(opts: ProbeOptions = {}): Promise<HostInfo> {
       userNamespaces: Number(readText('/proc/sys/user/max_user_namespaces').trim()) > 0,
       // overlay is often a module that the kernel loads on first mount, so it is absent
       // from /proc/filesystems until then.
-      overlayfs:
-        /\toverlay$/m.test(readText('/proc/filesystems')) || existsSync(`/lib/modules/${os.release()}/kernel/fs/overlayfs`),
+      overlayfs: /\toverlay$/m.test(readText('/proc/filesystems')) || existsSync(`/lib/modules/${os.release()}/kernel/fs/overlayfs`),
     },
   };
 }
@@ -96,8 +95,7 @@ function probeKvm(cpuinfo: string): HostInfo['kvm'] {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return { usable: false, reason: `/dev/kvm does not exist: ${tcg}` };
-    if (code === 'EACCES' || code === 'EPERM')
-      return { usable: false, reason: `/dev/kvm is not readable and writable by uid ${process.geteuid?.()} (join the kvm group or run as root): ${tcg}` };
+    if (code === 'EACCES' || code === 'EPERM') return { usable: false, reason: `/dev/kvm is not readable and writable by uid ${process.geteuid?.()} (join the kvm group or run as root): ${tcg}` };
     return { usable: false, reason: `/dev/kvm cannot be opened (${code}): ${tcg}` };
   }
   closeSync(fd);
@@ -124,8 +122,7 @@ export function probeCgroups(mountinfo: string): HostInfo['cgroup'] {
       }
     }
   }
-  const layout: CgroupLayout =
-    unifiedMount === '/sys/fs/cgroup' ? 'v2' : Object.keys(v1).length > 0 && unifiedMount !== null ? 'hybrid' : 'v1';
+  const layout: CgroupLayout = unifiedMount === '/sys/fs/cgroup' ? 'v2' : Object.keys(v1).length > 0 && unifiedMount !== null ? 'hybrid' : 'v1';
   const unifiedControllers = unifiedMount ? readText(join(unifiedMount, 'cgroup.controllers')).split(/\s+/).filter(Boolean) : [];
   return { layout, v1, unifiedMount, unifiedControllers };
 }
@@ -158,9 +155,7 @@ const defaultRunVersion: VersionRunner = async (file, args) => {
 
 async function probeTools(opts: ProbeOptions): Promise<HostInfo['tools']> {
   // libvirtd lives in /usr/sbin, which many users' $PATH lacks.
-  const dirs = opts.searchPath ?? [
-    ...new Set([...(process.env.PATH ?? '').split(delimiter).filter(Boolean), '/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']),
-  ];
+  const dirs = opts.searchPath ?? [...new Set([...(process.env.PATH ?? '').split(delimiter).filter(Boolean), '/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'])];
   const run = opts.runVersion ?? defaultRunVersion;
   const cachePath = opts.cacheDir ? join(opts.cacheDir, CACHE_FILE) : null;
   const cache = cachePath ? readCache(cachePath) : {};

@@ -299,7 +299,12 @@ export class ImageStore {
   /** Writes images to one archive file (OCI by default, or the docker-archive format). */
   async export(refs: string[], file: string, opts: { format?: ArchiveFormat } = {}): Promise<ExportResult> {
     for (const r of refs) this.must(r);
-    return exportArchive(this.blobs, refs.map((r) => normalizeRef(r)), file, opts);
+    return exportArchive(
+      this.blobs,
+      refs.map((r) => normalizeRef(r)),
+      file,
+      opts,
+    );
   }
 
   vmDiskPath(digest: string): string {
@@ -414,4 +419,3 @@ function listDir(dir: string): string[] {
     return [];
   }
 }
-

@@ -15,7 +15,6 @@ function treeBytes(dir: string): number {
   return total;
 }
 
-
 /**
  * The image as a VM disk: its layers flattened into one tree, made into an ext4 filesystem
  * (`mkfs.ext4 -d`, no loop mount) and converted to a qcow2 base that every VM of this image

@@ -36,14 +36,14 @@ export class Measurements {
     const row = db.prepare("SELECT version FROM schema_versions WHERE component = 'measurements'").get() as { version: number } | undefined;
     if (!row) db.prepare("INSERT OR IGNORE INTO schema_versions (component, version) VALUES ('measurements', ?)").run(MEASUREMENTS_SCHEMA_VERSION);
     else if (row.version !== MEASUREMENTS_SCHEMA_VERSION) {
-      throw new StateStoreError(`the stored measurements have schema version ${row.version}, this hybridbox reads ${MEASUREMENTS_SCHEMA_VERSION}; use the hybridbox that wrote them, or move the state directory away`);
+      throw new StateStoreError(
+        `the stored measurements have schema version ${row.version}, this hybridbox reads ${MEASUREMENTS_SCHEMA_VERSION}; use the hybridbox that wrote them, or move the state directory away`,
+      );
     }
   }
 
   save(result: BenchResult): number {
-    const r = this.db
-      .prepare('INSERT INTO bench_results (kind, host_key, started_at_ms, result) VALUES (?, ?, ?, ?)')
-      .run(result.kind, result.host.key, result.startedAtMs, JSON.stringify(result));
+    const r = this.db.prepare('INSERT INTO bench_results (kind, host_key, started_at_ms, result) VALUES (?, ?, ?, ?)').run(result.kind, result.host.key, result.startedAtMs, JSON.stringify(result));
     result.id = Number(r.lastInsertRowid);
     this.db.prepare('UPDATE bench_results SET result = ? WHERE id = ?').run(JSON.stringify(result), result.id);
     return result.id;
@@ -80,18 +80,16 @@ export class Measurements {
    */
   startupStats(hostKey: string, opts: { measure?: StartupMeasure } = {}): Partial<Record<BackendKind, StartupStats>> {
     const measure = opts.measure ?? 'total';
-    const v = this.db
-      .prepare("SELECT COUNT(*) AS n, MAX(id) AS last FROM bench_results WHERE kind = 'startup' AND host_key = ?")
-      .get(hostKey) as { n: number; last: number | null };
+    const v = this.db.prepare("SELECT COUNT(*) AS n, MAX(id) AS last FROM bench_results WHERE kind = 'startup' AND host_key = ?").get(hostKey) as { n: number; last: number | null };
     const version = `${v.n}:${v.last}`;
     const memo = this.startupMemo;
     if (memo && memo.hostKey === hostKey && memo.measure === measure && memo.version === version) return { ...memo.stats };
     const out: Partial<Record<BackendKind, StartupStats>> = {};
     // Rows are read one at a time: the newest result usually answers for every backend, and
     // this runs in every placement, so the older documents are neither fetched nor parsed.
-    const rows = this.db
-      .prepare("SELECT result FROM bench_results WHERE kind = 'startup' AND host_key = ? ORDER BY started_at_ms DESC, id DESC LIMIT 20")
-      .iterate(hostKey) as IterableIterator<{ result: string }>;
+    const rows = this.db.prepare("SELECT result FROM bench_results WHERE kind = 'startup' AND host_key = ? ORDER BY started_at_ms DESC, id DESC LIMIT 20").iterate(hostKey) as IterableIterator<{
+      result: string;
+    }>;
     for (const row of rows) {
       const r = JSON.parse(row.result) as StartupResult;
       for (const s of r.scenarios) {

@@ -41,7 +41,7 @@ export function parseSubnet(cidr: string): { base: number; prefix: number; size:
     throw new SpecError('HYBRIDBOX_SUBNET', cidr, 'allowed: an IPv4 CIDR with a prefix from /16 to /29, e.g. 10.89.0.0/24');
   }
   const size = 2 ** (32 - prefix);
-  const base = ipToInt(m.slice(1, 5).join('.')) & ~(size - 1) >>> 0;
+  const base = ipToInt(m.slice(1, 5).join('.')) & (~(size - 1) >>> 0);
   return { base: base >>> 0, prefix, size };
 }
 
@@ -89,11 +89,7 @@ export class BridgeNetwork {
   async ensureBridge(): Promise<void> {
     if (existsSync(`/sys/class/net/${this.config.name}`)) return;
     const r = await run('ip', ['-b', '-'], {
-      input: [
-        `link add ${this.config.name} type bridge`,
-        `addr add ${this.gateway}/${this.subnet.prefix} dev ${this.config.name}`,
-        `link set ${this.config.name} up`,
-      ].join('\n'),
+      input: [`link add ${this.config.name} type bridge`, `addr add ${this.gateway}/${this.subnet.prefix} dev ${this.config.name}`, `link set ${this.config.name} up`].join('\n'),
     });
     // Another process may have created it between the check and now.
     if (r.exitCode !== 0 && !existsSync(`/sys/class/net/${this.config.name}`)) {

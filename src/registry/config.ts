@@ -162,8 +162,7 @@ export function checkConfigFile(data: unknown, where: string): RegistryConfigFil
   const known = new Set<string>([...STRING_KEYS, ...NUMBER_KEYS.map(([k]) => k), 'forcePathStyle']);
   const obj = data as Record<string, unknown>;
   for (const [key, value] of Object.entries(obj)) {
-    const bad = (allowed: string) =>
-      new RegistryConfigError(`registry config ${where}: "${key}" is ${JSON.stringify(value)}; allowed: ${allowed}`);
+    const bad = (allowed: string) => new RegistryConfigError(`registry config ${where}: "${key}" is ${JSON.stringify(value)}; allowed: ${allowed}`);
     if (!known.has(key)) throw bad(`one of the keys ${[...known].join(', ')}`);
     if ((STRING_KEYS as readonly string[]).includes(key) && (typeof value !== 'string' || value === '')) throw bad('a non-empty string');
     if (key === 'forcePathStyle' && typeof value !== 'boolean') throw bad('true or false');
@@ -187,11 +186,7 @@ export interface ResolveOptions {
  * (HYBRIDBOX_REGISTRY_CONFIG, else `<stateRoot>/registry.json` if present), defaults.
  * No endpoint anywhere (or "embedded") means the embedded s3rver under `<stateRoot>/s3`.
  */
-export function resolveRegistryConfig(
-  env: Record<string, string | undefined>,
-  stateRoot: string,
-  opts: ResolveOptions = {},
-): RegistryConfig {
+export function resolveRegistryConfig(env: Record<string, string | undefined>, stateRoot: string, opts: ResolveOptions = {}): RegistryConfig {
   const file = configFilePath(env, stateRoot);
   const fromFile = readConfigFile(file.path, file.explicit);
   const overrides = opts.overrides ? checkConfigFile(opts.overrides, 'overrides') : {};
@@ -252,9 +247,7 @@ export function resolveRegistryConfig(
         ? 'AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY'
         : `${file.path} (accessKeyId / secretAccessKey)`;
   if (!c.accessKeyId || !c.secretAccessKey) {
-    throw new RegistryConfigError(
-      `no credentials for ${endpoint ?? 'AWS'}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or accessKeyId and secretAccessKey in ${file.path}`,
-    );
+    throw new RegistryConfigError(`no credentials for ${endpoint ?? 'AWS'}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or accessKeyId and secretAccessKey in ${file.path}`);
   }
   const credentials: RegistryCredentials = { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey };
   if (c.sessionToken) credentials.sessionToken = c.sessionToken;

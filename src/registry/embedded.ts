@@ -31,10 +31,7 @@ export async function startEmbeddedServer(settings: EmbeddedServerSettings, buck
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE') {
-      throw new RegistryConfigError(
-        `embedded registry port ${settings.port} on 127.0.0.1 is in use; set "embeddedPort" in the registry config to a free port, or 0 for any`,
-        { cause: err },
-      );
+      throw new RegistryConfigError(`embedded registry port ${settings.port} on 127.0.0.1 is in use; set "embeddedPort" in the registry config to a free port, or 0 for any`, { cause: err });
     }
     throw err;
   }

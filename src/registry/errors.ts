@@ -11,7 +11,10 @@ export class RegistryConfigError extends RegistryError {}
 export class RegistryAuthError extends RegistryError {}
 
 export class BucketNotFoundError extends RegistryError {
-  constructor(readonly bucket: string, where: string) {
+  constructor(
+    readonly bucket: string,
+    where: string,
+  ) {
     super(`bucket "${bucket}" does not exist at ${where}; create it on the server, or fix the bucket in the registry URL (s3://BUCKET/prefix)`);
   }
 }
@@ -20,7 +23,10 @@ export class BucketNotFoundError extends RegistryError {
 export class EndpointUnreachableError extends RegistryError {}
 
 export class RemoteTagNotFoundError extends RegistryError {
-  constructor(readonly ref: string, readonly registry: string) {
+  constructor(
+    readonly ref: string,
+    readonly registry: string,
+  ) {
     super(`tag "${ref}" is not in the registry ${registry}; push it there first, or check the name and the registry URL`);
   }
 }
@@ -68,16 +74,7 @@ const AUTH_CODES = new Set([
   'InvalidSecurity',
   'Forbidden',
 ]);
-const NETWORK_CODES = new Set([
-  'ECONNREFUSED',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'ETIMEDOUT',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ECONNRESET',
-  'EPIPE',
-]);
+const NETWORK_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET', 'EPIPE']);
 
 function networkCode(err: SdkErrorLike): string | undefined {
   if (err.code && NETWORK_CODES.has(err.code)) return err.code;
@@ -130,10 +127,9 @@ export function toRegistryError(err: unknown, ctx: ErrorContext): Error {
     );
   }
   if (status === 301 || code === 'PermanentRedirect') {
-    return new RegistryConfigError(
-      `bucket "${ctx.bucket}" lives in another region than the one configured; set AWS_REGION (or "region" in the registry config) to the bucket's region`,
-      { cause: err },
-    );
+    return new RegistryConfigError(`bucket "${ctx.bucket}" lives in another region than the one configured; set AWS_REGION (or "region" in the registry config) to the bucket's region`, {
+      cause: err,
+    });
   }
   if ((code === 'NoSuchKey' || code === 'NotFound' || status === 404) && ctx.missing) return ctx.missing();
   const detail = (e.message && e.message !== 'UnknownError' ? e.message : `HTTP ${status ?? '?'}`).split('\n')[0];

@@ -83,7 +83,7 @@ function parseJson(text: string, what: string, where: string): unknown {
 
 export function parseTagDocument(text: string, where: string): TagDocument {
   const d = parseJson(text, 'tag', where) as Partial<TagDocument> | null;
-  if (!d || d.schemaVersion !== 1 || typeof d.ref !== 'string' || !checkDescriptorLike(d.manifest) || typeof d.manifest.mediaType !== 'string') {
+  if (d?.schemaVersion !== 1 || typeof d.ref !== 'string' || !checkDescriptorLike(d.manifest) || typeof d.manifest.mediaType !== 'string') {
     throw bad('tag', where);
   }
   return { schemaVersion: 1, ref: d.ref, manifest: { mediaType: d.manifest.mediaType, digest: d.manifest.digest, size: d.manifest.size } };

@@ -202,9 +202,7 @@ export class TtyProgress implements ProgressReporter {
     this.op = p.operation;
     this.totalBytes = p.bytesToTransfer;
     this.startedMs = performance.now();
-    this.print(
-      `${p.operation} ${p.ref} ${p.operation === 'push' ? 'to' : 'from'} ${p.registry}: ${formatBytes(p.bytesToTransfer)} to move, ${formatBytes(p.bytesSkipped)} already there`,
-    );
+    this.print(`${p.operation} ${p.ref} ${p.operation === 'push' ? 'to' : 'from'} ${p.registry}: ${formatBytes(p.bytesToTransfer)} to move, ${formatBytes(p.bytesSkipped)} already there`);
     this.timer = setInterval(() => this.dirty && this.draw(), 100);
     this.timer.unref();
   }

@@ -63,8 +63,7 @@ export async function pull(remote: S3Remote, opts: PullOptions): Promise<PullRes
   const ref = normalizedRef(opts.ref);
   const remoteRef = normalizedRef(opts.remoteRef ?? opts.ref);
   const where = remoteRef === ref ? registry : `${registry} as ${remoteRef}`;
-  const missingBlob = (b: BlobInfo) => () =>
-    new RemoteObjectMissingError(`${b.kind} ${b.digest} of ${remoteRef} is missing from ${registry}; push the image again`);
+  const missingBlob = (b: BlobInfo) => () => new RemoteObjectMissingError(`${b.kind} ${b.digest} of ${remoteRef} is missing from ${registry}; push the image again`);
 
   /** Streams one blob from the registry into `sink`, hashing it; a mismatch names the blob. */
   const fetchInto = async (b: BlobInfo, sink: (body: Readable) => Promise<void>, s?: AbortSignal) => {
@@ -90,10 +89,7 @@ export async function pull(remote: S3Remote, opts: PullOptions): Promise<PullRes
   try {
     await Promise.all([store.init(), remote.checkBucket(signal)]);
     const tagWhere = `${registry}/${tagKey('', remoteRef)}`;
-    const tagDoc = parseTagDocument(
-      (await remote.getSmall(tagKey(prefix, remoteRef), MAX_DOCUMENT_BYTES, () => new RemoteTagNotFoundError(remoteRef, registry), signal)).toString('utf8'),
-      tagWhere,
-    );
+    const tagDoc = parseTagDocument((await remote.getSmall(tagKey(prefix, remoteRef), MAX_DOCUMENT_BYTES, () => new RemoteTagNotFoundError(remoteRef, registry), signal)).toString('utf8'), tagWhere);
     const manifestDesc = tagDoc.manifest;
     const manifestInfo: PullBlob = { digest: manifestDesc.digest, kind: 'manifest', sizeBytes: manifestDesc.size, mediaType: manifestDesc.mediaType };
     if (manifestDesc.size > MAX_MANIFEST_BYTES) throw new RegistryError(`${tagWhere} names a manifest of ${manifestDesc.size} bytes, too large to be one; push the image again`);
@@ -134,12 +130,7 @@ export async function pull(remote: S3Remote, opts: PullOptions): Promise<PullRes
       const key = vmDiskPointerKey(prefix, manifestDesc.digest);
       const pointer = parseVmDiskPointer(
         (
-          await remote.getSmall(
-            key,
-            MAX_DOCUMENT_BYTES,
-            () => new RemoteObjectMissingError(`${remoteRef} in ${registry} has no VM disk; push it with its VM disk, or pull without one`),
-            signal,
-          )
+          await remote.getSmall(key, MAX_DOCUMENT_BYTES, () => new RemoteObjectMissingError(`${remoteRef} in ${registry} has no VM disk; push it with its VM disk, or pull without one`), signal)
         ).toString('utf8'),
         `${registry}/${key}`,
       );
@@ -201,9 +192,7 @@ export async function pull(remote: S3Remote, opts: PullOptions): Promise<PullRes
     progress.finish(split.summary(durationMs));
     return result;
   } catch (err) {
-    const e = signal?.aborted
-      ? new TransferAbortedError(`pull of ${ref} from ${where} was interrupted; nothing was tagged; run it again: complete blobs are not fetched again`, { cause: err })
-      : err;
+    const e = signal?.aborted ? new TransferAbortedError(`pull of ${ref} from ${where} was interrupted; nothing was tagged; run it again: complete blobs are not fetched again`, { cause: err }) : err;
     progress.finish(undefined, e);
     throw e;
   }
@@ -216,7 +205,7 @@ function parseManifest(buf: Buffer, digest: string): ImageManifest {
   } catch {
     m = undefined;
   }
-  if (!m || m.schemaVersion !== 2 || !m.config || !Array.isArray(m.layers)) {
+  if (m?.schemaVersion !== 2 || !m.config || !Array.isArray(m.layers)) {
     throw new RegistryError(`${digest} in the registry is not an OCI image manifest; only single-platform OCI images can be pulled`);
   }
   return m;

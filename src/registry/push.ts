@@ -56,7 +56,11 @@ async function sha256File(path: string, signal?: AbortSignal): Promise<string> {
 /** Every blob of the image as it is on disk, checked against the sizes its manifest declares. */
 async function localBlobs(store: BlobStore, ref: string): Promise<{ manifest: Descriptor; blobs: PushBlob[] }> {
   const desc = await resolveTag(store, ref).catch(() => undefined);
-  if (!desc) throw new ImageNotFoundError(ref, (await listTags(store).catch(() => [])).map((t) => t.ref));
+  if (!desc)
+    throw new ImageNotFoundError(
+      ref,
+      (await listTags(store).catch(() => [])).map((t) => t.ref),
+    );
   const manifest = await readManifest(store, desc);
   const blobs: PushBlob[] = [];
   const seen = new Set<string>();
@@ -92,11 +96,7 @@ export async function push(remote: S3Remote, opts: PushOptions): Promise<PushRes
   const remoteRef = normalizedRef(opts.remoteRef ?? opts.ref);
   const registry = remote.config.url.url;
   try {
-    const [{ manifest, blobs }, vmDisk] = await Promise.all([
-      localBlobs(opts.blobs, ref),
-      opts.vmDisk ? localVmDisk(opts.vmDisk.path, signal) : undefined,
-      remote.checkBucket(signal),
-    ]);
+    const [{ manifest, blobs }, vmDisk] = await Promise.all([localBlobs(opts.blobs, ref), opts.vmDisk ? localVmDisk(opts.vmDisk.path, signal) : undefined, remote.checkBucket(signal)]);
     const all = vmDisk ? [...blobs, vmDisk] : blobs;
 
     // HEAD everything first: the plan (and the dedup) is known before a byte is sent.

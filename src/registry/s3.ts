@@ -179,18 +179,15 @@ export class S3Remote {
   async head(key: string, signal?: AbortSignal): Promise<RemoteObjectInfo | undefined> {
     const { HeadObjectCommand } = this.sdk;
     const absent = Symbol('absent');
-    const r = await this.call(
-      `HEAD ${key}`,
-      async () => {
-        try {
-          return await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: signal });
-        } catch (err) {
-          const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
-          if (e.name === 'NotFound' || e.name === 'NoSuchKey' || e.$metadata?.httpStatusCode === 404) return absent;
-          throw err;
-        }
-      },
-    );
+    const r = await this.call(`HEAD ${key}`, async () => {
+      try {
+        return await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: signal });
+      } catch (err) {
+        const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+        if (e.name === 'NotFound' || e.name === 'NoSuchKey' || e.$metadata?.httpStatusCode === 404) return absent;
+        throw err;
+      }
+    });
     if (r === absent) return undefined;
     const info: RemoteObjectInfo = { size: r.ContentLength ?? -1 };
     const sha = r.Metadata?.sha256;
@@ -201,11 +198,7 @@ export class S3Remote {
   /** The body of an object, streamed. `missing` makes the error for an absent key. */
   async getStream(key: string, missing: () => RegistryError, signal?: AbortSignal): Promise<{ body: Readable; size: number | undefined }> {
     const { GetObjectCommand } = this.sdk;
-    const r = await this.call(
-      `GET ${key}`,
-      () => this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: signal }),
-      missing,
-    );
+    const r = await this.call(`GET ${key}`, () => this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: signal }), missing);
     if (!r.Body) throw new RegistryRequestError(`GET ${key} on ${this.config.url.url} returned no body; the server is misbehaving`);
     return { body: r.Body as Readable, size: r.ContentLength };
   }
@@ -235,10 +228,7 @@ export class S3Remote {
   async putSmall(key: string, body: Buffer, contentType: string, metadata?: Record<string, string>, signal?: AbortSignal): Promise<void> {
     const { PutObjectCommand } = this.sdk;
     await this.call(`PUT ${key}`, () =>
-      this.client.send(
-        new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length, ContentType: contentType, Metadata: metadata }),
-        { abortSignal: signal },
-      ),
+      this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length, ContentType: contentType, Metadata: metadata }), { abortSignal: signal }),
     );
   }
 
@@ -310,11 +300,7 @@ export class S3Remote {
     const actual = counter.hex();
     if (actual !== o.sha256) {
       await this.delete(o.key).catch(() => undefined);
-      throw new DigestMismatchError(
-        `local ${o.label} is corrupt (it hashes to sha256:${actual}); it was not pushed; rebuild or re-pull the image`,
-        `sha256:${o.sha256}`,
-        `sha256:${actual}`,
-      );
+      throw new DigestMismatchError(`local ${o.label} is corrupt (it hashes to sha256:${actual}); it was not pushed; rebuild or re-pull the image`, `sha256:${o.sha256}`, `sha256:${actual}`);
     }
   }
 

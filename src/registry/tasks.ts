@@ -3,12 +3,7 @@
 // after a push or pull has returned.
 
 /** Runs `fn` over `items`, at most `limit` at a time. */
-export async function runLimited<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T, signal: AbortSignal) => Promise<void>,
-  parent?: AbortSignal,
-): Promise<void> {
+export async function runLimited<T>(items: readonly T[], limit: number, fn: (item: T, signal: AbortSignal) => Promise<void>, parent?: AbortSignal): Promise<void> {
   if (items.length === 0) return;
   const controller = new AbortController();
   const onParentAbort = () => controller.abort(parent?.reason);

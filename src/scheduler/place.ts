@@ -59,13 +59,7 @@ export function predictionSource(p: PredictedStartup, opts: { runs?: boolean } =
  * Chooses where a workload runs. Pure: everything it knows comes in as arguments, so the
  * same inputs always give the same answer and the same explanation.
  */
-export function place(
-  spec: WorkloadSpec,
-  host: HostInfo,
-  load: HostLoad,
-  backends: BackendDescriptor[],
-  stats: Partial<Record<BackendKind, StartupStats>> = {},
-): Placement {
+export function place(spec: WorkloadSpec, host: HostInfo, load: HostLoad, backends: BackendDescriptor[], stats: Partial<Record<BackendKind, StartupStats>> = {}): Placement {
   const rejected: Placement['rejected'] = [];
   const fits: Candidate[] = [];
   const predictions: Placement['predictedStartupByBackend'] = [];
@@ -114,8 +108,7 @@ export function place(
   const reasons: string[] = [];
   if (spec.kernel.ownKernel) reasons.push('The workload needs a kernel of its own, so only VM backends qualify.');
 
-  const fastest = (cs: Candidate[]): Candidate =>
-    [...cs].sort((a, b) => a.predicted.median - b.predicted.median || ORDER[a.d.kind] - ORDER[b.d.kind])[0]!;
+  const fastest = (cs: Candidate[]): Candidate => [...cs].sort((a, b) => a.predicted.median - b.predicted.median || ORDER[a.d.kind] - ORDER[b.d.kind])[0]!;
 
   if (spec.trust === 'untrusted') {
     const hw = fits.filter((c) => c.d.traits.hardwareIsolation);
@@ -131,9 +124,7 @@ export function place(
     }
     reasons.push('The workload is untrusted, so hybridbox runs it behind a separate guest kernel and a virtual machine boundary rather than sharing the host kernel.');
     const chosen = pickVm(spec, hw, reasons);
-    return finish(chosen, reasons, (c) =>
-      c.d.traits.hardwareIsolation ? vmLoss(c, chosen) : 'the workload is untrusted and a VM backend is available',
-    );
+    return finish(chosen, reasons, (c) => (c.d.traits.hardwareIsolation ? vmLoss(c, chosen) : 'the workload is untrusted and a VM backend is available'));
   }
 
   if (spec.kernel.ownKernel) {
@@ -144,8 +135,7 @@ export function place(
   const chosen = fastest(fits);
   const others = fits.filter((c) => c !== chosen).map((c) => `${c.d.kind} ${ms(c.predicted.median)}`);
   reasons.push(
-    `The workload is trusted, so hybridbox picks the fastest predicted start-up: ${chosen.d.kind} at ${ms(chosen.predicted.median)} median` +
-      (others.length ? ` (vs ${others.join(', ')}).` : '.'),
+    `The workload is trusted, so hybridbox picks the fastest predicted start-up: ${chosen.d.kind} at ${ms(chosen.predicted.median)} median` + (others.length ? ` (vs ${others.join(', ')}).` : '.'),
   );
   return finish(chosen, reasons, (c) => `slower predicted start-up (${ms(c.predicted.median)} vs ${ms(chosen.predicted.median)} median)`);
 }
@@ -174,14 +164,13 @@ function rejection(spec: WorkloadSpec, host: HostInfo, load: HostLoad, d: Backen
 function pickVm(spec: WorkloadSpec, cs: Candidate[], reasons: string[]): Candidate {
   const full = needsFullMachine(spec);
   const [chosen] = [...cs].sort(
-    (a, b) =>
-      Number(a.d.traits.fullMachine !== full) - Number(b.d.traits.fullMachine !== full) ||
-      a.predicted.median - b.predicted.median ||
-      ORDER[a.d.kind] - ORDER[b.d.kind],
+    (a, b) => Number(a.d.traits.fullMachine !== full) - Number(b.d.traits.fullMachine !== full) || a.predicted.median - b.predicted.median || ORDER[a.d.kind] - ORDER[b.d.kind],
   );
   const alt = cs.find((c) => c !== chosen && c.d.traits.fullMachine !== chosen!.d.traits.fullMachine);
   if (alt && !chosen!.d.traits.fullMachine) {
-    reasons.push(`${chosen!.d.kind} is preferred over ${alt.d.kind}: the workload does not need a full machine model (PCI, firmware tables), and a minimal machine emulates fewer devices and boots with less to set up.`);
+    reasons.push(
+      `${chosen!.d.kind} is preferred over ${alt.d.kind}: the workload does not need a full machine model (PCI, firmware tables), and a minimal machine emulates fewer devices and boots with less to set up.`,
+    );
   }
   return chosen!;
 }

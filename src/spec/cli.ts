@@ -51,8 +51,14 @@ export function specFromFlags(flags: CliRunFlags, positional: { image?: string; 
   set('network', flags.network);
   set('isolation', flags.isolation);
   set('trust', flags.trust);
-  set('startupBudgetMs', parsed(flags.startupBudget, (t) => parseDuration(t, '--startup-budget')));
-  set('timeoutMs', parsed(flags.timeout, (t) => parseDuration(t, '--timeout')));
+  set(
+    'startupBudgetMs',
+    parsed(flags.startupBudget, (t) => parseDuration(t, '--startup-budget')),
+  );
+  set(
+    'timeoutMs',
+    parsed(flags.timeout, (t) => parseDuration(t, '--timeout')),
+  );
 
   const resources = dropUndefined({
     cpus: parsed(flags.cpus, (t) => parseCpus(t, '--cpus')),

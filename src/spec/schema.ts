@@ -60,23 +60,15 @@ export const WorkloadSpecSchema = z.strictObject({
   ),
   // No whitespace or control characters: the reference ends up in one-line messages and paths.
   image: described(
-    z.string().check(z.regex(/^[A-Za-z0-9][A-Za-z0-9._\/:@+-]{0,254}$/, { message: 'use an image reference such as busybox or alpine:3.20' })),
+    z.string().check(z.regex(/^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$/, { message: 'use an image reference such as busybox or alpine:3.20' })),
     'an image reference such as busybox or alpine:3.20',
   ),
   /** argv; when absent the image's default command is used. */
-  command: z.optional(
-    described(
-      z.array(z.string()).check(z.minLength(1)),
-      "a non-empty list of strings, program first; leave command out to use the image's default",
-    ),
-  ),
+  command: z.optional(described(z.array(z.string()).check(z.minLength(1)), "a non-empty list of strings, program first; leave command out to use the image's default")),
   env: z._default(
     described(
       z.record(
-        described(
-          z.string().check(z.regex(/^[A-Za-z_][A-Za-z0-9_]*$/)),
-          'variable names of letters, digits and _, not starting with a digit',
-        ),
+        described(z.string().check(z.regex(/^[A-Za-z_][A-Za-z0-9_]*$/)), 'variable names of letters, digits and _, not starting with a digit'),
         described(z.string(), 'a string (quote numbers and booleans in YAML)'),
       ),
       'a mapping of variable names to string values',
@@ -85,10 +77,7 @@ export const WorkloadSpecSchema = z.strictObject({
   ),
   workdir: z._default(absPath, '/'),
   user: z._default(
-    described(
-      z.string().check(z.regex(/^(\d+|[a-z_][a-z0-9_-]*)(:(\d+|[a-z_][a-z0-9_-]*))?$/, { message: 'use uid[:gid] or name[:group]' })),
-      'uid[:gid] or name[:group], e.g. 1000:1000 or nobody',
-    ),
+    described(z.string().check(z.regex(/^(\d+|[a-z_][a-z0-9_-]*)(:(\d+|[a-z_][a-z0-9_-]*))?$/, { message: 'use uid[:gid] or name[:group]' })), 'uid[:gid] or name[:group], e.g. 1000:1000 or nobody'),
     '0:0',
   ),
   resources: z._default(ResourcesSchema, {}),

@@ -186,7 +186,9 @@ export class StateStore {
       this.db.exec("ALTER TABLE sandboxes ADD COLUMN image_digest TEXT NOT NULL DEFAULT ''");
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
     } else if (!fresh && version !== SCHEMA_VERSION) {
-      throw new StateStoreError(`the state database ${join(root, 'state.db')} has schema version ${version}, this hybridbox needs ${SCHEMA_VERSION}; remove the sandboxes with the version that made them, or move the state directory away`);
+      throw new StateStoreError(
+        `the state database ${join(root, 'state.db')} has schema version ${version}, this hybridbox needs ${SCHEMA_VERSION}; remove the sandboxes with the version that made them, or move the state directory away`,
+      );
     }
     this.db.exec(SCHEMA);
     if (fresh) this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
@@ -200,17 +202,13 @@ export class StateStore {
   insert(rec: SandboxRecord): void {
     const keys = Object.keys(COLUMN) as (keyof typeof COLUMN)[];
     const cols = ['id', ...keys.map((k) => COLUMN[k])];
-    this.db
-      .prepare(`INSERT INTO sandboxes (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`)
-      .run(rec.id, ...keys.map((k) => toColumnValue(k, rec[k])));
+    this.db.prepare(`INSERT INTO sandboxes (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`).run(rec.id, ...keys.map((k) => toColumnValue(k, rec[k])));
   }
 
   update(id: string, patch: Partial<Omit<SandboxRecord, 'id'>>): void {
     const keys = Object.keys(patch) as (keyof typeof COLUMN)[];
     if (keys.length === 0) return;
-    this.db
-      .prepare(`UPDATE sandboxes SET ${keys.map((k) => `${COLUMN[k]} = ?`).join(', ')} WHERE id = ?`)
-      .run(...keys.map((k) => toColumnValue(k, patch[k])), id);
+    this.db.prepare(`UPDATE sandboxes SET ${keys.map((k) => `${COLUMN[k]} = ?`).join(', ')} WHERE id = ?`).run(...keys.map((k) => toColumnValue(k, patch[k])), id);
   }
 
   get(id: string): SandboxRecord | undefined {
@@ -247,7 +245,11 @@ export class StateStore {
     const exact = this.db.prepare('SELECT * FROM sandboxes WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1').get(ref, ref, ref) as Row | undefined;
     if (exact) return fromRow(exact);
     const rows = this.db.prepare('SELECT * FROM sandboxes WHERE substr(id, 1, length(?)) = ? ORDER BY id LIMIT 6').all(ref, ref) as Row[];
-    if (rows.length > 1) throw new AmbiguousReferenceError(ref, rows.slice(0, 5).map((r) => `${r.id} (${r.name})`));
+    if (rows.length > 1)
+      throw new AmbiguousReferenceError(
+        ref,
+        rows.slice(0, 5).map((r) => `${r.id} (${r.name})`),
+      );
     return rows.length === 1 ? fromRow(rows[0]!) : undefined;
   }
 
@@ -276,9 +278,7 @@ export class StateStore {
    * tx() so that the read of taken values and the insert are one atomic step.
    */
   lease(kind: string, sandboxId: string, candidates: Iterable<string>): string | null {
-    const taken = new Set(
-      (this.db.prepare('SELECT value FROM leases WHERE kind = ?').all(kind) as { value: string }[]).map((r) => r.value),
-    );
+    const taken = new Set((this.db.prepare('SELECT value FROM leases WHERE kind = ?').all(kind) as { value: string }[]).map((r) => r.value));
     for (const c of candidates) {
       if (!taken.has(c)) {
         this.db.prepare('INSERT INTO leases (kind, value, sandbox_id) VALUES (?, ?, ?)').run(kind, c, sandboxId);
@@ -294,9 +294,7 @@ export class StateStore {
   }
 
   leases(kind?: string): { kind: string; value: string; sandboxId: string }[] {
-    const rows = (kind
-      ? this.db.prepare('SELECT * FROM leases WHERE kind = ?').all(kind)
-      : this.db.prepare('SELECT * FROM leases').all()) as { kind: string; value: string; sandbox_id: string }[];
+    const rows = (kind ? this.db.prepare('SELECT * FROM leases WHERE kind = ?').all(kind) : this.db.prepare('SELECT * FROM leases').all()) as { kind: string; value: string; sandbox_id: string }[];
     return rows.map((r) => ({ kind: r.kind, value: r.value, sandboxId: r.sandbox_id }));
   }
 

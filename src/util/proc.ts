@@ -40,7 +40,13 @@ export async function within(p: Promise<unknown>, ms: number): Promise<boolean> 
     timer = setTimeout(() => r(false), ms);
   });
   try {
-    return await Promise.race([p.then(() => true, () => true), timeout]);
+    return await Promise.race([
+      p.then(
+        () => true,
+        () => true,
+      ),
+      timeout,
+    ]);
   } finally {
     clearTimeout(timer);
   }

@@ -38,7 +38,9 @@ let installing: Promise<void> | undefined;
 function reason(result: { stderr?: unknown; stdout?: unknown; exitCode?: number; timedOut?: boolean }): string {
   if (result.timedOut) return `timed out after ${START_TIMEOUT_MS / 1000}s`;
   const lines = `${String(result.stdout ?? '')}\n${String(result.stderr ?? '')}`
-    .split('\n').map((l) => l.trim()).filter(Boolean);
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   const last = lines.filter((l) => l.startsWith('swift-s3:')).pop() ?? lines.pop();
   return (last ?? `exit code ${result.exitCode ?? '?'}`).replace(/^swift-s3:\s*/, '');
 }

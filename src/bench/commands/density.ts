@@ -15,9 +15,15 @@ class Interrupted extends HybridboxError {
 }
 
 function parseBackends(hb: Hybridbox, text: unknown): BackendKind[] {
-  const available = hb.info().backends.filter((b) => b.available).map((b) => b.kind);
+  const available = hb
+    .info()
+    .backends.filter((b) => b.available)
+    .map((b) => b.kind);
   if (text === undefined) return BACKEND_KINDS.filter((k) => available.includes(k));
-  const asked = String(text).split(',').map((s) => s.trim()).filter(Boolean);
+  const asked = String(text)
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const b of asked) {
     if (!(BACKEND_KINDS as readonly string[]).includes(b)) throw new SpecError('--backends', b, `allowed: a comma-separated list of ${BACKEND_KINDS.join(', ')}`);
     const why = hb.info().backends.find((x) => x.kind === b)?.reason;
@@ -88,6 +94,8 @@ export async function benchDensity(hb: Hybridbox, opts: Record<string, unknown>)
     process.stdout.write(JSON.stringify(result, null, 2) + '\n');
     return;
   }
-  process.stdout.write(`${densityTable(measured)}\n\nbudget ${fmtBytes(budgetBytes)} of host used memory per backend; overhead = host RSS of the sandbox's own processes + its cgroup's memory beyond the workload\n\n`);
+  process.stdout.write(
+    `${densityTable(measured)}\n\nbudget ${fmtBytes(budgetBytes)} of host used memory per backend; overhead = host RSS of the sandbox's own processes + its cgroup's memory beyond the workload\n\n`,
+  );
   for (const s of result.summary) process.stdout.write(`${s}\n`);
 }

@@ -16,7 +16,10 @@ function int(name: string, value: unknown, min: number): number {
 
 export function parseScenarios(list: unknown): ScenarioName[] {
   if (list === undefined) return [...SCENARIOS];
-  const asked = String(list).split(',').map((x) => x.trim()).filter(Boolean);
+  const asked = String(list)
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean);
   const names = asked.map((x) => ((SCENARIOS as readonly string[]).includes(x) ? (x as ScenarioName) : ALIASES[x]));
   if (!asked.length || names.some((n) => !n)) {
     throw new SpecError('--backends', list, `allowed: a comma-separated list of ${SCENARIOS.join(', ')} (or crun, qemu, virsh for the raw baselines)`);

@@ -63,9 +63,7 @@ function memoryCgroupOf(pid: number): string | null {
   } catch {
     return null;
   }
-  const rel = isUnified()
-    ? lines.find((l) => l.startsWith('0::'))?.slice(3)
-    : lines.map((l) => l.split(':')).find((f) => f[1]?.split(',').includes('memory'))?.[2];
+  const rel = isUnified() ? lines.find((l) => l.startsWith('0::'))?.slice(3) : lines.map((l) => l.split(':')).find((f) => f[1]?.split(',').includes('memory'))?.[2];
   const mount = memoryMount();
   return mount && rel ? join(mount, rel) : null;
 }

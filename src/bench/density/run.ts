@@ -157,14 +157,17 @@ export async function runDensity(hb: Hybridbox, opts: DensityOptions): Promise<D
   for (const backend of opts.backends) {
     if (opts.signal?.aborted) break;
     opts.progress?.(`${backend}: starting idle sandboxes (${SANDBOX_MEMORY_MIB[backend] === null ? 'no memory limit' : `${SANDBOX_MEMORY_MIB[backend]} MiB guest memory`})`);
-    try {
-      out.push(await rampBackend(hb, backend, opts));
-    } finally {
-      const n = (await hb.sandboxes.list({ all: true })).filter((s) => s.name.startsWith(namePrefix(backend))).length;
-      if (n) opts.progress?.(`${backend}: removing ${n} sandbox${n === 1 ? '' : 'es'}`);
-      const failed = await removeDensitySandboxes(hb, 'mine');
-      if (failed.length) throw new Error(`could not remove ${failed.length} sandbox(es): ${failed.join('; ')}`);
-    }
+    // Cleanup runs whatever the ramp did; its own failure is reported only when the ramp succeeded.
+    const ramp = await rampBackend(hb, backend, opts).then(
+      (r) => ({ r }),
+      (e: unknown) => ({ e }),
+    );
+    const n = (await hb.sandboxes.list({ all: true })).filter((s) => s.name.startsWith(namePrefix(backend))).length;
+    if (n) opts.progress?.(`${backend}: removing ${n} sandbox${n === 1 ? '' : 'es'}`);
+    const failed = await removeDensitySandboxes(hb, 'mine');
+    if ('e' in ramp) throw ramp.e;
+    if (failed.length) throw new Error(`could not remove ${failed.length} sandbox(es): ${failed.join('; ')}`);
+    out.push(ramp.r);
     // A libvirt-run QEMU lingers ~1 s after it is destroyed: let the next baseline start clean.
     if (backend !== 'container') await sleep(1500);
   }

@@ -39,9 +39,7 @@ export function densitySummary(backends: DensityBackend[], budgetBytes: number):
         `(${fmtBytes(vm.overheadBytesPerSandbox)} against ${fmtBytes(ctr.overheadBytesPerSandbox)}) and started ${fmtRatio(ctr.startRatePerS / vm.startRatePerS)} slower.`,
     );
   }
-  const fits = measured
-    .filter((b) => b.overheadBytesPerSandbox > 0)
-    .map((b) => `~${Math.floor(budgetBytes / b.overheadBytesPerSandbox)} ${BACKEND_NOUN[b.backend]}s`);
+  const fits = measured.filter((b) => b.overheadBytesPerSandbox > 0).map((b) => `~${Math.floor(budgetBytes / b.overheadBytesPerSandbox)} ${BACKEND_NOUN[b.backend]}s`);
   if (fits.length) out.push(`At these costs a ${fmtBytes(budgetBytes)} budget holds ${fits.join(', ')} (extrapolated from the per-sandbox overhead).`);
   return out;
 }

@@ -71,9 +71,14 @@ export async function runFault(ctx: FaultContext, backends: BackendKind[]): Prom
       const forkName = register.name('forkbomb-container');
       const before = hostProcessCount();
       const fb = await withTimeout(
-        hb.sandboxes.run(
-          { name: forkName, image: ctx.image, command: [PROBE_IN_IMAGE, 'fork-bomb', '3'], isolation: 'container', resources: { pids: LIMITS.pids, cpus: LIMITS.cpus, memoryMiB: LIMITS.memoryMiB }, timeoutMs: 120_000 },
-        ),
+        hb.sandboxes.run({
+          name: forkName,
+          image: ctx.image,
+          command: [PROBE_IN_IMAGE, 'fork-bomb', '3'],
+          isolation: 'container',
+          resources: { pids: LIMITS.pids, cpus: LIMITS.cpus, memoryMiB: LIMITS.memoryMiB },
+          timeoutMs: 120_000,
+        }),
         RUN_TIMEOUT_MS,
         'the fork bomb run',
       );
@@ -83,7 +88,9 @@ export async function runFault(ctx: FaultContext, backends: BackendKind[]): Prom
         await check(
           `fork bomb (pids ${LIMITS.pids})`,
           'container',
-          rep ? `${rep.forksRefused} forks refused at the pids cap, ${rep.maxAlive} processes at most; host processes ${before} before, ${after} after` : `no report (exit ${fb.exitCode ?? fb.signal})`,
+          rep
+            ? `${rep.forksRefused} forks refused at the pids cap, ${rep.maxAlive} processes at most; host processes ${before} before, ${after} after`
+            : `no report (exit ${fb.exitCode ?? fb.signal})`,
         ),
       );
       await register.remove(forkName);
@@ -100,7 +107,9 @@ export async function runFault(ctx: FaultContext, backends: BackendKind[]): Prom
         process.kill(pid, 'SIGKILL');
         const ended = await pollUntil(async () => (await hb.sandboxes.list({ all: true })).find((s) => s.name === name)?.state !== 'running', { timeoutMs: 30_000, intervalMs: 200 });
         const rec = (await hb.sandboxes.list({ all: true })).find((s) => s.name === name);
-        detail = ended ? `QEMU ${pid} killed: the sandbox is ${rec?.state ?? 'gone'}${rec?.stateReason ? ` (${rec.stateReason})` : ''}` : `QEMU ${pid} killed, but the sandbox is still recorded as running`;
+        detail = ended
+          ? `QEMU ${pid} killed: the sandbox is ${rec?.state ?? 'gone'}${rec?.stateReason ? ` (${rec.stateReason})` : ''}`
+          : `QEMU ${pid} killed, but the sandbox is still recorded as running`;
       }
       cases.push(await check('QEMU killed (SIGKILL)', 'microvm', detail));
       await register.remove(name);

@@ -139,7 +139,9 @@ export function summarize(r: IsolationResult, backends: BackendKind[], skipped: 
       out.push(`Host responsiveness: spawning /bin/true on the host took p95 ${median(idle).toFixed(1)} ms with the victim alone and up to ${Math.max(...stressed).toFixed(1)} ms under a neighbour.`);
     }
     if (cores <= 2) {
-      out.push(`This host has ${cores} cores: victim (1 CPU) and neighbour (1 CPU) together ask for all of them, so a 1-CPU neighbour necessarily competes with the victim and the host${r.host.accel === 'tcg' ? ', and VMs run under TCG, where every guest instruction costs host CPU' : ''}.`);
+      out.push(
+        `This host has ${cores} cores: victim (1 CPU) and neighbour (1 CPU) together ask for all of them, so a 1-CPU neighbour necessarily competes with the victim and the host${r.host.accel === 'tcg' ? ', and VMs run under TCG, where every guest instruction costs host CPU' : ''}.`,
+      );
     }
   }
   if (r.security.length) out.push(...securitySummary(r.security));
@@ -152,9 +154,16 @@ function securitySummary(rows: SecurityRow[]): string[] {
   const kernel = rows.find((x) => x.probe.startsWith('kernel shared'));
   if (kernel) {
     const cols = { ...kernel.values, ...(kernel.variants ?? {}) } as Record<string, { value: string; safe: boolean | null }>;
-    const sharing = Object.entries(cols).filter(([k, v]) => k !== 'host' && v.safe === false).map(([k]) => k);
-    const own = Object.entries(cols).filter(([k, v]) => k !== 'host' && v.safe === true).map(([k]) => k);
-    if (sharing.length) out.push(`The host kernel is shared by ${sharing.join(', ')} (same boot id as the host); ${own.length ? `${own.join(', ')} ${own.length === 1 ? 'runs its' : 'run their'} own kernel` : 'no column runs its own kernel'}.`);
+    const sharing = Object.entries(cols)
+      .filter(([k, v]) => k !== 'host' && v.safe === false)
+      .map(([k]) => k);
+    const own = Object.entries(cols)
+      .filter(([k, v]) => k !== 'host' && v.safe === true)
+      .map(([k]) => k);
+    if (sharing.length)
+      out.push(
+        `The host kernel is shared by ${sharing.join(', ')} (same boot id as the host); ${own.length ? `${own.join(', ')} ${own.length === 1 ? 'runs its' : 'run their'} own kernel` : 'no column runs its own kernel'}.`,
+      );
   }
   const unsafe: Record<string, string[]> = {};
   for (const row of rows) {
@@ -173,7 +182,15 @@ function faultSummary(cases: FaultCase[]): string[] {
       ? `Every fault (${cases.map((c) => `${c.fault} in ${c.in}`).join('; ')}) stayed in its sandbox: every bystander kept running and the host stayed up.`
       : `Not every fault stayed in its sandbox: ${cases
           .filter((c) => !c.hostUp || c.survivors.some((s) => !s.keptRunning))
-          .map((c) => `${c.fault} in ${c.in} (${c.hostUp ? '' : 'host down; '}stopped: ${c.survivors.filter((s) => !s.keptRunning).map((s) => s.backend).join(', ') || 'none'})`)
+          .map(
+            (c) =>
+              `${c.fault} in ${c.in} (${c.hostUp ? '' : 'host down; '}stopped: ${
+                c.survivors
+                  .filter((s) => !s.keptRunning)
+                  .map((s) => s.backend)
+                  .join(', ') || 'none'
+              })`,
+          )
           .join('; ')}.`,
   ];
   return out;

@@ -166,13 +166,7 @@ async function measureCase(ctx: PerformanceContext, measure: () => Promise<numbe
   return { scores, latency: lat?.spawnMs ?? [], overshoot: lat?.sleepOvershootMs ?? [], loadAvg: loadAvg() };
 }
 
-async function neighbourCase(
-  ctx: PerformanceContext,
-  backend: BackendKind,
-  n: Neighbour,
-  victim: SandboxInfo,
-  measure: () => Promise<number[]>,
-): Promise<PerformanceCase> {
+async function neighbourCase(ctx: PerformanceContext, backend: BackendKind, n: Neighbour, victim: SandboxInfo, measure: () => Promise<number[]>): Promise<PerformanceCase> {
   const { hb, register } = ctx;
   const name = register.name(`${backend}-${n}`);
   const out: PerformanceCase = {
@@ -245,13 +239,7 @@ const num = (v: unknown): number => (typeof v === 'number' ? v : NaN);
 const fmt = (x: number, d = 1): string => (Number.isFinite(x) ? x.toFixed(d) : '?');
 
 /** Was the neighbour held by its limits, and how we know. */
-export function judge(
-  backend: BackendKind,
-  n: Neighbour,
-  r: RunResult | null,
-  report: Record<string, unknown> | null,
-  sampler: HostSampler,
-): { contained: boolean | null; text: string } {
+export function judge(backend: BackendKind, n: Neighbour, r: RunResult | null, report: Record<string, unknown> | null, sampler: HostSampler): { contained: boolean | null; text: string } {
   const vm = backend !== 'container';
   const hostProcs = sampler.maxProcs - sampler.baselineProcs;
   const extra: string[] = [];
@@ -269,7 +257,10 @@ export function judge(
     case 'cpu-hog': {
       if (!vm) {
         const cpus = r?.cpuTimeMs != null && secs > 0 ? r.cpuTimeMs / 1000 / secs : NaN;
-        return withExtra({ contained: Number.isFinite(cpus) ? cpus <= LIMITS.cpus * 1.15 : null, text: `2 spinning processes held to ${fmt(cpus, 2)} CPU by the cgroup CPU quota (limit ${LIMITS.cpus})` });
+        return withExtra({
+          contained: Number.isFinite(cpus) ? cpus <= LIMITS.cpus * 1.15 : null,
+          text: `2 spinning processes held to ${fmt(cpus, 2)} CPU by the cgroup CPU quota (limit ${LIMITS.cpus})`,
+        });
       }
       const cpus = sampler.qemuCpus();
       return withExtra({

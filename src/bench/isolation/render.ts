@@ -63,8 +63,7 @@ export function renderIsolation(r: IsolationResult): string {
     const backendCols = [...new Set(r.security.flatMap((row) => Object.keys(row.values).filter((k) => k !== 'host')))];
     const variantCols = [...new Set(r.security.flatMap((row) => Object.keys(row.variants ?? {})))];
     const cols = ['host', ...backendCols.flatMap((b) => [b, ...variantCols.filter((v) => v.startsWith(`${b}:`))]), ...variantCols.filter((v) => !backendCols.some((b) => v.startsWith(`${b}:`)))];
-    const cell = (row: (typeof r.security)[number], k: string): SecurityCell | undefined =>
-      (row.values as Record<string, SecurityCell | undefined>)[k] ?? row.variants?.[k];
+    const cell = (row: (typeof r.security)[number], k: string): SecurityCell | undefined => (row.values as Record<string, SecurityCell | undefined>)[k] ?? row.variants?.[k];
     out.push('Security isolation (✔ the outcome gives no reach into the host, ✘ it does; the host column is the reference)');
     out.push(
       table(
@@ -95,13 +94,7 @@ export function renderIsolation(r: IsolationResult): string {
     out.push(
       table(
         ['fault', 'in', 'bystanders kept running', 'host up', 'detail'],
-        r.fault.map((f) => [
-          f.fault,
-          f.in,
-          f.survivors.map((s) => `${s.backend} ${s.keptRunning ? '✔' : '✘'}`).join(' '),
-          f.hostUp ? '✔' : '✘',
-          f.detail,
-        ]),
+        r.fault.map((f) => [f.fault, f.in, f.survivors.map((s) => `${s.backend} ${s.keptRunning ? '✔' : '✘'}`).join(' '), f.hostUp ? '✔' : '✘', f.detail]),
         [30, 9, 30, 7, 100],
       ),
     );

@@ -105,17 +105,15 @@ export function hostSyscalls(): HostSyscalls {
   const names = new Set(implemented ? table.filter((n) => implemented!.has(n) || implemented!.has(alias[n] ?? '')) : table);
   return {
     names,
-    source: implemented
-      ? `${table.length} x86_64 calls in ${header}, of which ${names.size} are implemented by the running kernel (/proc/kallsyms)`
-      : `${table.length} x86_64 calls in ${header}`,
+    source: implemented ? `${table.length} x86_64 calls in ${header}, of which ${names.size} are implemented by the running kernel (/proc/kallsyms)` : `${table.length} x86_64 calls in ${header}`,
   };
 }
 
 /** Syscall names a container's seccomp profile refuses outright (argument-filtered ones stay reachable). */
 function seccompDenied(seccomp: unknown): string[] {
   const s = seccomp as { defaultAction?: string; syscalls?: { names: string[]; action: string; args?: unknown[] }[] } | undefined;
-  if (!s || s.defaultAction !== 'SCMP_ACT_ALLOW') return [];
-  return [...new Set((s.syscalls ?? []).filter((r) => r.action !== 'SCMP_ACT_ALLOW' && !(r.args && r.args.length)).flatMap((r) => r.names))];
+  if (s?.defaultAction !== 'SCMP_ACT_ALLOW') return [];
+  return [...new Set((s.syscalls ?? []).filter((r) => r.action !== 'SCMP_ACT_ALLOW' && !r.args?.length).flatMap((r) => r.names))];
 }
 
 // ------------------------------------------------------------------------ running --
@@ -148,7 +146,7 @@ async function runInSandbox(ctx: SecurityContext, backend: BackendKind, trust: T
             pid ??= id ? findQemuPid(id) : null;
             const seen = pid ? describeQemu(pid) : null;
             // An exiting QEMU has no command line any more: keep what was seen while it ran.
-            if (seen && seen.argv.length) qemu = seen;
+            if (seen?.argv.length) qemu = seen;
             await sleep(40);
           }
         })();
@@ -205,11 +203,47 @@ export async function runSecurity(ctx: SecurityContext, backends: BackendKind[],
 // ------------------------------------------------------------------------- matrix --
 
 const CAP_NAMES = [
-  'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP', 'LINUX_IMMUTABLE',
-  'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER', 'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT',
-  'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE', 'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE',
-  'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP', 'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ',
-  'PERFMON', 'BPF', 'CHECKPOINT_RESTORE',
+  'CHOWN',
+  'DAC_OVERRIDE',
+  'DAC_READ_SEARCH',
+  'FOWNER',
+  'FSETID',
+  'KILL',
+  'SETGID',
+  'SETUID',
+  'SETPCAP',
+  'LINUX_IMMUTABLE',
+  'NET_BIND_SERVICE',
+  'NET_BROADCAST',
+  'NET_ADMIN',
+  'NET_RAW',
+  'IPC_LOCK',
+  'IPC_OWNER',
+  'SYS_MODULE',
+  'SYS_RAWIO',
+  'SYS_CHROOT',
+  'SYS_PTRACE',
+  'SYS_PACCT',
+  'SYS_ADMIN',
+  'SYS_BOOT',
+  'SYS_NICE',
+  'SYS_RESOURCE',
+  'SYS_TIME',
+  'SYS_TTY_CONFIG',
+  'MKNOD',
+  'LEASE',
+  'AUDIT_WRITE',
+  'AUDIT_CONTROL',
+  'SETFCAP',
+  'MAC_OVERRIDE',
+  'MAC_ADMIN',
+  'SYSLOG',
+  'WAKE_ALARM',
+  'BLOCK_SUSPEND',
+  'AUDIT_READ',
+  'PERFMON',
+  'BPF',
+  'CHECKPOINT_RESTORE',
 ];
 /** Capabilities that, held against the host kernel, have carried escapes. */
 const DANGEROUS_CAPS = ['SYS_ADMIN', 'SYS_MODULE', 'SYS_RAWIO', 'SYS_PTRACE', 'NET_ADMIN', 'DAC_READ_SEARCH', 'SYS_BOOT', 'SYS_TIME', 'BPF', 'PERFMON', 'MAC_ADMIN'];
@@ -243,15 +277,17 @@ export function qemuDevices(argv: string[]): { machine: string | null; devices: 
 }
 
 function deviceModel(c: Column): SecurityCell {
-  const argv = c.qemu?.argv ?? ((c.details?.qemuCommandLine as string[] | undefined) ?? null);
+  const argv = c.qemu?.argv ?? (c.details?.qemuCommandLine as string[] | undefined) ?? null;
   if (!argv) {
     const xml = c.details?.domainXml as string | undefined;
-    const devs = xml ? [...xml.matchAll(/<(disk|interface|serial|console|channel|controller|input|video|rng|memballoon|filesystem)\b[^>]*?(?:type|model)='([^']+)'/g)].map((m) => `${m[1]}:${m[2]}`) : [];
+    const devs = xml
+      ? [...xml.matchAll(/<(disk|interface|serial|console|channel|controller|input|video|rng|memballoon|filesystem)\b[^>]*?(?:type|model)='([^']+)'/g)].map((m) => `${m[1]}:${m[2]}`)
+      : [];
     return { value: `QEMU (owner not seen): ${devs.length} devices in the domain XML: ${devs.join(', ')}`, safe: null };
   }
   const { machine, devices } = qemuDevices(argv);
   // `-sandbox on`: QEMU's own seccomp filter (seen in /proc once QEMU has set itself up).
-  const sandboxArg = argv.findIndex((a) => a === '-sandbox');
+  const sandboxArg = argv.indexOf('-sandbox');
   const seccomp = c.qemu?.seccomp === 2 || (sandboxArg >= 0 && /^on\b/.test(argv[sandboxArg + 1] ?? ''));
   const confined = c.qemu ? c.qemu.uid !== 0 || seccomp : null;
   const owner = c.qemu ? `QEMU as uid ${c.qemu.uid}, seccomp ${seccomp ? 'on' : 'off'}` : 'QEMU (owner not seen)';
@@ -268,8 +304,7 @@ function buildRows(host: Column, cols: Column[], sys: HostSyscalls): SecurityRow
   const shared = (c: Column): boolean => !!c.probe.bootId && c.probe.bootId === h.bootId;
   /** Root inside is root outside: no user namespace on the host kernel. */
   const hostRoot = (c: Column): boolean => shared(c) && c.probe.uid === 0 && /^0 0 /.test(c.probe.uidMap ?? '0 0 ');
-  const privileged = (c: Column, e: string, what = 'yes'): SecurityCell =>
-    ok(e) ? { value: shared(c) ? what : `${what}; guest kernel`, safe: !shared(c) } : { value: `no (${e})`, safe: true };
+  const privileged = (c: Column, e: string, what = 'yes'): SecurityCell => (ok(e) ? { value: shared(c) ? what : `${what}; guest kernel`, safe: !shared(c) } : { value: `no (${e})`, safe: true });
   const total = sys.names.size;
 
   const rows: { probe: string; host: SecurityCell; cell: (c: Column) => SecurityCell }[] = [

@@ -73,17 +73,19 @@ export function startupCharts(r: StartupResult): Chart[] {
       return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || a.localeCompare(b);
     });
     const withOrder = phases.map((p) => ({ ...p, order: names.indexOf(p.phase) }));
-    charts.push(chart('startup-phases', 'Where the start-up time goes', 'Median of each phase, stacked in the order the phases happen.', {
-      height: { step: 26 },
-      data: { values: withOrder },
-      mark: { type: 'bar', size: 18 },
-      encoding: {
-        y: { field: 'scenario', type: 'nominal', sort: order.filter((n) => phases.some((p) => p.scenario === n)), title: null },
-        x: { field: 'ms', type: 'quantitative', stack: 'zero', title: 'median, ms' },
-        color: { field: 'phase', type: 'nominal', sort: names, scale: { scheme: 'tableau10' }, title: 'phase' },
-        order: { field: 'order', type: 'quantitative' },
-      },
-    }));
+    charts.push(
+      chart('startup-phases', 'Where the start-up time goes', 'Median of each phase, stacked in the order the phases happen.', {
+        height: { step: 26 },
+        data: { values: withOrder },
+        mark: { type: 'bar', size: 18 },
+        encoding: {
+          y: { field: 'scenario', type: 'nominal', sort: order.filter((n) => phases.some((p) => p.scenario === n)), title: null },
+          x: { field: 'ms', type: 'quantitative', stack: 'zero', title: 'median, ms' },
+          color: { field: 'phase', type: 'nominal', sort: names, scale: { scheme: 'tableau10' }, title: 'phase' },
+          order: { field: 'order', type: 'quantitative' },
+        },
+      }),
+    );
   }
   return charts;
 }
@@ -97,25 +99,30 @@ export function isolationCharts(r: IsolationResult): Chart[] {
   const y = { field: 'neighbour', type: 'nominal' as const, title: null, sort: [...new Set(rows.map((p) => p.neighbour))] };
   const yOffset = { field: 'backend', type: 'nominal' as const, sort: backends };
   return [
-    chart('isolation-degradation', 'Throughput lost next to a noisy neighbour', 'Rows: the noisy neighbour next to the victim. Bars: percent of the victim workload\'s throughput lost against the same backend running alone (lower is better); "not contained" marks a neighbour its limits did not hold.', {
-      height: { step: 16 },
-      data: { values: rows },
-      encoding: { y, yOffset },
-      layer: [
-        {
-          mark: { type: 'bar' },
-          encoding: {
-            x: { field: 'pct', type: 'quantitative', title: 'throughput lost, %', scale: { domainMin: Math.min(0, ...rows.map((p) => p.pct)) } },
-            color: { field: 'backend', type: 'nominal', scale: backendScale(backends), title: 'backend' },
+    chart(
+      'isolation-degradation',
+      'Throughput lost next to a noisy neighbour',
+      'Rows: the noisy neighbour next to the victim. Bars: percent of the victim workload\'s throughput lost against the same backend running alone (lower is better); "not contained" marks a neighbour its limits did not hold.',
+      {
+        height: { step: 16 },
+        data: { values: rows },
+        encoding: { y, yOffset },
+        layer: [
+          {
+            mark: { type: 'bar' },
+            encoding: {
+              x: { field: 'pct', type: 'quantitative', title: 'throughput lost, %', scale: { domainMin: Math.min(0, ...rows.map((p) => p.pct)) } },
+              color: { field: 'backend', type: 'nominal', scale: backendScale(backends), title: 'backend' },
+            },
           },
-        },
-        {
-          mark: { type: 'text', align: 'left', dx: 4, fontSize: 10 },
-          encoding: { x: { field: 'pct', type: 'quantitative' }, text: { field: 'label' } },
-          transform: [{ calculate: "format(datum.pct, '.0f') + '%' + (datum.contained ? ' · ' + datum.contained : '')", as: 'label' }],
-        },
-      ],
-    }),
+          {
+            mark: { type: 'text', align: 'left', dx: 4, fontSize: 10 },
+            encoding: { x: { field: 'pct', type: 'quantitative' }, text: { field: 'label' } },
+            transform: [{ calculate: "format(datum.pct, '.0f') + '%' + (datum.contained ? ' · ' + datum.contained : '')", as: 'label' }],
+          },
+        ],
+      },
+    ),
   ];
 }
 
@@ -143,27 +150,40 @@ export function densityCharts(r: DensityResult): Chart[] {
       encoding: { x: { field: xf, type: 'quantitative', title: xt }, y: { field: yf, type: 'quantitative', title: yt }, color: colour },
     });
   return [
-    chart('density-overhead', 'Host memory per idle sandbox, beyond its workload', 'Resident memory of the processes each sandbox adds on the host (monitor, shim, runtime, QEMU), by program, plus what its cgroup is charged beyond the workload.', {
-      height: { step: 30 },
-      layer: [
-        {
-          data: { values: parts },
-          mark: { type: 'bar', size: 20 },
-          encoding: {
-            y: { field: 'backend', type: 'nominal', sort: order, title: null },
-            x: { field: 'mib', type: 'quantitative', stack: 'zero', title: 'MiB per sandbox' },
-            color: { field: 'part', type: 'nominal', scale: { scheme: 'set2' }, title: 'part', legend: { labelLimit: 320 } },
-            order: { field: 'order', type: 'quantitative' },
+    chart(
+      'density-overhead',
+      'Host memory per idle sandbox, beyond its workload',
+      'Resident memory of the processes each sandbox adds on the host (monitor, shim, runtime, QEMU), by program, plus what its cgroup is charged beyond the workload.',
+      {
+        height: { step: 30 },
+        layer: [
+          {
+            data: { values: parts },
+            mark: { type: 'bar', size: 20 },
+            encoding: {
+              y: { field: 'backend', type: 'nominal', sort: order, title: null },
+              x: { field: 'mib', type: 'quantitative', stack: 'zero', title: 'MiB per sandbox' },
+              color: { field: 'part', type: 'nominal', scale: { scheme: 'set2' }, title: 'part', legend: { labelLimit: 320 } },
+              order: { field: 'order', type: 'quantitative' },
+            },
           },
-        },
-        {
-          data: { values: totals },
-          mark: { type: 'text', align: 'left', dx: 4, fontSize: 11 },
-          encoding: { y: { field: 'backend', type: 'nominal', sort: order }, x: { field: 'mib', type: 'quantitative' }, text: { field: 'label' } },
-        },
-      ],
-    }),
-    line('density-ramp-memory', 'Host memory as sandboxes pile up', 'Rise of host used memory (MemTotal − MemAvailable) after each start.', 'count', 'sandboxes running', 'riseMiB', 'host used, MiB above start'),
+          {
+            data: { values: totals },
+            mark: { type: 'text', align: 'left', dx: 4, fontSize: 11 },
+            encoding: { y: { field: 'backend', type: 'nominal', sort: order }, x: { field: 'mib', type: 'quantitative' }, text: { field: 'label' } },
+          },
+        ],
+      },
+    ),
+    line(
+      'density-ramp-memory',
+      'Host memory as sandboxes pile up',
+      'Rise of host used memory (MemTotal − MemAvailable) after each start.',
+      'count',
+      'sandboxes running',
+      'riseMiB',
+      'host used, MiB above start',
+    ),
     line('density-ramp-time', 'Sandboxes started over time', 'Started one after another; the slope is the start rate.', 'seconds', 'seconds since the first start', 'count', 'sandboxes running'),
   ];
 }

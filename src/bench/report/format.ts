@@ -23,7 +23,10 @@ export function fmtPct(p: number | null | undefined): string {
 }
 
 export function fmtDate(ms: number): string {
-  return new Date(ms).toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
+  return new Date(ms)
+    .toISOString()
+    .replace('T', ' ')
+    .replace(/\.\d+Z$/, ' UTC');
 }
 
 /** "a container", "a microVM", "a VM": the backends as prose names them. */
@@ -40,6 +43,11 @@ export function textTable(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   const numeric = (c: string): boolean => /^[-+]?\d/.test(c);
   return rows
-    .map((r, ri) => r.map((c, i) => (ri > 0 && numeric(c) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd())
+    .map((r, ri) =>
+      r
+        .map((c, i) => (ri > 0 && numeric(c) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!)))
+        .join('  ')
+        .trimEnd(),
+    )
     .join('\n');
 }

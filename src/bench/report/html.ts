@@ -8,8 +8,7 @@ import { BENCH_COMMAND, type ReportData } from './data.js';
 import { BACKEND_NOUN, fmtBytes, fmtDate, fmtMs, fmtPct, list } from './format.js';
 import { faultContained, securityCell, securityColumns } from './summary.js';
 
-const esc = (s: unknown): string =>
-  String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
+const esc = (s: unknown): string => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 
 /** `code` spans for text in backticks (the summaries name commands that way). */
 const prose = (s: string): string => esc(s).replace(/`([^`]+)`/g, '<code>$1</code>');
@@ -70,7 +69,10 @@ function missing(kind: keyof typeof BENCH_COMMAND): string {
 
 /** When, how long, and on which host a result was measured (said plainly when it is not this host). */
 function provenance(r: BenchResult, here: HostDescription): string {
-  const other = r.host.key !== here.key ? ` <strong>Measured on another host</strong>: ${esc(r.host.hostname)} (${esc(r.host.cpuModel)}, ${r.host.cores} cores, ${esc(r.host.kernel)}, ${r.host.accel.toUpperCase()}).` : '';
+  const other =
+    r.host.key !== here.key
+      ? ` <strong>Measured on another host</strong>: ${esc(r.host.hostname)} (${esc(r.host.cpuModel)}, ${r.host.cores} cores, ${esc(r.host.kernel)}, ${r.host.accel.toUpperCase()}).`
+      : '';
   return `<p class="meta">Measured ${esc(fmtDate(r.startedAtMs))}, took ${esc(fmtMs(r.durationMs))}.${other}</p>`;
 }
 
@@ -115,7 +117,12 @@ function startupSection(r: StartupResult | null, charts: Chart[], svgs: Map<stri
   const ratios = r.ratios.length
     ? table(
         ['ratio', 'value', 'target', ''],
-        r.ratios.map((x) => [td(`${x.name}${x.basis === 'firstOutput' ? ' (time to first output)' : ''}`), num(`${x.value.toFixed(2)}x`), num(x.target ? `≤ ${x.target.max}x` : '-'), td(x.target ? (x.target.met ? 'met' : 'missed') : '')]),
+        r.ratios.map((x) => [
+          td(`${x.name}${x.basis === 'firstOutput' ? ' (time to first output)' : ''}`),
+          num(`${x.value.toFixed(2)}x`),
+          num(x.target ? `≤ ${x.target.max}x` : '-'),
+          td(x.target ? (x.target.met ? 'met' : 'missed') : ''),
+        ]),
       )
     : '';
   return `<section id="startup"><h2>Start-up</h2>${provenance(r, here)}${findings(r)}${charts.map((c) => figure(c, svgs)).join('')}
@@ -202,10 +209,7 @@ export interface ReportCharts {
 
 export function renderHtml(d: ReportData, charts: ReportCharts, svgs: Map<string, string>): string {
   const version = d.host.versions.hybridbox ? ` ${d.host.versions.hybridbox}` : '';
-  const backends = new Set<BackendKind>([
-    ...(d.startup?.scenarios.map((s) => s.backend).filter((b): b is BackendKind => !!b) ?? []),
-    ...(d.density?.backends.map((b) => b.backend) ?? []),
-  ]);
+  const backends = new Set<BackendKind>([...(d.startup?.scenarios.map((s) => s.backend).filter((b): b is BackendKind => !!b) ?? []), ...(d.density?.backends.map((b) => b.backend) ?? [])]);
   const subject = backends.size ? list([...backends].map((b) => `${BACKEND_NOUN[b]}s`)) : 'containers and VMs';
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

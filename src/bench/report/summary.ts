@@ -6,7 +6,6 @@ import { BACKEND_NOUN, fmtBytes, fmtMs, fmtRatio, list } from './format.js';
 
 const VM_KINDS: BackendKind[] = ['microvm', 'vm'];
 
-
 // Acronyms (QEMU, OOM) keep their capitals: only a capitalised ordinary word is lowered.
 const lowerFirst = (s: string): string => (/^[A-Z][a-z]/.test(s) ? s.charAt(0).toLowerCase() + s.slice(1) : s);
 const upperFirst = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1);
@@ -21,15 +20,10 @@ export function securityColumns(rows: SecurityRow[]): string[] {
   const backends = [...new Set(rows.flatMap((r) => Object.keys(r.values).filter((k) => k !== 'host')))];
   const variants = [...new Set(rows.flatMap((r) => Object.keys(r.variants ?? {})))];
   const hasHost = rows.some((r) => r.values.host);
-  return [
-    ...(hasHost ? ['host'] : []),
-    ...backends.flatMap((b) => [b, ...variants.filter((v) => v.startsWith(`${b}:`))]),
-    ...variants.filter((v) => !backends.some((b) => v.startsWith(`${b}:`))),
-  ];
+  return [...(hasHost ? ['host'] : []), ...backends.flatMap((b) => [b, ...variants.filter((v) => v.startsWith(`${b}:`))]), ...variants.filter((v) => !backends.some((b) => v.startsWith(`${b}:`)))];
 }
 
-export const securityCell = (row: SecurityRow, col: string): SecurityCell | undefined =>
-  (row.values as Record<string, SecurityCell | undefined>)[col] ?? row.variants?.[col];
+export const securityCell = (row: SecurityRow, col: string): SecurityCell | undefined => (row.values as Record<string, SecurityCell | undefined>)[col] ?? row.variants?.[col];
 
 /** "the container", "the container (untrusted)", "the bare host". */
 function columnNoun(col: string): string {
@@ -81,7 +75,7 @@ export function headline(d: Pick<ReportData, 'host' | 'startup' | 'isolation' | 
     out.push(`${Article(BACKEND_NOUN[b])}${faultClause(faultsIn(b)).replace(/^, and/, '')}.`);
   }
   if (d.host.accel === 'tcg' && [...medians.keys()].some((b) => b !== 'container')) {
-    out.push('VMs ran under QEMU\'s TCG software emulation here (no usable KVM), which slows their boot; with KVM they start several times faster.');
+    out.push("VMs ran under QEMU's TCG software emulation here (no usable KVM), which slows their boot; with KVM they start several times faster.");
   }
   const targets = (d.startup?.ratios ?? []).filter((r) => r.target);
   if (targets.length) {
@@ -105,7 +99,10 @@ export function headline(d: Pick<ReportData, 'host' | 'startup' | 'isolation' | 
   const worst = new Map<BackendKind, { pct: number; neighbour: string }>();
   for (const p of perf) if ((worst.get(p.backend)?.pct ?? -Infinity) < p.degradationPct!) worst.set(p.backend, { pct: p.degradationPct!, neighbour: p.neighbour });
   if (worst.size) {
-    const parts = [...worst].map(([b, w], i) => `${i === 0 ? Article(BACKEND_NOUN[b]) : article(BACKEND_NOUN[b])}'s${i === 0 ? ' workload lost' : ''} up to ${Math.max(0, w.pct).toFixed(0)}%${i === 0 ? ' of its throughput' : ''} (${w.neighbour})`);
+    const parts = [...worst].map(
+      ([b, w], i) =>
+        `${i === 0 ? Article(BACKEND_NOUN[b]) : article(BACKEND_NOUN[b])}'s${i === 0 ? ' workload lost' : ''} up to ${Math.max(0, w.pct).toFixed(0)}%${i === 0 ? ' of its throughput' : ''} (${w.neighbour})`,
+    );
     out.push(`Next to a noisy neighbour, ${lowerFirst(list(parts))}.`);
   }
   const loose = (d.isolation?.performance ?? []).filter((p) => p.contained === false);
@@ -117,7 +114,9 @@ export function headline(d: Pick<ReportData, 'host' | 'startup' | 'isolation' | 
     const base = dens.find((b) => b.backend === 'container');
     const costs = dens.map((b, i) => {
       const ratio = base && b !== base && base.overheadBytesPerSandbox > 0 ? ` (${fmtRatio(b.overheadBytesPerSandbox / base.overheadBytesPerSandbox)})` : '';
-      return i === 0 ? `an idle ${BACKEND_NOUN[b.backend]} cost ${fmtBytes(b.overheadBytesPerSandbox)} of host memory beyond its workload` : `${article(BACKEND_NOUN[b.backend])} ${fmtBytes(b.overheadBytesPerSandbox)}${ratio}`;
+      return i === 0
+        ? `an idle ${BACKEND_NOUN[b.backend]} cost ${fmtBytes(b.overheadBytesPerSandbox)} of host memory beyond its workload`
+        : `${article(BACKEND_NOUN[b.backend])} ${fmtBytes(b.overheadBytesPerSandbox)}${ratio}`;
     });
     const rates = dens.map((b) => `${b.startRatePerS.toFixed(b.startRatePerS >= 10 ? 0 : 1)}/s`);
     out.push(`${upperFirst(list(costs))}; started one after another, they came up at ${list(rates)}.`);

@@ -31,7 +31,10 @@ export function terminalReport(d: ReportData): string {
       ]),
     );
     if (d.startup.ratios.length) {
-      out.push('', textTable([['ratio', 'value', 'target'], ...d.startup.ratios.map((r) => [r.name, `${r.value.toFixed(2)}x`, r.target ? `<= ${r.target.max}x ${r.target.met ? 'met' : 'MISSED'}` : '-'])]));
+      out.push(
+        '',
+        textTable([['ratio', 'value', 'target'], ...d.startup.ratios.map((r) => [r.name, `${r.value.toFixed(2)}x`, r.target ? `<= ${r.target.max}x ${r.target.met ? 'met' : 'MISSED'}` : '-'])]),
+      );
     }
   }
   out.push('');
@@ -49,7 +52,13 @@ export function terminalReport(d: ReportData): string {
       out.push(
         textTable([
           ['backend', 'neighbour', 'victim (median)', 'lost', 'contained'],
-          ...r.performance.map((p) => [p.backend, p.neighbour, p.victimScore.length ? median(p.victimScore).toPrecision(4) : '-', fmtPct(p.degradationPct), p.contained === null ? '-' : p.contained ? 'yes' : 'NO']),
+          ...r.performance.map((p) => [
+            p.backend,
+            p.neighbour,
+            p.victimScore.length ? median(p.victimScore).toPrecision(4) : '-',
+            fmtPct(p.degradationPct),
+            p.contained === null ? '-' : p.contained ? 'yes' : 'NO',
+          ]),
         ]),
         '',
       );
@@ -58,7 +67,13 @@ export function terminalReport(d: ReportData): string {
       out.push(
         textTable([
           ['fault', 'in', 'host', 'others', 'verdict'],
-          ...r.fault.map((f) => [f.fault, f.in, f.hostUp ? 'up' : 'DOWN', `${f.survivors.filter((s) => s.keptRunning).length}/${f.survivors.length} kept running`, faultContained(f) ? 'contained' : 'ESCAPED']),
+          ...r.fault.map((f) => [
+            f.fault,
+            f.in,
+            f.hostUp ? 'up' : 'DOWN',
+            `${f.survivors.filter((s) => s.keptRunning).length}/${f.survivors.length} kept running`,
+            faultContained(f) ? 'contained' : 'ESCAPED',
+          ]),
         ]),
       );
     }

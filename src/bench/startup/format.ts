@@ -32,12 +32,21 @@ export function formatStartup(r: StartupResult): string {
     '',
   ];
   if (ran.length) {
-    lines.push(statsTable('wall time', ran.map((s) => [s, s.stats])));
+    lines.push(
+      statsTable(
+        'wall time',
+        ran.map((s) => [s, s.stats]),
+      ),
+    );
     const out = ran.filter((s) => s.firstOutputStats).map((s): [StartupScenario, Stats] => [s, s.firstOutputStats!]);
     if (out.length) lines.push('', statsTable('first output', out));
     lines.push('', 'phases (medians, ms)');
     for (const s of ran) {
-      lines.push(`  ${s.name.padEnd(10)} ${Object.entries(s.phaseStats).map(([k, st]) => `${k} ${n1(st.medianMs)}`).join(' · ')}`);
+      lines.push(
+        `  ${s.name.padEnd(10)} ${Object.entries(s.phaseStats)
+          .map(([k, st]) => `${k} ${n1(st.medianMs)}`)
+          .join(' · ')}`,
+      );
     }
   }
   const skipped = r.scenarios.filter((s) => s.skipped);

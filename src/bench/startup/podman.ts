@@ -12,8 +12,18 @@ export function podmanScenario(ctx: BenchContext): Scenario {
   // Big temporary files of `podman load` go to $TMPDIR (else /var/tmp).
   const env = { ...process.env, TMPDIR: join(dir, 'tmp') };
   const store = [
-    '--root', join(dir, 'root'), '--runroot', join(dir, 'run'), '--tmpdir', join(dir, 'libpod'),
-    '--storage-driver', 'overlay', '--cgroup-manager', 'cgroupfs', '--events-backend', 'none',
+    '--root',
+    join(dir, 'root'),
+    '--runroot',
+    join(dir, 'run'),
+    '--tmpdir',
+    join(dir, 'libpod'),
+    '--storage-driver',
+    'overlay',
+    '--cgroup-manager',
+    'cgroupfs',
+    '--events-backend',
+    'none',
   ];
   /** argv up to podman's own subcommand: through the shim when podman drives crun. */
   let prefix: string[] = [];
@@ -39,15 +49,24 @@ export function podmanScenario(ctx: BenchContext): Scenario {
       ref = loaded[1]!.split(',')[0]!;
       rmSync(archive, { force: true });
       // crun refuses this kind of host outside the shim's private mount namespace (see hbx-shim); runc does not.
-      prefix = crun
-        ? [ctx.shim, ...shimNamespaceArgs(crun.path), '--pdeathsig', 'KILL', '--', podman, ...store, '--runtime', crun.path]
-        : [podman, ...store, '--runtime', runc!.path];
+      prefix = crun ? [ctx.shim, ...shimNamespaceArgs(crun.path), '--pdeathsig', 'KILL', '--', podman, ...store, '--runtime', crun.path] : [podman, ...store, '--runtime', runc!.path];
       return null;
     },
     async once() {
       const args = [
-        ...prefix.slice(1), 'run', '--rm', '--network', 'none', '--cgroup-parent', `/${CGROUP_PARENT}/podman`,
-        '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=4096:4096', ref, ...workloadArgv(ctx.command),
+        ...prefix.slice(1),
+        'run',
+        '--rm',
+        '--network',
+        'none',
+        '--cgroup-parent',
+        `/${CGROUP_PARENT}/podman`,
+        '--ulimit',
+        'nofile=1024:1024',
+        '--ulimit',
+        'nproc=4096:4096',
+        ref,
+        ...workloadArgv(ctx.command),
       ];
       return spawnMeasurement(mustSucceed(await timedSpawn(prefix[0]!, args, { env }), 'podman run'));
     },

@@ -102,6 +102,9 @@ export function spawnMeasurement(r: TimedSpawn): Measurement {
   return {
     totalMs: r.closeMs,
     firstOutputMs: r.firstOutputMs,
-    phases: phaseDurations([['firstOutput', r.firstOutputMs], ['exit', r.closeMs]]),
+    phases: phaseDurations([
+      ['firstOutput', r.firstOutputMs],
+      ['exit', r.closeMs],
+    ]),
   };
 }

@@ -75,7 +75,7 @@ export function crunRawScenario(ctx: BenchContext): Scenario {
     kind: 'baseline',
     backend: 'container',
     description:
-      'hbx-shim (private mount namespace, cgroup2 mount hidden on hybrid hosts, read-only crun) then `crun run` of the config.json hybridbox writes for the same spec, on the image\'s read-only root filesystem: the floor hybridbox builds on',
+      "hbx-shim (private mount namespace, cgroup2 mount hidden on hybrid hosts, read-only crun) then `crun run` of the config.json hybridbox writes for the same spec, on the image's read-only root filesystem: the floor hybridbox builds on",
     async prepare() {
       if (!crun) return 'crun is not installed (apt-get install crun)';
       const why = backendUnavailable(ctx, 'container');
@@ -176,10 +176,15 @@ async function vmTemplate(ctx: BenchContext, isolation: 'microvm' | 'vm'): Promi
 /** Session 0 with its first stdout byte timed; rejects unless the workload exits 0. */
 async function rawSession(agent: AgentClient, proc: Process, t0: number, marks: Record<string, number>): Promise<void> {
   const err = new TextTail();
-  const x = await agent.startSession(0, proc, {
-    onStdout: () => void (marks.firstOutput ??= since(t0)),
-    onStderr: err.push,
-  }, { timeoutMs: ITERATION_TIMEOUT_MS });
+  const x = await agent.startSession(
+    0,
+    proc,
+    {
+      onStdout: () => void (marks.firstOutput ??= since(t0)),
+      onStderr: err.push,
+    },
+    { timeoutMs: ITERATION_TIMEOUT_MS },
+  );
   marks.exit = since(t0);
   if (x.exitCode !== 0) throw new BenchRunError(`the workload ended with ${x.signal ?? `exit code ${x.exitCode}`}; stderr: ${lastLine(err.text, NO_OUTPUT)}`);
 }
@@ -194,10 +199,7 @@ function vmMeasurement(marks: Record<string, number>): Measurement {
 }
 
 /** A raw VM baseline: its template is made from a sandbox of `backend`, then `run` replays it. */
-function rawVmScenario(
-  ctx: BenchContext,
-  def: Pick<Scenario, 'name' | 'backend' | 'description' | 'cleanup'> & { backend: 'microvm' | 'vm'; run: (t: VmTemplate) => Promise<Measurement> },
-): Scenario {
+function rawVmScenario(ctx: BenchContext, def: Pick<Scenario, 'name' | 'backend' | 'description' | 'cleanup'> & { backend: 'microvm' | 'vm'; run: (t: VmTemplate) => Promise<Measurement> }): Scenario {
   let t: VmTemplate | null = null;
   return {
     name: def.name,
@@ -302,7 +304,9 @@ export function virshRawScenario(ctx: BenchContext): Scenario {
       const dir = join(ctx.work, `virsh-raw-${i}`);
       const files = vmFiles(dir);
       const name = `${RAW_DOMAIN_PREFIX}-${process.pid}-${i}`;
-      const xml = t.text[0]!.split(t.dir).join(dir).replace(/<name>[^<]+<\/name>/, `<name>${name}</name>`);
+      const xml = t.text[0]!.split(t.dir)
+        .join(dir)
+        .replace(/<name>[^<]+<\/name>/, `<name>${name}</name>`);
       const marks: Record<string, number> = {};
       let agent: AgentClient | null = null;
       const t0 = performance.now();

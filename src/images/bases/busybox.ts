@@ -43,14 +43,19 @@ export async function buildBusyboxImage(store: ImageStore, ref = 'busybox:latest
     writeFileSync(join(root, 'etc/hosts'), '127.0.0.1 localhost\n');
     writeFileSync(join(root, 'etc/hostname'), 'sandbox\n');
     const layer = await createLayer(root, { store: store.blobs, mtime: BASE_EPOCH });
-    const manifest = await store.commit([ref], [layer], {
-      cmd: ['/bin/sh'],
-      entrypoint: [],
-      env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
-      workdir: '/',
-      user: '',
-      labels: {},
-    }, { created: new Date(BASE_EPOCH * 1000).toISOString() });
+    const manifest = await store.commit(
+      [ref],
+      [layer],
+      {
+        cmd: ['/bin/sh'],
+        entrypoint: [],
+        env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
+        workdir: '/',
+        user: '',
+        labels: {},
+      },
+      { created: new Date(BASE_EPOCH * 1000).toISOString() },
+    );
     return manifest.digest;
   } finally {
     rmSync(root, { recursive: true, force: true });

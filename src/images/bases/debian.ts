@@ -191,16 +191,16 @@ function checkMirrorUrl(url: string, what: string): string {
 async function fetchInRelease(mirror: string, suite: string, workDir: string): Promise<string> {
   const url = `${mirror}/dists/${suite}/InRelease`;
   const dest = join(workDir, `${suite}.InRelease`);
-  const r = await run(
-    APT_HELPER,
-    ['-o', 'Acquire::Retries=0', '-o', 'Acquire::http::Timeout=20', '-o', 'Acquire::https::Timeout=20', 'download-file', url, dest],
-    { timeoutMs: 60_000 },
-  );
+  const r = await run(APT_HELPER, ['-o', 'Acquire::Retries=0', '-o', 'Acquire::http::Timeout=20', '-o', 'Acquire::https::Timeout=20', 'download-file', url, dest], { timeoutMs: 60_000 });
   if (r.exitCode !== 0 || !existsSync(dest)) {
     const out = `${r.stderr}\n${r.stdout}`;
     const why =
       /^E: Failed to fetch \S+\s+(.+)$/m.exec(out)?.[1]?.trim() ??
-      out.split('\n').find((l) => l.startsWith('E: '))?.slice(3).trim() ??
+      out
+        .split('\n')
+        .find((l) => l.startsWith('E: '))
+        ?.slice(3)
+        .trim() ??
       (r.timedOut ? 'timed out' : r.exitCode === undefined ? lastLine(r.stderr) : `exit ${r.exitCode}`);
     throw new HostCapabilityError(`debian mirror ${mirror} is unreachable or has no ${suite} suite (${url}: ${why}); pass a reachable Debian mirror`);
   }
@@ -262,11 +262,9 @@ const CACHE_OUT_HOOK = [
 ].join('\n');
 
 // The lists apt used, kept to check them against the Release files read before the build.
-const LISTS_OUT_HOOK = [
-  'set -eu',
-  'mkdir -p "$HBX_LISTS_OUT"',
-  'for f in "$1"/var/lib/apt/lists/*; do if [ -f "$f" ] && [ "${f##*/}" != lock ]; then cp -p "$f" "$HBX_LISTS_OUT/"; fi; done',
-].join('\n');
+const LISTS_OUT_HOOK = ['set -eu', 'mkdir -p "$HBX_LISTS_OUT"', 'for f in "$1"/var/lib/apt/lists/*; do if [ -f "$f" ] && [ "${f##*/}" != lock ]; then cp -p "$f" "$HBX_LISTS_OUT/"; fi; done'].join(
+  '\n',
+);
 
 /** Runs mmdebstrap, streaming its output to `log`; a failure becomes one line. */
 async function runMmdebstrap(args: string[], env: NodeJS.ProcessEnv, log: (line: string) => void, timeoutMs: number): Promise<void> {

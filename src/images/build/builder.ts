@@ -1,6 +1,22 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { chmodSync, chownSync, copyFileSync, existsSync, lchownSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, realpathSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  copyFileSync,
+  existsSync,
+  lchownSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { basename, dirname, join, posix, relative, resolve, sep } from 'node:path';
 import { HybridboxError } from '../../errors.js';
 import { LineTail, run } from '../../util/exec.js';
@@ -151,9 +167,7 @@ export async function buildImage(store: ImageStore, runner: StepRunner, opts: Bu
       const cached = layer !== undefined;
       if (!layer) {
         layer =
-          ins.kind === 'RUN'
-            ? await runStep(store, runner, state, ins.argv, opts, (p) => fail(ins.line, 'RUN', p))
-            : await copyStep(store, state, ins, sources!, (p) => fail(ins.line, ins.kind, p));
+          ins.kind === 'RUN' ? await runStep(store, runner, state, ins.argv, opts, (p) => fail(ins.line, 'RUN', p)) : await copyStep(store, state, ins, sources!, (p) => fail(ins.line, ins.kind, p));
         writeCache(cacheDir, cachePath, layer);
       }
       state.layers.push(layer);

@@ -163,7 +163,7 @@ function logicalLines(text: string, file: string): LogicalLine[] {
     cur = undefined;
   }
   // A trailing `\` on the last line is accepted, as Docker does.
-  if (cur && cur.text.trim()) out.push({ line: cur.line, text: cur.text.trim() });
+  if (cur?.text.trim()) out.push({ line: cur.line, text: cur.text.trim() });
   return out;
 }
 
@@ -461,11 +461,9 @@ export function parseSandboxfile(text: string, opts: ParseOptions): Sandboxfile 
       }
       case 'COPY':
       case 'ADD': {
-        const paths = looksExec(rest)
-          ? parseJsonArray(rest, fail).map((p) => expandWord(p, stageLookup, fail, false))
-          : splitWords(rest, fail).map((w) => expandWord(w, stageLookup, fail));
+        const paths = looksExec(rest) ? parseJsonArray(rest, fail).map((p) => expandWord(p, stageLookup, fail, false)) : splitWords(rest, fail).map((w) => expandWord(w, stageLookup, fail));
         if (paths.length < 2) fail(`needs at least one source and a destination; ${usage}`);
-        const empty = paths.findIndex((p) => p === '');
+        const empty = paths.indexOf('');
         if (empty >= 0) fail(`path ${empty + 1} is empty after substituting variables; ${usage}`);
         const dest = paths.pop()!;
         if (paths.length > 1 && !dest.endsWith('/')) {

@@ -21,18 +21,7 @@ import { createGunzip } from 'node:zlib';
 import { Header, Parser, type ReadEntry } from 'tar';
 import { HybridboxError, ImageNotFoundError } from '../../errors.js';
 import { BlobStore, MEDIA_TYPES, sha256Hex, type Descriptor } from './blobs.js';
-import {
-  REF_NAME_ANNOTATION,
-  checkRef,
-  listTags,
-  readConfig,
-  readManifest,
-  resolveTag,
-  tagImage,
-  type ImageConfigBlob,
-  type ImageIndex,
-  type ImageManifest,
-} from './manifest.js';
+import { REF_NAME_ANNOTATION, checkRef, listTags, readConfig, readManifest, resolveTag, tagImage, type ImageConfigBlob, type ImageIndex, type ImageManifest } from './manifest.js';
 
 /** An archive that cannot be read, is not an image archive, or does not match its own digests. */
 export class ArchiveError extends HybridboxError {}
@@ -644,8 +633,7 @@ interface ExportImage extends ArchiveImage {
   parsed: ImageManifest;
 }
 
-const corruptBlob = (digest: string, why: string): ArchiveError =>
-  new ArchiveError(`blob ${digest} in the image store is corrupt (${why}); no archive was written`);
+const corruptBlob = (digest: string, why: string): ArchiveError => new ArchiveError(`blob ${digest} in the image store is corrupt (${why}); no archive was written`);
 
 function tarHeader(path: string, type: 'File' | 'Directory', size: number): Buffer {
   const buf = Buffer.alloc(BLOCK);
@@ -690,7 +678,11 @@ async function exportImages(store: BlobStore, refs: string[]): Promise<ExportIma
   const images: ExportImage[] = [];
   for (const ref of refs) {
     const found = (await resolveTag(store, ref)) ?? (await resolveTag(store, normalizeImageName(ref)));
-    if (!found) throw new ImageNotFoundError(ref, (await listTags(store)).map((t) => t.ref));
+    if (!found)
+      throw new ImageNotFoundError(
+        ref,
+        (await listTags(store)).map((t) => t.ref),
+      );
     const name = found.annotations![REF_NAME_ANNOTATION]!;
     if (images.some((i) => i.ref === name)) continue;
     const manifest: Descriptor = { mediaType: found.mediaType, digest: found.digest, size: found.size };
@@ -721,9 +713,7 @@ function ociEntries(images: ExportImage[]): ArchiveEntry[] {
     { path: 'index.json', data: Buffer.from(JSON.stringify(index)) },
     { path: 'blobs', dir: true },
     { path: 'blobs/sha256', dir: true },
-    ...[...blobs]
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-      .map(([digest, size]) => ({ path: `blobs/sha256/${digest.slice('sha256:'.length)}`, blob: digest, size, digest })),
+    ...[...blobs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([digest, size]) => ({ path: `blobs/sha256/${digest.slice('sha256:'.length)}`, blob: digest, size, digest })),
   ];
 }
 

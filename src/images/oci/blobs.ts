@@ -59,10 +59,7 @@ export class BlobStore {
     await mkdir(this.blobsDir, { recursive: true });
     // 'wx' so that re-initialising an existing layout never clobbers its tags.
     await writeIfMissing(join(this.layoutDir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-    await writeIfMissing(
-      this.indexPath,
-      JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.index, manifests: [] }),
-    );
+    await writeIfMissing(this.indexPath, JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.index, manifests: [] }));
   }
 
   path(digest: string): string {
@@ -86,11 +83,7 @@ export class BlobStore {
    * (content from elsewhere, e.g. a registry) a stream that hashes to anything else is refused:
    * the temp file is deleted and the error has `code: 'ERR_DIGEST_MISMATCH'`.
    */
-  async putStream(
-    input: NodeJS.ReadableStream | Readable,
-    mediaType: string = MEDIA_TYPES.octet,
-    expectedDigest?: string,
-  ): Promise<Descriptor> {
+  async putStream(input: NodeJS.ReadableStream | Readable, mediaType: string = MEDIA_TYPES.octet, expectedDigest?: string): Promise<Descriptor> {
     if (expectedDigest !== undefined) parseDigest(expectedDigest);
     await mkdir(this.blobsDir, { recursive: true });
     // The temp file lives inside the layout so the final link() stays on one filesystem.
@@ -108,10 +101,12 @@ export class BlobStore {
       await pipeline(input, tap, createWriteStream(tmp, { flags: 'wx', mode: 0o644 }));
       const digest = `sha256:${hash.digest('hex')}`;
       if (expectedDigest !== undefined && digest !== expectedDigest) {
-        throw Object.assign(
-          new Error(`blob content does not match its digest: expected ${expectedDigest}, got ${digest} (${size} bytes); nothing was stored`),
-          { code: 'ERR_DIGEST_MISMATCH', expectedDigest, actualDigest: digest, size },
-        );
+        throw Object.assign(new Error(`blob content does not match its digest: expected ${expectedDigest}, got ${digest} (${size} bytes); nothing was stored`), {
+          code: 'ERR_DIGEST_MISMATCH',
+          expectedDigest,
+          actualDigest: digest,
+          size,
+        });
       }
       try {
         // link() rather than rename(): it fails with EEXIST instead of replacing, so an

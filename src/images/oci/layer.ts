@@ -101,19 +101,14 @@ function padding(size: number): Buffer {
 function headerBlocks(h: TarHeader): Buffer[] {
   const records: string[] = [];
   if (Buffer.byteLength(h.path) > 100 || !isAscii(h.path)) records.push(paxRecord('path', h.path));
-  if (h.linkpath !== undefined && (Buffer.byteLength(h.linkpath) > 100 || !isAscii(h.linkpath)))
-    records.push(paxRecord('linkpath', h.linkpath));
+  if (h.linkpath !== undefined && (Buffer.byteLength(h.linkpath) > 100 || !isAscii(h.linkpath))) records.push(paxRecord('linkpath', h.linkpath));
   if (h.uid > MAX_OCTAL_7) records.push(paxRecord('uid', String(h.uid)));
   if (h.gid > MAX_OCTAL_7) records.push(paxRecord('gid', String(h.gid)));
   if (h.size > MAX_OCTAL_11) records.push(paxRecord('size', String(h.size)));
   const out: Buffer[] = [];
   if (records.length > 0) {
     const body = Buffer.from(records.join(''), 'utf8');
-    out.push(
-      encodeHeader({ path: 'PaxHeader', type: 'x', mode: 0o644, uid: 0, gid: 0, size: body.length, mtime: h.mtime }),
-      body,
-      padding(body.length),
-    );
+    out.push(encodeHeader({ path: 'PaxHeader', type: 'x', mode: 0o644, uid: 0, gid: 0, size: body.length, mtime: h.mtime }), body, padding(body.length));
   }
   // Truncated names in the ustar header are harmless: pax-aware readers use the record.
   out.push(encodeHeader({ ...h, path: truncateUtf8(h.path, 100), linkpath: h.linkpath && truncateUtf8(h.linkpath, 100) }));

@@ -96,19 +96,21 @@ const indexLocks = new Map<string, Promise<unknown>>();
 async function updateIndex(store: BlobStore, mutate: (index: ImageIndex) => void): Promise<void> {
   const key = store.indexPath;
   const prev = indexLocks.get(key) ?? Promise.resolve();
-  const run = prev.catch(() => {}).then(async () => {
-    const index = await readIndex(store);
-    mutate(index);
-    const tmp = join(store.layoutDir, `.index-${process.pid}-${randomBytes(6).toString('hex')}.json`);
-    try {
-      await writeFile(tmp, JSON.stringify(index));
-      // rename() is atomic: readers see the old index or the new one, never a torn write.
-      await rename(tmp, key);
-    } catch (err) {
-      await unlink(tmp).catch(() => {});
-      throw err;
-    }
-  });
+  const run = prev
+    .catch(() => {})
+    .then(async () => {
+      const index = await readIndex(store);
+      mutate(index);
+      const tmp = join(store.layoutDir, `.index-${process.pid}-${randomBytes(6).toString('hex')}.json`);
+      try {
+        await writeFile(tmp, JSON.stringify(index));
+        // rename() is atomic: readers see the old index or the new one, never a torn write.
+        await rename(tmp, key);
+      } catch (err) {
+        await unlink(tmp).catch(() => {});
+        throw err;
+      }
+    });
   indexLocks.set(key, run);
   try {
     await run;

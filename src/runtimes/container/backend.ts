@@ -142,9 +142,13 @@ export class ContainerBackend implements Backend {
       }
       if (ctx.spec.trust === 'untrusted') {
         const slot = this.store.tx(() =>
-          this.store.lease('uid-range', ctx.id, (function* () {
-            for (let s = 0; s < UID_SLOTS; s++) yield String(s);
-          })()),
+          this.store.lease(
+            'uid-range',
+            ctx.id,
+            (function* () {
+              for (let s = 0; s < UID_SLOTS; s++) yield String(s);
+            })(),
+          ),
         );
         if (slot === null) throw new HostCapabilityError('no free user-namespace uid range left; remove some untrusted sandboxes');
         uidBase = UID_BASE + Number(slot) * UID_RANGE;
@@ -298,10 +302,18 @@ export class ContainerBackend implements Backend {
     const spec = rec.spec as WorkloadSpec;
     const args = [
       ...this.runArgs(rec),
-      '--stdin-null', '--stdout', f.stdout, '--stderr', f.stderr,
-      '--exit-file', f.exit, '--on-exit', onExitCommand,
+      '--stdin-null',
+      '--stdout',
+      f.stdout,
+      '--stderr',
+      f.stderr,
+      '--exit-file',
+      f.exit,
+      '--on-exit',
+      onExitCommand,
       ...(spec.timeoutMs !== undefined ? ['--timeout-ms', String(spec.timeoutMs), '--grace-ms', String(TIMEOUT_GRACE_MS), '--pid-file', f.pid] : []),
-      '--', ...this.runtimeRun(rec),
+      '--',
+      ...this.runtimeRun(rec),
     ];
     const child = spawnChild(this.shim, args, { detached: true }).process;
     // Started = the runtime wrote the pid file; failed = the monitor recorded an exit first (the
@@ -455,8 +467,6 @@ export class ContainerBackend implements Backend {
     }
     return { ociRuntime: rt.ociRuntime, bundle: rt.dir, ip: rt.ip, userNamespaceBase: rt.uidBase, cgroup: leafPath(rec.id), ociConfig: config };
   }
-
-
 }
 
 /**
@@ -478,7 +488,7 @@ function overlayLowerdir(layers: readonly string[]): string {
 function prepareMountTargets(config: Record<string, unknown>, layers: readonly string[], upper: string, idShift: number): string[] {
   const made: string[] = [];
   const mounts = config.mounts as { destination: string; source: string; type: string }[];
-  const proc = (config.process as { cwd: string; user: { uid: number; gid: number } });
+  const proc = config.process as { cwd: string; user: { uid: number; gid: number } };
   const missing = (p: string): boolean => !imagePathExists(layers, p) && !existsSync(join(upper, p));
   // A target inside an earlier mount (/dev/pts in the /dev tmpfs) is made by the runtime there.
   const covered = (d: string, i: number): boolean => mounts.slice(0, i).some((m) => d.startsWith(m.destination === '/' ? '/' : `${m.destination}/`));
@@ -515,5 +525,5 @@ function signalName(n: number): string {
 }
 function signalNumber(sig: string): number {
   const i = SIGNALS.indexOf(sig.replace(/^SIG/, ''));
-  return i > 0 ? i : 0;
+  return Math.max(i, 0);
 }

@@ -26,8 +26,7 @@ export function cgroupMounts(): CgroupMount[] {
   const out: CgroupMount[] = [];
   for (const m of readMountinfo()) {
     if (m.fstype !== 'cgroup' && m.fstype !== 'cgroup2') continue;
-    const controllers =
-      m.fstype === 'cgroup' ? m.superOptions.filter((o) => !['rw', 'ro', 'relatime', 'nosuid', 'nodev', 'noexec'].includes(o) && !o.startsWith('release_agent')) : [];
+    const controllers = m.fstype === 'cgroup' ? m.superOptions.filter((o) => !['rw', 'ro', 'relatime', 'nosuid', 'nodev', 'noexec'].includes(o) && !o.startsWith('release_agent')) : [];
     out.push({ path: m.mountPoint, type: m.fstype, controllers });
   }
   return (mountsCache = out);
@@ -167,7 +166,7 @@ export function readUsage(id: string, v1?: { killedBySigkill: boolean; limitByte
 
 /** Pids in the sandbox's cgroup, read from one hierarchy that every runtime populates. */
 export function sandboxPids(id: string): number[] {
-  const base = isUnified() ? '/sys/fs/cgroup' : controllerDir('pids') ?? controllerDir('memory');
+  const base = isUnified() ? '/sys/fs/cgroup' : (controllerDir('pids') ?? controllerDir('memory'));
   if (!base) return [];
   const pids: number[] = [];
   const walk = (dir: string): void => {

@@ -27,20 +27,49 @@ export interface OciInputs {
 }
 
 const DEFAULT_CAPS = [
-  'CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL', 'CAP_SETGID',
-  'CAP_SETUID', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_NET_RAW', 'CAP_SYS_CHROOT', 'CAP_AUDIT_WRITE', 'CAP_SETFCAP',
+  'CAP_CHOWN',
+  'CAP_DAC_OVERRIDE',
+  'CAP_FOWNER',
+  'CAP_FSETID',
+  'CAP_KILL',
+  'CAP_SETGID',
+  'CAP_SETUID',
+  'CAP_SETPCAP',
+  'CAP_NET_BIND_SERVICE',
+  'CAP_NET_RAW',
+  'CAP_SYS_CHROOT',
+  'CAP_AUDIT_WRITE',
+  'CAP_SETFCAP',
 ];
 const UNTRUSTED_CAPS = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL', 'CAP_SETGID', 'CAP_SETUID', 'CAP_NET_BIND_SERVICE'];
 
 const MASKED_PATHS = [
-  '/proc/acpi', '/proc/asound', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list',
-  '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware', '/sys/devices/virtual/powercap', '/sys/kernel/debug',
+  '/proc/acpi',
+  '/proc/asound',
+  '/proc/kcore',
+  '/proc/keys',
+  '/proc/latency_stats',
+  '/proc/timer_list',
+  '/proc/timer_stats',
+  '/proc/sched_debug',
+  '/proc/scsi',
+  '/sys/firmware',
+  '/sys/devices/virtual/powercap',
+  '/sys/kernel/debug',
 ];
 const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
 
 // Character devices a process may use; everything else is denied by the devices cgroup.
 const ALLOWED_DEVICES: [number, number][] = [
-  [1, 3], [1, 5], [1, 7], [1, 8], [1, 9], [5, 0], [5, 1], [5, 2], [136, -1],
+  [1, 3],
+  [1, 5],
+  [1, 7],
+  [1, 8],
+  [1, 9],
+  [5, 0],
+  [5, 1],
+  [5, 2],
+  [136, -1],
 ];
 
 /** Builds an OCI runtime-spec config.json for one sandbox. Pure apart from reading the image's passwd. */
@@ -85,10 +114,7 @@ export function buildOciConfig(i: OciInputs): Record<string, unknown> {
   if (i.userns) namespaces.push({ type: 'user' });
 
   const resources: Record<string, unknown> = {
-    devices: [
-      { allow: false, access: 'rwm' },
-      ...ALLOWED_DEVICES.map(([major, minor]) => ({ allow: true, type: 'c', major, ...(minor >= 0 ? { minor } : {}), access: 'rwm' })),
-    ],
+    devices: [{ allow: false, access: 'rwm' }, ...ALLOWED_DEVICES.map(([major, minor]) => ({ allow: true, type: 'c', major, ...(minor >= 0 ? { minor } : {}), access: 'rwm' }))],
   };
   if (r.memoryMiB !== undefined) {
     const bytes = r.memoryMiB * 1024 * 1024;

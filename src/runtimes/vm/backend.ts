@@ -129,7 +129,11 @@ export class VmBackend implements Backend {
     const volumes = spec.volumes.map((v, i) => ({ tag: `v${i}`, ...v }));
     const maxVolumes = this.launcher.maxVolumes?.({ boot, tap: bridged ? 'tap' : null }) ?? null;
     if (maxVolumes !== null && volumes.length > maxVolumes) {
-      throw new SpecError('volumes', `${volumes.length} volumes`, `allowed for ${this.descriptor.kind} sandboxes${bridged ? ' with a bridge network' : ''}: at most ${maxVolumes} volumes (the machine's free virtio-mmio slots)`);
+      throw new SpecError(
+        'volumes',
+        `${volumes.length} volumes`,
+        `allowed for ${this.descriptor.kind} sandboxes${bridged ? ' with a bridge network' : ''}: at most ${maxVolumes} volumes (the machine's free virtio-mmio slots)`,
+      );
     }
     const proc = workloadProcess(spec, ctx.image, ctx.name);
     checkSessionFits(proc);
@@ -343,4 +347,3 @@ export class VmBackend implements Backend {
     return { ip: rt.ip, kernel: rt.machine.boot, cmdline: rt.machine.cmdline, machine: live, ...this.launcher.describe(rt.machine, files) };
   }
 }
-

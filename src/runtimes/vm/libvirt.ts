@@ -248,7 +248,12 @@ export const libvirtLauncher: MachineLauncher = {
     if (libvirtQemuPid(id) === null) return null;
     const r = await virsh(['dominfo', domainName(id)]);
     if (!r.ok) return null;
-    const info = Object.fromEntries(r.out.split('\n').map((l) => l.split(/:\s+/, 2) as [string, string]).filter(([k, v]) => k && v));
+    const info = Object.fromEntries(
+      r.out
+        .split('\n')
+        .map((l) => l.split(/:\s+/, 2) as [string, string])
+        .filter(([k, v]) => k && v),
+    );
     return { status: info.State, running: info.State === 'running', guestMemoryBytes: parseInt(info['Used memory'] ?? '0', 10) * 1024 };
   },
 };

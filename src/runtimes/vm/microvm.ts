@@ -65,26 +65,42 @@ export function microvmArgv(spec: MachineSpec, files: VmFiles): string[] {
   const o = qemuOptValue;
   const argv = [
     QEMU,
-    '-M', `microvm,isa-serial=on,rtc=on,acpi=${acpi}`,
-    '-accel', spec.useKvm ? 'kvm' : 'tcg',
+    '-M',
+    `microvm,isa-serial=on,rtc=on,acpi=${acpi}`,
+    '-accel',
+    spec.useKvm ? 'kvm' : 'tcg',
     ...(spec.useKvm ? ['-cpu', 'host'] : []),
-    '-m', String(spec.memoryMiB),
-    '-smp', String(spec.vcpus),
-    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-m',
+    String(spec.memoryMiB),
+    '-smp',
+    String(spec.vcpus),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
     // QEMU's own seccomp filter (as libvirt sets it): a guest that breaks into the device
     // model still cannot exec, gain privileges, or use obsolete and resource-control calls.
-    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    '-sandbox',
+    'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
     // -kernel, -initrd, -append and -pidfile take their argument whole (no option parsing).
-    '-kernel', spec.boot.kernel,
-    '-initrd', spec.boot.initrd,
-    '-append', spec.cmdline,
+    '-kernel',
+    spec.boot.kernel,
+    '-initrd',
+    spec.boot.initrd,
+    '-append',
+    spec.cmdline,
     // ttyS0: the kernel's console, kept for crash reports. The agent has its own channel.
-    '-chardev', `file,id=con,path=${o(files.console)}`,
-    '-serial', 'chardev:con',
+    '-chardev',
+    `file,id=con,path=${o(files.console)}`,
+    '-serial',
+    'chardev:con',
     // The agent's channel: a named virtio-serial port. (A virtio console drops what the host
     // does not read at once; a second UART is ~15x slower for bulk output.)
-    '-chardev', `socket,id=agent,path=${o(files.agentSock)},server=on,wait=off`,
-    '-drive', `id=root,file=${o(files.disk)},format=qcow2,if=none,discard=unmap`,
+    '-chardev',
+    `socket,id=agent,path=${o(files.agentSock)},server=on,wait=off`,
+    '-drive',
+    `id=root,file=${o(files.disk)},format=qcow2,if=none,discard=unmap`,
   ];
   if (spec.tap) argv.push('-netdev', `tap,id=n0,ifname=${o(spec.tap)},script=no,downscript=no`);
   for (const v of spec.volumes) {
@@ -108,7 +124,7 @@ async function quitOverQmp(files: VmFiles): Promise<void> {
 }
 
 /** The pid in a VM's pid file, if that process is still the QEMU of this sandbox. */
-export function qemuPid(id: string, files: VmFiles): number | null {
+export function qemuPid(_id: string, files: VmFiles): number | null {
   try {
     const pid = Number(readFileSync(files.pid, 'utf8').trim());
     if (!(pid > 0) || !isSameProcessAlive(pid, null)) return null;

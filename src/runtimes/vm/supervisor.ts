@@ -97,14 +97,7 @@ function pipeStdin(agent: AgentClient, stdin: NodeJS.ReadableStream): () => void
  * a VmExit (with a crash reason when the machine died first). The same code serves foreground
  * runs (in the CLI process) and detached ones (in `hybridbox internal monitor`).
  */
-export async function supervise(
-  launcher: MachineLauncher,
-  spec: MachineSpec,
-  files: VmFiles,
-  proc: Process,
-  sink: OutputSink,
-  opts: SuperviseOptions,
-): Promise<VmExit> {
+export async function supervise(launcher: MachineLauncher, spec: MachineSpec, files: VmFiles, proc: Process, sink: OutputSink, opts: SuperviseOptions): Promise<VmExit> {
   let handle: MachineHandle | null = null;
   let agent: AgentClient | null = null;
   let ctl: Server | null = null;

@@ -91,12 +91,7 @@ export class AgentClient extends EventEmitter {
 
   /** Connects to the unix socket QEMU listens on, retrying until QEMU has created it. */
   static async connect(path: string, timeoutMs = 10_000): Promise<AgentClient> {
-    const socket = await connectUnixWithRetry(
-      path,
-      timeoutMs,
-      (e) => new AgentTimeoutError(`cannot connect to the guest agent socket ${path} within ${timeoutMs} ms: ${e.message}`),
-      20,
-    );
+    const socket = await connectUnixWithRetry(path, timeoutMs, (e) => new AgentTimeoutError(`cannot connect to the guest agent socket ${path} within ${timeoutMs} ms: ${e.message}`), 20);
     return new AgentClient(socket);
   }
 
