@@ -8,7 +8,7 @@ import test from 'ava';
 import { AmbiguousReferenceError, Hybridbox, ImageStoreBusyError } from '../src/index.js';
 import { ImageStore } from '../src/images/index.js';
 import { StateStore, type SandboxRecord } from '../src/store/index.js';
-import { processStartTime } from '../src/util/proc.js';
+import { isSameProcessAlive, processStartTime } from '../src/util/proc.js';
 import { freshHybridbox, hostTraces, stateOf, waitFor } from './helpers.js';
 
 function record(id: string, name: string, state: SandboxRecord['state'] = 'exited'): SandboxRecord {
@@ -118,6 +118,8 @@ test('racing stop, stop and rm -f of one detached sandbox: one teardown, a consi
     await Promise.allSettled([hb.sandboxes.remove(s.id, { force: true }), others[0]!.sandboxes.remove(s.id, { force: true })]);
     t.is(stateOf(root).get(s.id), undefined);
     t.deepEqual(hostTraces([s.id]), []);
+    // The sandbox's monitor (its last step is `internal reap`) finds the work done and exits.
+    if (s.supervisorPid !== null) t.true(await waitFor(() => !isSameProcessAlive(s.supervisorPid!, null), 15_000, 50), 'the monitor exited');
   }
 });
 
