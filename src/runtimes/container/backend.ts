@@ -1,4 +1,4 @@
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { HostCapabilityError, RuntimeError } from '../../errors.js';
 import type { HostInfo } from '../../host/types.js';
@@ -378,11 +378,16 @@ export class ContainerBackend implements Backend {
     }
   }
 
-  /** Whether a child of the init leads its own process group (tini's child calls setpgid first). */
+  /**
+   * Whether the workload is ready for a signal: a child of the init that leads its own
+   * process group (tini's child calls setpgid first) and has exec'd the workload (until then
+   * it runs tini's code, and a signal in that window can be lost).
+   */
   private workloadGroupExists(rec: SandboxRecord, initPid: number): boolean {
+    const initExe = exeOf(initPid);
     return sandboxPids(rec.id).some((p) => {
       const st = procStat(p);
-      return p !== initPid && st !== null && st.ppid === initPid && st.pgrp === p;
+      return p !== initPid && st !== null && st.ppid === initPid && st.pgrp === p && exeOf(p) !== initExe;
     });
   }
 
@@ -509,6 +514,14 @@ function prepareMountTargets(config: Record<string, unknown>, layers: readonly s
 }
 
 /** A process's parent and process group, from /proc (host pids); null once it is gone. */
+function exeOf(pid: number): string | null {
+  try {
+    return readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    return null;
+  }
+}
+
 function procStat(pid: number): { ppid: number; pgrp: number } | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
