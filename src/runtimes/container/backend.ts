@@ -357,9 +357,13 @@ export class ContainerBackend implements Backend {
   async signal(rec: SandboxRecord, signal: WorkloadSignal): Promise<void> {
     // A sandbox this process is still starting (the runtime has not written the init's pid
     // yet: a Ctrl-C right after `run`) would drop the signal: wait for its workload to exist.
+    // The same holds for one another process is starting: its cgroup has processes (the
+    // runtime), and the pid file may not be there, or not be whole, yet.
     let pid = this.initPid(rec);
     if (pid === null && this.attachedHere.has(rec.id)) {
       await pollUntil(() => (pid = this.initPid(rec)) !== null || !this.attachedHere.has(rec.id), { timeoutMs: 30_000, intervalMs: 2 });
+    } else if (pid === null && sandboxPids(rec.id).length > 0) {
+      await pollUntil(() => (pid = this.initPid(rec)) !== null || sandboxPids(rec.id).length === 0, { timeoutMs: 2000, intervalMs: 2 });
     }
     if (pid === null) return;
     const init: number = pid;
