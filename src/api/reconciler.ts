@@ -6,6 +6,16 @@ import type { SandboxRecord } from '../store/index.js';
 import { isSameProcessAlive, pollUntil, sleep } from '../util/proc.js';
 import { backendOf, sandboxDir, thisProcessAsOwner, type Core } from './context.js';
 
+/** Removes a sandbox's directory; a late writer (a monitor's last log line) gets a few retries. */
+function removeDir(dir: string): void {
+  try {
+    rmSync(dir, { recursive: true, force: true });
+  } catch {
+    // Node's retrying removal is slower: only for the rare race.
+    rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
+  }
+}
+
 /** The stateReason of a record that is being removed (in state `exiting` until it is gone). */
 const REMOVING = 'removing';
 
@@ -76,7 +86,7 @@ export class Reconciler {
     if (gone) return;
     if (!claimed) throw new SandboxNotFoundError(rec.name);
     await backendOf(this.core, claimed).teardown(claimed);
-    rmSync(sandboxDir(this.core, claimed.id), { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
+    removeDir(sandboxDir(this.core, claimed.id));
     store.delete(claimed.id);
   }
 

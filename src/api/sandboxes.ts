@@ -87,7 +87,7 @@ export class SandboxService {
     const placement = this.placement.decide(spec);
     const id = newId();
     // From resolving the image until the record names it, `image prune` must not run.
-    const release = images.guardFromPrune();
+    const release = images.guardFromPrune({ sweep: false });
     let rec: SandboxRecord;
     let image: Awaited<ReturnType<typeof images.resolve>>;
     try {

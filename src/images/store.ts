@@ -373,8 +373,9 @@ export class ImageStore {
    * the other side, so of a writer and a prune that start together at least one sees the
    * other: never both go on (a writer waits for a running prune; a prune refuses to start).
    */
-  guardFromPrune(): () => void {
-    this.sweep();
+  guardFromPrune(opts: { sweep?: boolean } = {}): () => void {
+    // Writers sweep what killed writers left; a sandbox start writes nothing and skips it (it runs on every start).
+    if (opts.sweep !== false) this.sweep();
     const deadline = Date.now() + 120_000;
     for (;;) {
       const marker = this.announce('hold');
