@@ -110,8 +110,8 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
     for (const r of rows) say('   ' + r.map((c, i) => c.padEnd(w[i]!)).join('  '));
     say(`   (VMs boot a kernel of their own${hb.host.kvm.usable ? ' with KVM' : ', here under TCG emulation: no usable KVM'}; a container shares the host's.)`);
-    say('   A 1 s time limit on `sleep 30` means the same on each: counted from the workload\'s start (not the');
-    say('   VM\'s boot), SIGTERM then SIGKILL after 2 s, exit 124, recorded as an exit, never a crash:');
+    say("   A 1 s time limit on `sleep 30` means the same on each: counted from the workload's start (not the");
+    say("   VM's boot), SIGTERM then SIGKILL after 2 s, exit 124, recorded as an exit, never a crash:");
     for (const k of kinds.filter((x) => x !== 'vm')) {
       const r = await hb.sandboxes.run({ image: 'busybox', command: ['sleep', '30'], isolation: k, timeoutMs: 1000 });
       const rec = await hb.sandboxes.get(r.id);
