@@ -203,7 +203,9 @@ test('pids.max holds a fork bomb, and the sandbox still ends', async (t) => {
   t.truthy(m, r.stdout + r.stderr);
   const [peak, max, refused] = [Number(m![1]), m![2], Number(m![3])];
   t.is(max, '32');
-  t.true(peak > 16 && peak <= 32, `pids.current reached ${peak}`);
+  // Forks are charged against pids.max; a process moved in is not (cgroup-v2.rst), and the
+  // runtime moves the init in: so at most one over the limit, never a runaway.
+  t.true(peak > 16 && peak <= 33, `pids.current reached ${peak}`);
   t.true(refused > 0, `forks refused ${refused}`);
   t.true(c.seconds < 60, `the bomb's run took ${c.seconds} s`);
 });
