@@ -1,35 +1,18 @@
 import test from 'ava';
 import { execa } from 'execa';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { CLI, ensureBuilt, hostTraces, stateOf, waitFor } from './helpers.js';
+import { CLI, cliRoot, hostTraces, stateOf, waitFor } from './helpers.js';
 
 // A foreground `hybridbox run` as a terminal user drives it: signals forwarded to the
 // workload, standard input piped through, and the end recorded (or removed) afterwards.
 
-let root: string;
-const env = () => ({ HYBRIDBOX_ROOT: root });
-const hbx = (args: string[], input?: string) => execa('node', [CLI, ...args], { env: env(), reject: false, input });
-
-test.before(async () => {
-  ensureBuilt();
-  root = mkdtempSync(join(tmpdir(), 'hbx-cli-signals-'));
-  const r = await hbx(['setup']);
-  if (r.exitCode !== 0) throw new Error(r.stderr);
-});
-test.after.always(async () => {
-  const ps = await hbx(['ps', '-a', '--json']);
-  for (const s of JSON.parse(ps.stdout || '[]') as { id: string }[]) await hbx(['rm', '-f', s.id]);
-  rmSync(root, { recursive: true, force: true });
-});
+const { hbx, env, root: rootOf } = cliRoot(test, 'hbx-cli-signals-');
 
 /** Starts a foreground run and waits until its workload is up (its record is running). */
 async function started(name: string, args: string[]) {
   const child = execa('node', [CLI, 'run', '--name', name, ...args], { env: env(), reject: false });
   const up = await waitFor(
     () => {
-      const db = stateOf(root);
+      const db = stateOf(rootOf());
       try {
         const rec = db.find(name);
         return rec?.state === 'running' && hostTraces([rec.id]).some((x) => x.startsWith('cgroup'));
@@ -52,13 +35,13 @@ for (const [sig, code] of [
     const name = `sig-${sig.toLowerCase()}`;
     const { child, up } = await started(name, ['--rm', 'busybox', '--', 'sleep', '30']);
     t.true(up, 'the workload started');
-    const id = stateOf(root).find(name)!.id;
+    const id = stateOf(rootOf()).find(name)!.id;
     const t0 = Date.now();
     child.kill(sig);
     const r = await child;
     t.is(r.exitCode, code, `${r.stderr} | ${r.stdout} | signal=${r.signal} | ${Date.now() - t0} ms`);
     t.true(Date.now() - t0 < 10_000, 'the workload ended promptly');
-    t.is(stateOf(root).find(name), undefined, 'removed under --rm');
+    t.is(stateOf(rootOf()).find(name), undefined, 'removed under --rm');
     t.deepEqual(hostTraces([id]), []);
   });
 }
@@ -69,7 +52,7 @@ test.serial('SIGINT without --rm records the exit (130), not a crash', async (t)
   child.kill('SIGINT');
   const r = await child;
   t.is(r.exitCode, 130, r.stderr);
-  const rec = stateOf(root).find('sig-keep')!;
+  const rec = stateOf(rootOf()).find('sig-keep')!;
   t.is(rec.state, 'exited', rec.stateReason ?? '');
   t.is(rec.exitCode, 130);
   const ps = await hbx(['ps', '-a']);
@@ -85,7 +68,7 @@ test.serial('a workload that ignores SIGINT is killed by the third one', async (
   }
   const r = await child;
   t.is(r.exitCode, 137, r.stderr);
-  t.is(stateOf(root).find('sig-stubborn'), undefined);
+  t.is(stateOf(rootOf()).find('sig-stubborn'), undefined);
 });
 
 test.serial('run -i passes standard input through, with its EOF', async (t) => {

@@ -1,26 +1,12 @@
 import test from 'ava';
-import { execa } from 'execa';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, ensureBuilt } from './helpers.js';
+import { cliRoot } from './helpers.js';
 
 // The bundled CLI, end to end, as a user calls it.
 
-let root: string;
-const hbx = (args: string[], input?: string) => execa('node', [CLI, ...args], { env: { HYBRIDBOX_ROOT: root }, reject: false, input });
-
-test.before(async () => {
-  ensureBuilt();
-  root = mkdtempSync(join(tmpdir(), 'hbx-cli-'));
-  const r = await hbx(['setup']);
-  if (r.exitCode !== 0) throw new Error(r.stderr);
-});
-test.after.always(async () => {
-  const ps = await hbx(['ps', '-a', '--json']);
-  for (const s of JSON.parse(ps.stdout || '[]') as { id: string }[]) await hbx(['rm', '-f', s.id]);
-  rmSync(root, { recursive: true, force: true });
-});
+const { hbx } = cliRoot(test, 'hbx-cli-');
 
 test.serial('--version prints the package version', async (t) => {
   const r = await hbx(['--version']);

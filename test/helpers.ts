@@ -1,3 +1,5 @@
+import type { TestFn } from 'ava';
+import { execa } from 'execa';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -66,4 +68,26 @@ export function stateOf(root: string): StateStore {
 /** The blob store of a root's images (tests look at blobs directly). */
 export function blobsOf(root: string): ImageStore['blobs'] {
   return new ImageStore(root).blobs;
+}
+
+/**
+ * A state root for CLI tests: made and set up before the file's tests, every sandbox in it
+ * removed after them. `hbx` runs the bundled CLI on it, as a user would.
+ */
+export function cliRoot(test: TestFn, prefix: string) {
+  let root = '';
+  const env = () => ({ HYBRIDBOX_ROOT: root });
+  const hbx = (args: string[], input?: string) => execa('node', [CLI, ...args], { env: env(), reject: false, input });
+  test.before(async () => {
+    ensureBuilt();
+    root = mkdtempSync(join(tmpdir(), prefix));
+    const r = await hbx(['setup']);
+    if (r.exitCode !== 0) throw new Error(r.stderr);
+  });
+  test.after.always(async () => {
+    const ps = await hbx(['ps', '-a', '--json']);
+    for (const s of JSON.parse(ps.stdout || '[]') as { id: string }[]) await hbx(['rm', '-f', s.id]);
+    rmSync(root, { recursive: true, force: true });
+  });
+  return { hbx, env, root: () => root };
 }

@@ -360,10 +360,9 @@ export class ContainerBackend implements Backend {
     // The same holds for one another process is starting: its cgroup has processes (the
     // runtime), and the pid file may not be there, or not be whole, yet.
     let pid = this.initPid(rec);
-    if (pid === null && this.attachedHere.has(rec.id)) {
-      await pollUntil(() => (pid = this.initPid(rec)) !== null || !this.attachedHere.has(rec.id), { timeoutMs: 30_000, intervalMs: 2 });
-    } else if (pid === null && sandboxPids(rec.id).length > 0) {
-      await pollUntil(() => (pid = this.initPid(rec)) !== null || sandboxPids(rec.id).length === 0, { timeoutMs: 2000, intervalMs: 2 });
+    if (pid === null) {
+      const starting = (): boolean => this.attachedHere.has(rec.id) || sandboxPids(rec.id).length > 0;
+      await pollUntil(() => (pid = this.initPid(rec)) !== null || !starting(), { timeoutMs: this.attachedHere.has(rec.id) ? 30_000 : 2000, intervalMs: 2 });
     }
     if (pid === null) return;
     const init: number = pid;
