@@ -54,7 +54,8 @@ async function withBootTimeout<T>(ms: string, f: () => Promise<T>): Promise<T> {
 }
 
 async function ended(id: string, ms: number): Promise<void> {
-  await waitFor(async () => (await hb.sandboxes.list({ all: true })).find((s) => s.id === id)?.state !== 'running', ms, 100);
+  // Ended = recorded: `exiting` is the moment in between, while the monitor tears it down.
+  await waitFor(async () => ['exited', 'crashed', undefined].includes((await hb.sandboxes.list({ all: true })).find((s) => s.id === id)?.state), ms, 100);
 }
 
 test('exit.json is replaced whole: a reader that opened the old one never sees a partial new one', (t) => {
