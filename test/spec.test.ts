@@ -14,6 +14,7 @@ const host: HostContext = {
   knownImages: () => IMAGES,
   nameTaken: (name) => (name === 'web' ? 'sb-7f3a9c' : null),
   pathExists: (p) => ['/srv/data', '/srv/logs', '/tmp'].includes(p),
+  isBlockDevice: (p) => p === '/dev/vda',
 };
 
 type Input = { spec: unknown } | { yaml: string } | { flags: CliRunFlags; args?: string[] };

@@ -210,7 +210,7 @@ const MOUNTINFO = [
 test('parseMountinfo undoes the escapes and skips optional fields', (t) => {
   const m = parseMountinfo(MOUNTINFO);
   t.is(m.length, 4);
-  t.deepEqual(m[1], { root: '/', mountPoint: '/srv/my data', options: ['rw', 'relatime'], fstype: 'tmpfs', source: 'my tmpfs', superOptions: ['rw', 'size=1024k'] });
+  t.deepEqual(m[1], { majorMinor: '0:48', root: '/', mountPoint: '/srv/my data', options: ['rw', 'relatime'], fstype: 'tmpfs', source: 'my tmpfs', superOptions: ['rw', 'size=1024k'] });
   t.is(m[2]!.mountPoint, '/mnt/tab\tand\\back\nslash');
   t.is(m[2]!.root, '/sub');
   t.deepEqual(m[2]!.options, ['ro', 'relatime']);

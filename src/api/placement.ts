@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { isBlockDevice } from '../host/blockdev.js';
 import type { HostLoad } from '../host/types.js';
 import { place, type Placement } from '../scheduler/index.js';
 import { validateForHost, validateSpec, type WorkloadSpec, type WorkloadSpecInput } from '../spec/index.js';
@@ -24,6 +25,7 @@ export class PlacementService {
       knownImages: () => images.list(),
       nameTaken: (name) => store.nameTaken(name),
       pathExists: (p) => existsSync(p),
+      isBlockDevice,
     });
     return spec;
   }

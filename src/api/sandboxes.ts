@@ -4,6 +4,7 @@ import { constants } from 'node:os';
 import { join } from 'node:path';
 import { AbortedError, NameConflictError, SandboxNotFoundError, SandboxStateError, SpecError } from '../errors.js';
 import { TIMEOUT_GRACE_MS, type ExitStatus, type SelfInvocation, type WorkloadSignal } from '../runtimes/backend.js';
+import { limitWarnings } from '../runtimes/descriptor.js';
 import type { Placement } from '../scheduler/index.js';
 import type { WorkloadSpec, WorkloadSpecInput } from '../spec/index.js';
 import type { SandboxRecord } from '../store/index.js';
@@ -27,6 +28,7 @@ export function toInfo(rec: SandboxRecord): SandboxInfo {
     supervisorPid: rec.state === 'running' ? ownerPid : null,
     command: (spec as WorkloadSpec).command ?? null,
     ip: rec.state === 'running' ? ((rec.runtime.ip as string | undefined) ?? null) : null,
+    limits: (rec.placement as Partial<Placement>).limits ?? [],
   };
 }
 
@@ -125,14 +127,18 @@ export class SandboxService {
     }
     const dir = sandboxDir(this.core, id);
     try {
-      ({ runtime: rec.runtime, warnings: rec.warnings } = await backendOf(this.core, rec).create({ id, name: rec.name, spec, image, dir }));
+      const made = await backendOf(this.core, rec).create({ id, name: rec.name, spec, image, dir });
+      // The placement's preview of the limits gives way to the sandbox's own, devices resolved.
+      rec.placement = { ...(rec.placement as Placement), limits: made.limits, warnings: limitWarnings(made.limits) };
+      rec.runtime = made.runtime;
+      rec.warnings = made.warnings;
     } catch (e) {
       store.delete(id);
       rmSync(dir, { recursive: true, force: true });
       throw e;
     }
     const next: Partial<SandboxRecord> = attached ? { state: 'running', startedAtMs: Date.now() } : { ownerPid: null, ownerStartTime: null };
-    store.update(id, { runtime: rec.runtime, warnings: rec.warnings, ...next });
+    store.update(id, { runtime: rec.runtime, placement: rec.placement, warnings: rec.warnings, ...next });
     return Object.assign(rec, next);
   }
 

@@ -1,5 +1,6 @@
 // The public option and result types of the library API. Every option has its unit in its
 // name and its default in `@default`; every result says everything about what happened.
+import type { LimitEnforcement } from '../runtimes/descriptor.js';
 import type { HostInfo } from '../host/types.js';
 import type { RegistryConfigFile } from '../registry/index.js';
 import type { BackendOptions } from '../runtimes/registry.js';
@@ -154,4 +155,6 @@ export type SandboxInfo = Omit<SandboxRecord, 'spec' | 'placement' | 'runtime' |
   ip: string | null;
   /** The process that supervises the sandbox (its CLI, or its detached monitor), while it runs. */
   supervisorPid: number | null;
+  /** Each limit of the spec and what enforces it on this sandbox's backend (cgroup file, QEMU option, libvirt element, qdisc). */
+  limits: LimitEnforcement[];
 };

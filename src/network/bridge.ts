@@ -49,7 +49,7 @@ export function parseSubnet(cidr: string): { base: number; prefix: number; size:
 export function netnsName(sandboxId: string): string {
   return `hbx-${sandboxId}`;
 }
-function vethName(sandboxId: string): string {
+export function vethName(sandboxId: string): string {
   return `hv${sandboxId.slice(0, 12)}`;
 }
 export function tapName(sandboxId: string): string {

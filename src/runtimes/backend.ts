@@ -1,4 +1,4 @@
-import type { BackendDescriptor } from './descriptor.js';
+import type { BackendDescriptor, LimitEnforcement } from './descriptor.js';
 import type { Image } from '../images/index.js';
 import type { WorkloadSpec } from '../spec/schema.js';
 import type { SandboxRecord } from '../store/index.js';
@@ -64,6 +64,12 @@ export interface ExecOptions {
   signal?: AbortSignal;
 }
 
+export interface CreatedSandbox {
+  runtime: Record<string, unknown>;
+  limits: LimitEnforcement[];
+  warnings: string[];
+}
+
 /** Everything a backend gets to create a sandbox. */
 export interface CreateContext {
   id: string;
@@ -82,10 +88,11 @@ export interface CreateContext {
 export interface Backend {
   readonly descriptor: BackendDescriptor;
   /**
-   * Prepares the sandbox (nothing runs yet). Returns the details to store in `runtime`, and
-   * what of the spec this host cannot honour (said to the user, not silently dropped).
+   * Prepares the sandbox (nothing runs yet). Returns the details to store in `runtime`, how
+   * each limit is enforced, and what of the spec this host cannot honour (said to the user,
+   * not silently dropped: limitWarnings(limits) is part of `warnings`).
    */
-  create(ctx: CreateContext): Promise<{ runtime: Record<string, unknown>; warnings: string[] }>;
+  create(ctx: CreateContext): Promise<CreatedSandbox>;
   /**
    * Starts the workload with output streamed to `opts.sink`; the sandbox dies with this
    * process (for every backend, libvirt's too). Enforces `spec.timeoutMs` (see TIMEOUT_EXIT_CODE).

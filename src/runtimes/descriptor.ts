@@ -1,4 +1,4 @@
-import type { BackendKind } from '../spec/schema.js';
+import type { BackendKind, WorkloadSpec } from '../spec/schema.js';
 import type { HostInfo } from '../host/types.js';
 
 /**
@@ -25,4 +25,32 @@ export interface BackendDescriptor {
   unavailableReason(host: HostInfo): string | null;
   /** What else a user should know about this backend on this host (e.g. which guest kernel). */
   hostNotes?(host: HostInfo): Record<string, unknown>;
+  /**
+   * How each limit the spec sets would be enforced by this backend on this host (for
+   * `place`, before anything exists). The sandbox's own list, with devices and interface
+   * names resolved, comes from `create` and shows in `inspect`.
+   */
+  limits(spec: WorkloadSpec, host: HostInfo): LimitEnforcement[];
+}
+
+/**
+ * One limit of a spec and what enforces it. A limit is never silently dropped: when
+ * `mechanism` is null it is not applied and `note` says why; a caveat (cgroup v1's
+ * buffered writes) is a `note` beside a mechanism. Both become the sandbox's warnings.
+ */
+export interface LimitEnforcement {
+  /** The spec field, e.g. `resources.deviceWriteBps`. */
+  field: string;
+  /** The value in words: `10 MiB/s on /dev/vda (254:0)`. */
+  value: string;
+  /** The cgroup file, QEMU option, libvirt element or qdisc that holds it; null: not applied. */
+  mechanism: string | null;
+  note?: string;
+}
+
+/** The warnings a list of enforcements gives: every limit not applied, every caveat. */
+export function limitWarnings(limits: LimitEnforcement[]): string[] {
+  return limits
+    .filter((l) => l.note !== undefined || l.mechanism === null)
+    .map((l) => (l.mechanism === null ? `${l.field} is not applied: ${l.note ?? 'this backend cannot enforce it'}` : `${l.field}: ${l.note}`));
 }

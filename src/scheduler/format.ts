@@ -21,5 +21,6 @@ export function formatPlacement(p: Placement): string {
         ]
       : []),
     ...(p.rejected.length ? ['not chosen:', ...p.rejected.map((r) => `  - ${r.backend}: ${r.reason}`)] : []),
+    ...(p.limits?.length ? [`limits on ${p.backend}:`, ...p.limits.map((l) => `  ${l.field} ${l.value}: ${l.mechanism ?? 'NOT APPLIED'}${l.note ? ` (${l.note})` : ''}`)] : []),
   ].join('\n');
 }

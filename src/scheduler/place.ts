@@ -1,6 +1,6 @@
 import { BackendUnavailableError, PlacementError } from '../errors.js';
 import type { HostInfo, HostLoad } from '../host/types.js';
-import type { BackendDescriptor } from '../runtimes/descriptor.js';
+import { limitWarnings, type BackendDescriptor, type LimitEnforcement } from '../runtimes/descriptor.js';
 import { BACKEND_KINDS, type BackendKind, type WorkloadSpec } from '../spec/schema.js';
 
 export interface StartupStats {
@@ -30,6 +30,10 @@ export interface Placement {
   predictedStartupMs: PredictedStartup;
   /** The prediction for every backend this host can run (chosen or not), lightest first. */
   predictedStartupByBackend: ({ backend: BackendKind } & PredictedStartup)[];
+  /** How the chosen backend enforces each limit of the spec. */
+  limits: LimitEnforcement[];
+  /** The limits it cannot enforce here, and their caveats, in words. */
+  warnings: string[];
 }
 
 /** Fewer measured starts than this say more about noise than about the backend. */
@@ -82,7 +86,10 @@ export function place(spec: WorkloadSpec, host: HostInfo, load: HostLoad, backen
   const finish = (chosen: Candidate, reasons: string[], whyNot: (c: Candidate) => string): Placement => {
     if (chosen.d.traits.ownKernel && !host.kvm.usable) reasons.push(`KVM is not usable (${host.kvm.reason}), so the guest starts and runs slower.`);
     const notChosen = fits.filter((c) => c !== chosen).map((c) => ({ backend: c.d.kind, reason: whyNot(c) }));
+    const limits = chosen.d.limits(spec, host);
     return {
+      limits,
+      warnings: limitWarnings(limits),
       backend: chosen.d.kind,
       reasons,
       rejected: [...rejected, ...notChosen].sort((a, b) => ORDER[a.backend] - ORDER[b.backend]),
@@ -106,6 +113,19 @@ export function place(spec: WorkloadSpec, host: HostInfo, load: HostLoad, backen
   }
 
   const reasons: string[] = [];
+  // A backend that would leave one of the workload's limits unenforced loses to one that
+  // enforces them all (an explicit isolation keeps its choice, and says so in warnings).
+  const unenforced = (c: Candidate): LimitEnforcement[] => c.d.limits(spec, host).filter((l) => l.mechanism === null);
+  const enforcing = fits.filter((c) => unenforced(c).length === 0);
+  if (enforcing.length > 0 && enforcing.length < fits.length) {
+    for (const c of fits.filter((x) => !enforcing.includes(x))) {
+      const [first] = unenforced(c);
+      rejected.push({ backend: c.d.kind, reason: `it cannot enforce ${first!.field} here (${first!.note}), and another backend can` });
+      ruledOutByWorkload.add(c.d.kind);
+    }
+    fits.splice(0, fits.length, ...enforcing);
+    reasons.push(`Only ${enforcing.map((c) => c.d.kind).join(' and ')} can enforce every limit of this workload here.`);
+  }
   if (spec.kernel.ownKernel) reasons.push('The workload needs a kernel of its own, so only VM backends qualify.');
 
   const fastest = (cs: Candidate[]): Candidate => [...cs].sort((a, b) => a.predicted.median - b.predicted.median || ORDER[a.d.kind] - ORDER[b.d.kind])[0]!;

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import { SpecError } from '../errors.js';
 import { parseKeyValue } from '../util/text.js';
 import type { WorkloadSpecInput } from './schema.js';
-import { parseCpus, parseDuration, parseNumber, parseSize } from './units.js';
+import { parseCpus, parseDeviceLimit, parseDuration, parseNetRate, parseNumber, parseSize } from './units.js';
 
 /** `hybridbox run` options as commander hands them over: strings, repeatable ones as arrays. */
 export interface CliRunFlags {
@@ -16,6 +16,13 @@ export interface CliRunFlags {
   memory?: string;
   pids?: string;
   ioWeight?: string;
+  /** `[DEVICE:]RATE`, repeatable (docker's names) */
+  deviceReadBps?: string[];
+  deviceWriteBps?: string[];
+  deviceReadIops?: string[];
+  deviceWriteIops?: string[];
+  /** `10mbit` */
+  netRate?: string;
   network?: string;
   /** `/host:/guest[:ro|rw]`, repeatable */
   volume?: string[];
@@ -65,6 +72,11 @@ export function specFromFlags(flags: CliRunFlags, positional: { image?: string; 
     memoryMiB: parsed(flags.memory, (t) => parseSize(t, '--memory')),
     pids: parsed(flags.pids, (t) => parseNumber(t, '--pids', 'a whole number of processes such as 256')),
     ioWeight: parsed(flags.ioWeight, (t) => parseNumber(t, '--io-weight', 'a whole number from 10 to 1000')),
+    deviceReadBps: flags.deviceReadBps?.map((t) => parseDeviceLimit(t, '--device-read-bps', 'bytes')),
+    deviceWriteBps: flags.deviceWriteBps?.map((t) => parseDeviceLimit(t, '--device-write-bps', 'bytes')),
+    deviceReadIops: flags.deviceReadIops?.map((t) => parseDeviceLimit(t, '--device-read-iops', 'ops')),
+    deviceWriteIops: flags.deviceWriteIops?.map((t) => parseDeviceLimit(t, '--device-write-iops', 'ops')),
+    netRateKbit: parsed(flags.netRate, (t) => parseNetRate(t, '--net-rate')),
   });
   if (Object.keys(resources).length > 0) spec.resources = merge(spec.resources, resources);
   if (flags.env?.length) spec.env = merge(spec.env, Object.fromEntries(flags.env.map((kv) => parseKeyValue(kv, '--env', '--env LANG=C.UTF-8'))));

@@ -37,6 +37,25 @@ export const VolumeSchema = z.strictObject({
   readOnly: z._default(z.boolean(), false),
 });
 
+/**
+ * One disk limit: a rate for a host block device, or for the device that backs the
+ * sandbox's writable layer when `path` is left out. Docker's engine API has the same shape
+ * (BlkioDeviceReadBps: [{Path, Rate}]).
+ */
+export const DeviceLimitSchema = z.strictObject({
+  path: z.optional(described(z.string().check(z.regex(/^\/dev\/[A-Za-z0-9._/-]+$/, { message: 'use a block device path such as /dev/vda' })), 'a block device path such as /dev/vda')),
+  rate: z.number().check(z.int(), z.gte(1), z.lte(2 ** 50)),
+});
+export type DeviceLimit = z.output<typeof DeviceLimitSchema>;
+
+function deviceLimits(unit: string) {
+  return described(z.array(DeviceLimitSchema).check(z.minLength(1), z.maxLength(16)), `a list of { path?: /dev/..., rate: ${unit} } (path left out: the device behind the writable layer)`);
+}
+
+/** The disk limit fields of resources, with how the cgroup files and QEMU name them. */
+export const DEVICE_LIMIT_FIELDS = ['deviceReadBps', 'deviceWriteBps', 'deviceReadIops', 'deviceWriteIops'] as const;
+export type DeviceLimitField = (typeof DEVICE_LIMIT_FIELDS)[number];
+
 export const ResourcesSchema = z.strictObject({
   /** CPU quota in CPUs (0.5 = half of one core). */
   cpus: z.optional(z.number().check(z.positive(), z.lte(1024))),
@@ -44,6 +63,16 @@ export const ResourcesSchema = z.strictObject({
   pids: z.optional(z.number().check(z.int(), z.gte(1), z.lte(4_194_304))),
   /** Relative IO weight, 10..1000 (cgroup v1 blkio.weight / v2 io.weight scale). */
   ioWeight: z.optional(z.number().check(z.int(), z.gte(10), z.lte(1000))),
+  /** Disk read bandwidth cap, bytes per second (docker's --device-read-bps). */
+  deviceReadBps: z.optional(deviceLimits('bytes per second')),
+  /** Disk write bandwidth cap, bytes per second. */
+  deviceWriteBps: z.optional(deviceLimits('bytes per second')),
+  /** Disk read operations per second. */
+  deviceReadIops: z.optional(deviceLimits('operations per second')),
+  /** Disk write operations per second. */
+  deviceWriteIops: z.optional(deviceLimits('operations per second')),
+  /** Network bandwidth of a bridged sandbox, in kilobits per second (1 kbit = 1000 bits), each direction. */
+  netRateKbit: z.optional(z.number().check(z.int(), z.gte(8), z.lte(100_000_000))),
 });
 
 export const KernelRequirementsSchema = z.strictObject({

@@ -41,3 +41,31 @@ export function parseCpus(text: string, field: string): number {
 export function parseNumber(text: string, field: string, allowed = 'a non-negative number such as 100'): number {
   return Number(match(text, NUMBER, field, allowed)[1]);
 }
+
+const NET_RATE = new RegExp(`^${DECIMAL}\\s*(bit|kbit|mbit|gbit)$`, 'i');
+const NET_RATE_KBIT: Record<string, number> = { bit: 1e-3, kbit: 1, mbit: 1e3, gbit: 1e6 };
+
+/**
+ * `10mbit`, `512kbit`, `1gbit` → kilobits per second (decimal, as tc counts: 1 mbit = 10^6
+ * bits). tc's own `kbps` means kilo*bytes*; it is refused rather than guessed at.
+ */
+export function parseNetRate(text: string, field: string): number {
+  const m = match(text, NET_RATE, field, 'a rate in bits per second such as 10mbit, 512kbit or 1gbit');
+  return Math.round(Number(m[1]) * NET_RATE_KBIT[m[2]!.toLowerCase()]!);
+}
+
+/**
+ * docker's `--device-write-bps [DEVICE:]RATE`: `/dev/vda:10mb` or `10mb` (the device behind
+ * the writable layer). Byte rates take binary units (10mb = 10 MiB/s, a plain number is
+ * bytes); operation rates are plain numbers.
+ */
+export function parseDeviceLimit(text: string, field: string, kind: 'bytes' | 'ops'): { path?: string; rate: number } {
+  const at = text.lastIndexOf(':');
+  const path = at < 0 ? undefined : text.slice(0, at);
+  const rateText = at < 0 ? text : text.slice(at + 1);
+  const example = kind === 'bytes' ? '/dev/vda:10mb or 10mb' : '/dev/vda:1000 or 1000';
+  if (path !== undefined && !path.startsWith('/dev/')) throw new SpecError(field, text, `allowed: [DEVICE:]RATE with a block device under /dev, e.g. ${example}`);
+  const m = match(rateText, kind === 'bytes' ? SIZE : NUMBER, field, `[DEVICE:]RATE, e.g. ${example}`);
+  const rate = kind === 'bytes' ? Math.round(Number(m[1]) * SIZE_BYTES[(m[2] ?? 'b').toLowerCase()]!) : Number(m[1]);
+  return path === undefined ? { rate } : { path, rate };
+}

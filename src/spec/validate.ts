@@ -1,7 +1,7 @@
 import { posix } from 'node:path';
 import { globalRegistry, type core } from 'zod/mini';
 import { ImageNotFoundError, NameConflictError, SpecError } from '../errors.js';
-import { RESERVED_GUEST_PATHS, WorkloadSpecSchema, type WorkloadSpec } from './schema.js';
+import { DEVICE_LIMIT_FIELDS, RESERVED_GUEST_PATHS, WorkloadSpecSchema, type WorkloadSpec } from './schema.js';
 
 /** What validateForHost needs to know about the machine it will run on. */
 export interface HostContext {
@@ -12,6 +12,8 @@ export interface HostContext {
   /** The id of the sandbox already using `name`, or null. */
   nameTaken(name: string): string | null;
   pathExists(p: string): boolean;
+  /** Whether `p` is a block device on this host (disk limits name one). */
+  isBlockDevice(p: string): boolean;
 }
 
 /** Checks shape, ranges and cross-field rules; throws a SpecError naming the first problem. */
@@ -37,6 +39,25 @@ export function validateSpec(input: unknown): WorkloadSpec {
     if (first !== undefined) throw new SpecError(field, given, `allowed: a guest path no other volume uses; volumes[${first}] already mounts it`);
     seen.set(v.guestPath, i);
   });
+  for (const f of DEVICE_LIMIT_FIELDS) {
+    const paths = new Map<string, number>();
+    spec.resources[f]?.forEach((l, i) => {
+      const field = `resources.${f}[${i}].path`;
+      const key = l.path === undefined ? '' : checkedPath(field, l.path);
+      if (l.path !== undefined) l.path = key;
+      const first = paths.get(key);
+      if (first !== undefined)
+        throw new SpecError(
+          l.path === undefined ? `resources.${f}[${i}]` : field,
+          l.path ?? l.rate,
+          `allowed: one rate per device; resources.${f}[${first}] already names ${l.path ?? "the writable layer's device"}`,
+        );
+      paths.set(key, i);
+    });
+  }
+  if (spec.resources.netRateKbit !== undefined && spec.network !== 'bridge') {
+    throw new SpecError('resources.netRateKbit', spec.resources.netRateKbit, 'allowed: only with network: bridge (a sandbox without a network has no traffic to limit)');
+  }
   return spec;
 }
 
@@ -50,6 +71,11 @@ export function validateForHost(spec: WorkloadSpec, ctx: HostContext): WorkloadS
   spec.volumes.forEach((v, i) => {
     if (!ctx.pathExists(v.hostPath)) throw new SpecError(`volumes[${i}].hostPath`, v.hostPath, 'allowed: a path that exists on the host; create it first');
   });
+  for (const f of DEVICE_LIMIT_FIELDS) {
+    spec.resources[f]?.forEach((l, i) => {
+      if (l.path !== undefined && !ctx.isBlockDevice(l.path)) throw new SpecError(`resources.${f}[${i}].path`, l.path, 'allowed: a block device that exists on this host (see lsblk)');
+    });
+  }
   if (!ctx.imageExists(spec.image)) throw new ImageNotFoundError(spec.image, ctx.knownImages());
   const holder = spec.name === undefined ? null : ctx.nameTaken(spec.name);
   if (spec.name !== undefined && holder !== null) throw new NameConflictError(spec.name, holder);
@@ -157,7 +183,14 @@ function issueToError(issue: core.$ZodIssue, input: unknown): SpecError {
   return new SpecError(formatPath(path), valueAt(input, path), `allowed: ${text}`);
 }
 
-const UNITS: Record<string, string> = { memoryMiB: ' (MiB)', startupBudgetMs: ' (ms)', timeoutMs: ' (ms)', cpus: ' (CPUs, e.g. 0.5 or 2)' };
+const UNITS: Record<string, string> = {
+  netRateKbit: ' (kbit/s, e.g. 10000 for 10mbit)',
+  rate: ' (per second)',
+  memoryMiB: ' (MiB)',
+  startupBudgetMs: ' (ms)',
+  timeoutMs: ' (ms)',
+  cpus: ' (CPUs, e.g. 0.5 or 2)',
+};
 
 /** The plain-words rule for one field, from its description or its type and checks. */
 function describe(schema: Schema, key: string): string {

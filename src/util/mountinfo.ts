@@ -2,6 +2,8 @@ import { readFileSync } from 'node:fs';
 
 /** One line of /proc/<pid>/mountinfo (proc(5)), with the kernel's octal escapes undone. */
 export interface MountEntry {
+  /** The file system's device number, "major:minor" (st_dev of files in it). */
+  majorMinor: string;
   /** The directory of the mounted filesystem that is the root of this mount. */
   root: string;
   mountPoint: string;
@@ -23,10 +25,11 @@ export function parseMountinfo(text: string): MountEntry[] {
     // Optional fields (shared:N, master:N) come before the separator, so count from both ends.
     const sep = line.indexOf(' - ');
     if (sep < 0) continue;
-    const [, , , root, mountPoint, options] = line.slice(0, sep).split(' ');
+    const [, , majorMinor, root, mountPoint, options] = line.slice(0, sep).split(' ');
     const [fstype, source, superOptions] = line.slice(sep + 3).split(' ');
     if (root === undefined || mountPoint === undefined || fstype === undefined) continue;
     out.push({
+      majorMinor: majorMinor ?? '',
       root: unescapeMountField(root),
       mountPoint: unescapeMountField(mountPoint),
       options: (options ?? '').split(',').filter(Boolean),

@@ -10,8 +10,10 @@ import { lastLine, run, spawnChild } from '../../util/exec.js';
 import { packageRoot } from '../../util/paths.js';
 import { pollUntil } from '../../util/proc.js';
 import { TIMEOUT_EXIT_CODE, TIMEOUT_GRACE_MS } from '../backend.js';
-import type { AttachOptions, AttachedRun, Backend, CreateContext, ExecOptions, ExitStatus, SelfInvocation, WorkloadSignal } from '../backend.js';
-import type { BackendDescriptor } from '../descriptor.js';
+import type { AttachOptions, AttachedRun, Backend, CreateContext, CreatedSandbox, ExecOptions, ExitStatus, SelfInvocation, WorkloadSignal } from '../backend.js';
+import { limitWarnings, type BackendDescriptor } from '../descriptor.js';
+import { diskBehind } from '../../host/blockdev.js';
+import { containerLimits } from './limits.js';
 import { cgroupCaps, ensureSandboxCgroup, hostOomKills, isUnified, leafPath, readUsage, removeCgroups, sandboxPids } from './cgroups.js';
 import { buildOciConfig } from './oci-config.js';
 
@@ -28,6 +30,8 @@ export const containerDescriptor: BackendDescriptor = {
     if (!host.features.overlayfs) return 'the kernel has no overlayfs';
     return null;
   },
+  // cgroup v2's io files exist only in a sandbox's own cgroup: its weight is known at create.
+  limits: (spec, host) => containerLimits(spec, host, {}, { ioWeight: host.cgroup.layout === 'v2' ? undefined : cgroupCaps('preview').ioWeight }),
 };
 
 /** What the container backend keeps in a sandbox record's `runtime` object. */
@@ -82,7 +86,7 @@ export class ContainerBackend implements Backend {
   private readonly runtimePaths: Partial<Record<OciRuntimeName, string>>;
 
   constructor(
-    host: HostInfo,
+    private readonly host: HostInfo,
     private readonly store: StateStore,
     private readonly network: BridgeNetwork,
     readonly ociRuntime: OciRuntimeName = 'crun',
@@ -114,7 +118,7 @@ export class ContainerBackend implements Backend {
     return a;
   }
 
-  async create(ctx: CreateContext): Promise<{ runtime: Record<string, unknown>; warnings: string[] }> {
+  async create(ctx: CreateContext): Promise<CreatedSandbox> {
     const f = files(ctx.dir);
     // A user-namespace runtime walks to rootfs as an unmapped uid: the directory is traversable,
     // not listable, and everything else in it is private (chmod: a umask must not narrow these).
@@ -133,13 +137,10 @@ export class ContainerBackend implements Backend {
     let ip: string | null = null;
     let mountStubs: string[] = [];
     let netnsPath: string | null = null;
-    const warnings: string[] = [];
+    let limits: CreatedSandbox['limits'] = [];
     try {
       const caps = cgroupCaps(ctx.spec.resources.ioWeight !== undefined ? ctx.id : undefined);
-      if (ctx.spec.resources.ioWeight !== undefined && !caps.ioWeight) {
-        const why = caps.unified ? 'cgroup v2: the runtime needs io.max (blk-throttling) and io.weight (iocost) or io.bfq.weight (BFQ)' : 'cgroup v1 without BFQ';
-        warnings.push(`resources.ioWeight is not applied: this host has no IO weight control (${why}); the other limits hold`);
-      }
+      limits = containerLimits(ctx.spec, this.host, { id: ctx.id, disk: diskBehind(f.upper) }, { ioWeight: caps.ioWeight });
       if (ctx.spec.trust === 'untrusted') {
         const slot = this.store.tx(() =>
           this.store.lease(
@@ -178,7 +179,7 @@ export class ContainerBackend implements Backend {
       throw e;
     }
     const rt: ContainerRuntime = { ociRuntime: this.ociRuntime, dir: ctx.dir, imageLayers: ctx.image.layers, mountStubs, ip, netnsPath, uidBase };
-    return { runtime: rt as unknown as Record<string, unknown>, warnings };
+    return { runtime: rt as unknown as Record<string, unknown>, limits, warnings: limitWarnings(limits) };
   }
 
   private runArgs(rec: SandboxRecord): string[] {

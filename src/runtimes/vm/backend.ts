@@ -8,8 +8,21 @@ import type { SandboxRecord, StateStore } from '../../store/index.js';
 import { connectUnix } from '../../util/net.js';
 import { spawnChild } from '../../util/exec.js';
 import { pollUntil } from '../../util/proc.js';
-import { TIMEOUT_GRACE_MS, type AttachOptions, type AttachedRun, type Backend, type CreateContext, type ExecOptions, type ExitStatus, type SelfInvocation, type WorkloadSignal } from '../backend.js';
-import type { BackendDescriptor } from '../descriptor.js';
+import {
+  TIMEOUT_GRACE_MS,
+  type AttachOptions,
+  type AttachedRun,
+  type Backend,
+  type CreateContext,
+  type CreatedSandbox,
+  type ExecOptions,
+  type ExitStatus,
+  type SelfInvocation,
+  type WorkloadSignal,
+} from '../backend.js';
+import { limitWarnings, type BackendDescriptor } from '../descriptor.js';
+import { diskBehind } from '../../host/blockdev.js';
+import { guestMemoryMiB, vmLimits } from './limits.js';
 import { workloadProcess, type Process, resolveUser } from '../workload.js';
 import { decodeJsonPayload, encodeFrame, FrameDecoder, MAX_PAYLOAD } from './agent/index.js';
 import { requireGuestBoot } from './boot.js';
@@ -54,8 +67,6 @@ interface VmRuntime {
   proc: Process;
   ip: string | null;
 }
-
-const DEFAULT_MEMORY_MIB = 256;
 
 /**
  * The workload goes to the agent as one JSON frame (argv, env, workdir), which carries any
@@ -114,14 +125,11 @@ export class VmBackend implements Backend {
     }
   }
 
-  async create(ctx: CreateContext): Promise<{ runtime: Record<string, unknown>; warnings: string[] }> {
+  async create(ctx: CreateContext): Promise<CreatedSandbox> {
     const { spec } = ctx;
     this.bootTimeoutMs(); // a bad override fails here, before anything exists
     const files = vmFiles(ctx.dir);
     const boot = requireGuestBoot();
-    const warnings: string[] = [];
-    if (spec.resources.pids !== undefined) warnings.push('resources.pids applies to a container; a VM has its own kernel and process table');
-    if (spec.resources.ioWeight !== undefined) warnings.push('resources.ioWeight is not applied to VM sandboxes yet');
     // Refused before anything exists: what the guest's kernel command line, the agent's
     // session frame or the machine's device slots cannot carry.
     const useKvm = this.host.kvm.usable;
@@ -162,7 +170,7 @@ export class VmBackend implements Backend {
       const machine: MachineSpec = {
         id: ctx.id,
         name: ctx.name,
-        memoryMiB: spec.resources.memoryMiB ?? DEFAULT_MEMORY_MIB,
+        memoryMiB: guestMemoryMiB(spec),
         vcpus: Math.max(1, Math.ceil(spec.resources.cpus ?? 1)),
         cpuQuota: spec.resources.cpus ?? null,
         boot,
@@ -173,7 +181,8 @@ export class VmBackend implements Backend {
         cmdline: fittedKernelCmdline(this.host, useKvm, guest(ip ? `${ip}/${this.network.subnet.prefix}` : null), reserve),
       };
       const rt: VmRuntime = { dir: ctx.dir, imageLayers: ctx.image.layers, machine, proc, ip };
-      return { runtime: rt as unknown as Record<string, unknown>, warnings };
+      const limits = vmLimits(this.descriptor.kind as 'microvm' | 'vm', spec, this.host, { id: ctx.id, disk: diskBehind(ctx.dir) });
+      return { runtime: rt as unknown as Record<string, unknown>, limits, warnings: limitWarnings(limits) };
     } catch (e) {
       await this.network.detach(ctx.id);
       this.store.releaseLeases(ctx.id);

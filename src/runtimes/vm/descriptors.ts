@@ -1,5 +1,6 @@
 import type { HostInfo } from '../../host/types.js';
 import type { BackendDescriptor } from '../descriptor.js';
+import { vmLimits } from './limits.js';
 import { findGuestBoot, guestBootFile } from './boot.js';
 
 function guestNotes(host: HostInfo): Record<string, unknown> {
@@ -32,6 +33,7 @@ export const microvmDescriptor: BackendDescriptor = {
   },
   unavailableReason: vmUnavailable,
   hostNotes: guestNotes,
+  limits: (spec, host) => vmLimits('microvm', spec, host, {}),
 };
 
 export const libvirtDescriptor: BackendDescriptor = {
@@ -50,4 +52,5 @@ export const libvirtDescriptor: BackendDescriptor = {
     return vmUnavailable(host);
   },
   hostNotes: guestNotes,
+  limits: (spec, host) => vmLimits('vm', spec, host, {}),
 };

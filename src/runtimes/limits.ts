@@ -1,0 +1,56 @@
+import { devNumbers, type BlockDevice } from '../host/blockdev.js';
+import { DEVICE_LIMIT_FIELDS, type DeviceLimitField, type WorkloadSpec } from '../spec/schema.js';
+import { formatBytes } from '../util/text.js';
+import type { LimitEnforcement } from './descriptor.js';
+
+/**
+ * What every backend's limit plan shares: the values in words and the disk a limit lands
+ * on. Each backend says how it enforces them (container/limits.ts, vm/limits.ts).
+ */
+export interface LimitTarget {
+  /** The sandbox, once it exists (cgroup paths and device names are concrete then). */
+  id?: string;
+  /**
+   * The disk behind the sandbox's writable layer: undefined before the sandbox exists
+   * (`place`), null when that layer is on no block device (a tmpfs state root).
+   */
+  disk?: BlockDevice | null;
+}
+
+export const DEVICE_FIELD_WORDS: Record<DeviceLimitField, { what: string; unit: 'B' | 'ops' }> = {
+  deviceReadBps: { what: 'read bandwidth', unit: 'B' },
+  deviceWriteBps: { what: 'write bandwidth', unit: 'B' },
+  deviceReadIops: { what: 'read operations', unit: 'ops' },
+  deviceWriteIops: { what: 'write operations', unit: 'ops' },
+};
+
+export const rateWords = (f: DeviceLimitField, rate: number): string => (DEVICE_FIELD_WORDS[f].unit === 'B' ? `${formatBytes(rate)}/s` : `${rate} IO/s`);
+
+export const diskWords = (d: BlockDevice | null | undefined, path?: string): string =>
+  d ? `${d.path ?? path ?? 'disk'} (${devNumbers(d)})` : path ? path : d === null ? 'the writable layer (on no block device)' : "the disk behind the sandbox's writable layer";
+
+/** kbit/s in tc's words: 10mbit, 512kbit. */
+export function netRateWords(kbit: number): string {
+  if (kbit >= 1e6 && kbit % 1e6 === 0) return `${kbit / 1e6}gbit`;
+  if (kbit >= 1000 && kbit % 1000 === 0) return `${kbit / 1000}mbit`;
+  return `${kbit}kbit`;
+}
+
+/** One disk limit of the spec, with the disk it names (resolved when it can be). */
+export interface DeviceLimitEntry {
+  field: DeviceLimitField;
+  index: number;
+  rate: number;
+  /** The device the spec named, or undefined for the writable layer's disk. */
+  path: string | undefined;
+}
+
+export function deviceLimitEntries(spec: WorkloadSpec): DeviceLimitEntry[] {
+  return DEVICE_LIMIT_FIELDS.flatMap((field) => (spec.resources[field] ?? []).map((l, index) => ({ field, index, rate: l.rate, path: l.path })));
+}
+
+/** `resources.deviceWriteBps[0]` */
+export const entryField = (e: DeviceLimitEntry): string => `resources.${e.field}[${e.index}]`;
+
+/** The plain enforcement of a limit nobody can apply here. */
+export const notApplied = (field: string, value: string, note: string): LimitEnforcement => ({ field, value, mechanism: null, note });

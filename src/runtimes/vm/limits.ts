@@ -1,0 +1,89 @@
+import type { HostInfo } from '../../host/types.js';
+import type { BackendKind, DeviceLimitField, WorkloadSpec } from '../../spec/schema.js';
+import { describeShaping } from '../../network/index.js';
+import { deviceLimitEntries, diskWords, entryField, netRateWords, notApplied, rateWords, type LimitTarget } from '../limits.js';
+import { diskOfNode } from '../../host/blockdev.js';
+import type { LimitEnforcement } from '../descriptor.js';
+
+/** Guest RAM when the spec sets no memory limit. */
+export const DEFAULT_MEMORY_MIB = 256;
+/**
+ * Guest RAM on top of the workload's memory limit, for the guest kernel and the agent: the
+ * workload's cgroup gets exactly the spec's limit (as in a container), and an OOM inside it
+ * never starves the agent or its channel.
+ */
+export const GUEST_RESERVE_MIB = 32;
+
+/** The guest's RAM for a spec. */
+export const guestMemoryMiB = (spec: WorkloadSpec): number => (spec.resources.memoryMiB === undefined ? DEFAULT_MEMORY_MIB : spec.resources.memoryMiB + GUEST_RESERVE_MIB);
+
+/** QEMU's -drive throttling.* option for each disk limit (microvm). */
+export const QEMU_THROTTLE: Record<DeviceLimitField, string> = {
+  deviceReadBps: 'throttling.bps-read',
+  deviceWriteBps: 'throttling.bps-write',
+  deviceReadIops: 'throttling.iops-read',
+  deviceWriteIops: 'throttling.iops-write',
+};
+/** libvirt's <iotune> child for each disk limit (q35 VM). */
+export const LIBVIRT_IOTUNE: Record<DeviceLimitField, string> = {
+  deviceReadBps: 'read_bytes_sec',
+  deviceWriteBps: 'write_bytes_sec',
+  deviceReadIops: 'read_iops_sec',
+  deviceWriteIops: 'write_iops_sec',
+};
+
+/** Where the agent keeps the workload: limits on the parent, the workload in its child (see the agent). */
+export const GUEST_CGROUP = '/sys/fs/cgroup/hbx';
+
+/**
+ * How a VM sandbox enforces each limit: the machine's size and QEMU's or libvirt's own
+ * controls outside the guest, the agent's cgroup inside it (pids, memory), tc on the tap.
+ */
+export function vmLimits(kind: Extract<BackendKind, 'microvm' | 'vm'>, spec: WorkloadSpec, _host: HostInfo, target: LimitTarget): LimitEnforcement[] {
+  const r = spec.resources;
+  const micro = kind === 'microvm';
+  const out: LimitEnforcement[] = [];
+  if (r.cpus !== undefined) {
+    const vcpus = Math.max(1, Math.ceil(r.cpus));
+    const quota = Math.round(r.cpus * 100_000);
+    out.push({
+      field: 'resources.cpus',
+      value: `${r.cpus} CPUs`,
+      mechanism: micro
+        ? `QEMU -smp ${vcpus}; QEMU's host cgroup /hybridbox/${target.id ?? '<id>'} cpu quota ${quota} per 100000 µs`
+        : `libvirt <vcpu>${vcpus}</vcpu>, <cputune><period>100000</period><quota>${quota}</quota></cputune>`,
+    });
+  }
+  if (r.memoryMiB !== undefined) {
+    const ram = guestMemoryMiB(spec);
+    out.push({
+      field: 'resources.memoryMiB',
+      value: `${r.memoryMiB} MiB`,
+      mechanism: `guest cgroup ${GUEST_CGROUP}/memory.max = "${r.memoryMiB * 1048576}" (set by the agent); guest RAM ${ram} MiB (${micro ? `QEMU -m ${ram}` : `libvirt <memory>${ram}</memory>`}: the limit plus ${GUEST_RESERVE_MIB} MiB for the guest kernel and agent)`,
+    });
+  }
+  if (r.pids !== undefined) out.push({ field: 'resources.pids', value: `${r.pids} processes`, mechanism: `guest cgroup ${GUEST_CGROUP}/pids.max = "${r.pids}" (set by the agent)` });
+  if (r.ioWeight !== undefined) out.push(notApplied('resources.ioWeight', `weight ${r.ioWeight}`, "a VM's disk IO is QEMU's, which has absolute caps only: use the device read/write limits"));
+  for (const e of deviceLimitEntries(spec)) {
+    const named = e.path === undefined ? null : diskOfNode(e.path);
+    const value = `${rateWords(e.field, e.rate)} on the VM's disk${e.path ? ` (asked for ${e.path})` : ''}`;
+    // The VM's only disk is its overlay file: a limit on another host disk carries none of its IO.
+    if (e.path !== undefined && target.disk !== undefined && (named === null || !target.disk || named.major !== target.disk.major || named.minor !== target.disk.minor)) {
+      out.push(notApplied(entryField(e), value, `a VM's only disk is its overlay on ${diskWords(target.disk)}; ${e.path} carries none of its IO`));
+      continue;
+    }
+    out.push({
+      field: entryField(e),
+      value,
+      mechanism: micro
+        ? `QEMU -drive ${QEMU_THROTTLE[e.field]}=${e.rate} (query-block: inserted.${qmpKey(e.field)})`
+        : `libvirt <disk><iotune><${LIBVIRT_IOTUNE[e.field]}>${e.rate}</${LIBVIRT_IOTUNE[e.field]}></iotune>`,
+    });
+  }
+  if (r.netRateKbit !== undefined)
+    out.push({ field: 'resources.netRateKbit', value: `${netRateWords(r.netRateKbit)} each direction`, mechanism: describeShaping({ id: target.id, kind: 'tap', kbit: r.netRateKbit }) });
+  return out;
+}
+
+/** The key QMP's query-block reports a throttle under. */
+export const qmpKey = (f: DeviceLimitField): string => ({ deviceReadBps: 'bps_rd', deviceWriteBps: 'bps_wr', deviceReadIops: 'iops_rd', deviceWriteIops: 'iops_wr' })[f];
