@@ -201,6 +201,7 @@ export class SandboxService {
       peakMemoryBytes: status.peakMemoryBytes,
       cpuTimeMs: status.cpuTimeMs,
       warnings: rec.warnings,
+      limits: toInfo(rec).limits,
       crash: status.crash ?? null,
     };
     if (result.aborted) throw new AbortedError(`sandbox ${rec.name} was stopped: the caller aborted the run`, result);

@@ -69,6 +69,8 @@ export interface RunResult {
   stderrTruncated: boolean;
   peakMemoryBytes: number | null;
   cpuTimeMs: number | null;
+  /** Each limit and what enforced it (see SandboxInfo.limits). */
+  limits: LimitEnforcement[];
   /** Parts of the spec this host could not honour. */
   warnings: string[];
   /** Why the sandbox died without its workload ending (a guest kernel panic), else null. */

@@ -88,7 +88,7 @@ export interface StartupResult extends BenchResultBase {
 
 export interface PerformanceCase {
   backend: BackendKind;
-  neighbour: 'none' | 'cpu-hog' | 'memory-bomb' | 'fork-bomb' | 'disk-writer' | 'network-flood';
+  neighbour: 'none' | 'cpu-hog' | 'memory-bomb' | 'fork-bomb' | 'disk-writer' | 'network-flood' | 'limited-disk-writer' | 'limited-network-flood';
   /** Victim throughput (workload-specific units, higher is better) per repetition. */
   victimScore: number[];
   /** Percent lost against the same backend alone: 100 * (1 - median(case) / median(alone)). */
@@ -104,6 +104,22 @@ export interface PerformanceCase {
   neighbourReport?: Record<string, unknown> | null;
   /** The host's 1-minute load average at the end of the case: other load on the host shows here. */
   hostLoadAvg?: number | null;
+  /**
+   * For the disk writer and the UDP flood, with and without the disk or network limit: the
+   * rate the neighbour reached (a limited one against its limit).
+   */
+  rate?: RateContainment | null;
+}
+
+export interface RateContainment {
+  /** What was measured: the disk writer's own rate, or the bytes the host delivered to the victim. */
+  what: string;
+  unit: 'MiB/s' | 'Mbit/s';
+  measured: number | null;
+  /** The limit in the same unit, null for the unlimited case. */
+  limit: number | null;
+  /** measured / limit. */
+  ratio: number | null;
 }
 
 /** One cell of the security matrix. */

@@ -17,7 +17,13 @@ export const PROBE_IN_IMAGE = '/usr/local/bin/hbx-probe';
 export const BENCH_IMAGE = 'hbx-bench-isolation:latest';
 
 /** The same limits for every neighbour (and the victim), whatever the backend. */
-export const LIMITS = { cpus: 1, memoryMiB: 128, pids: 64 } as const;
+/**
+ * The nominal limits every sandbox of the bench gets, the same on every backend; the disk
+ * and network caps go on the limited disk writer and UDP flood.
+ */
+export const LIMITS = { cpus: 1, memoryMiB: 128, pids: 64, diskMiBps: 20, netMbit: 10 } as const;
+/** A limited neighbour may exceed its limit by this factor and still count as held. */
+export const RATE_TOLERANCE = 1.25;
 
 export type Log = (line: string) => void;
 

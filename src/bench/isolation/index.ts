@@ -6,7 +6,8 @@ import type { BackendKind } from '../../spec/schema.js';
 import { describeHost } from '../host.js';
 import { median } from '../stats.js';
 import type { FaultCase, IsolationResult, PerformanceCase, SecurityRow } from '../../measurements/index.js';
-import { SandboxRegister, chooseBackends, ensureBenchImage, ensureProbe, type Log } from './context.js';
+import { containmentRows, containmentSummary } from './containment.js';
+import { LIMITS, SandboxRegister, chooseBackends, ensureBenchImage, ensureProbe, type Log } from './context.js';
 import { runFault } from './fault.js';
 import { NEIGHBOURS, runPerformance, type Neighbour } from './performance.js';
 import { runSecurity } from './security.js';
@@ -70,7 +71,7 @@ export async function runIsolationBench(hb: Hybridbox, opts: IsolationBenchOptio
     startedAtMs,
     durationMs: 0,
     host: await describeHost(hb.host),
-    options: { backends, parts, quick, reps, seconds, neighbours: [...neighbours], limits: { cpus: 1, memoryMiB: 128, pids: 64 }, skippedBackends: skipped },
+    options: { backends, parts, quick, reps, seconds, neighbours: [...neighbours], limits: { ...LIMITS }, skippedBackends: skipped },
     summary: [],
     performance: [],
     security: [],
@@ -129,9 +130,11 @@ export function summarize(r: IsolationResult, backends: BackendKind[], skipped: 
       out.push(
         `${b}: the victim lost at most ${pct(worst.degradationPct)} (next to the ${worst.neighbour}); ` +
           `${held} of ${limited.length} neighbours with an applicable limit were held by it` +
-          (cs.some((c) => c.contained === null) ? ' (disk and network have no limit to hold them).' : '.'),
+          (cs.some((c) => c.contained === null) ? ' (the unlimited disk writer and flood have no limit to hold them).' : '.'),
       );
     }
+    const limits = containmentSummary(containmentRows(r));
+    if (limits) out.push(limits);
     const hostProbe = (cs: PerformanceCase[]) => cs.map((c) => c.hostProbeMs?.p95Ms).filter((x): x is number => typeof x === 'number');
     const idle = hostProbe(r.performance.filter((c) => c.neighbour === 'none'));
     const stressed = hostProbe(r.performance.filter((c) => c.neighbour !== 'none'));

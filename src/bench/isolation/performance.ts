@@ -10,9 +10,10 @@ import { lastLine } from '../../util/exec.js';
 import { sleep } from '../../util/proc.js';
 import { median, summarize } from '../stats.js';
 import type { PerformanceCase } from '../../measurements/index.js';
-import { HostLatencyProbe, HostSampler, LIMITS, PROBE_IN_IMAGE, lastJson, withTimeout, type Log, type SandboxRegister } from './context.js';
+import { hostInterface } from '../../network/index.js';
+import { HostLatencyProbe, HostSampler, LIMITS, PROBE_IN_IMAGE, RATE_TOLERANCE, lastJson, withTimeout, type Log, type SandboxRegister } from './context.js';
 
-export const NEIGHBOURS = ['cpu-hog', 'memory-bomb', 'fork-bomb', 'disk-writer', 'network-flood'] as const;
+export const NEIGHBOURS = ['cpu-hog', 'memory-bomb', 'fork-bomb', 'disk-writer', 'limited-disk-writer', 'network-flood', 'limited-network-flood'] as const;
 export type Neighbour = (typeof NEIGHBOURS)[number];
 
 export interface PerformanceContext {
@@ -43,9 +44,20 @@ function limits(): WorkloadSpecInput['resources'] {
   return { cpus: LIMITS.cpus, memoryMiB: LIMITS.memoryMiB, pids: LIMITS.pids };
 }
 
+/** The same nominal limits, plus the disk or network cap a limited neighbour gets. */
+function neighbourLimits(n: Neighbour): WorkloadSpecInput['resources'] {
+  const rate = LIMITS.diskMiBps * MiB;
+  if (n === 'limited-disk-writer') return { ...limits(), deviceWriteBps: [{ rate }], deviceReadBps: [{ rate }] };
+  if (n === 'limited-network-flood') return { ...limits(), netRateKbit: LIMITS.netMbit * 1000 };
+  return limits();
+}
+
+/** The stress a neighbour applies, whatever limit it runs under. */
+const stressOf = (n: Neighbour): Exclude<Neighbour, `limited-${string}`> => n.replace(/^limited-/, '') as Exclude<Neighbour, `limited-${string}`>;
+
 function neighbourCommand(n: Neighbour, victimIp: string | null): string[] {
   const s = String(NEIGHBOUR_MAX_S);
-  switch (n) {
+  switch (stressOf(n)) {
     case 'cpu-hog':
       return [PROBE_IN_IMAGE, 'cpu-hog', s];
     case 'memory-bomb':
@@ -190,8 +202,8 @@ async function neighbourCase(ctx: PerformanceContext, backend: BackendKind, n: N
       image: ctx.image,
       command: neighbourCommand(n, victim.ip),
       isolation: backend,
-      network: n === 'network-flood' ? 'bridge' : 'none',
-      resources: limits(),
+      network: stressOf(n) === 'network-flood' ? 'bridge' : 'none',
+      resources: neighbourLimits(n),
       timeoutMs: (NEIGHBOUR_MAX_S + 60) * 1000,
     },
     {
@@ -214,7 +226,11 @@ async function neighbourCase(ctx: PerformanceContext, backend: BackendKind, n: N
     await sleep(500);
     const id = hb.sandboxes.find(name)?.id ?? null;
     const sampler = new HostSampler(backend === 'container' ? null : () => id);
+    // What the host hands to the victim over its host-side interface: the flood after any shaping.
+    const victimIf = hostInterface(victim.id, backend === 'container' ? 'veth' : 'tap');
+    const delivered = { bytes: txBytes(victimIf), at: performance.now() };
     const m = await measureCase(ctx, measure, sampler);
+    const deliveredMbit = delivered.bytes === null ? null : (((txBytes(victimIf) ?? delivered.bytes) - delivered.bytes) * 8) / 1000 / (performance.now() - delivered.at);
     out.victimScore = m.scores;
     out.hostProbeMs = m.latency.length ? summarize(m.latency) : null;
     out.hostSleepOvershootMs = m.overshoot.length ? summarize(m.overshoot) : null;
@@ -224,7 +240,8 @@ async function neighbourCase(ctx: PerformanceContext, backend: BackendKind, n: N
     const r = await withTimeout(running, 120_000, `the ${backend} ${n} neighbour's end`).catch((e: Error) => e);
     const report = lastJson(stdout);
     out.neighbourReport = report;
-    const verdict = judge(backend, n, r instanceof Error ? null : r, report, sampler);
+    out.rate = rateOf(n, report, deliveredMbit);
+    const verdict = judge(backend, n, r instanceof Error ? null : r, report, sampler, out.rate);
     out.contained = verdict.contained;
     out.containment = r instanceof Error ? `${verdict.text}; ${r.message}` : verdict.text;
     ctx.log(`performance: ${backend}: ${n}: ${out.containment} (${Math.round((performance.now() - started) / 100) / 10} s)`);
@@ -238,8 +255,45 @@ async function neighbourCase(ctx: PerformanceContext, backend: BackendKind, n: N
 const num = (v: unknown): number => (typeof v === 'number' ? v : NaN);
 const fmt = (x: number, d = 1): string => (Number.isFinite(x) ? x.toFixed(d) : '?');
 
+/** Bytes sent on a host interface so far (null when it has none). */
+function txBytes(dev: string): number | null {
+  try {
+    return Number(readFileSync(`/sys/class/net/${dev}/statistics/tx_bytes`, 'utf8'));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The rate a disk writer or a flood reached. The writer's is its own count (bytes written
+ * and synced per second); the flood's is what reached the victim, counted by the host
+ * where it hands packets to the victim, since the sender's own count includes what its
+ * shaper dropped.
+ */
+export function rateOf(n: Neighbour, report: Record<string, unknown> | null, deliveredMbit: number | null): PerformanceCase['rate'] {
+  const limited = n.startsWith('limited-');
+  if (stressOf(n) === 'disk-writer') {
+    const measured = report && typeof report.MiBps === 'number' ? report.MiBps : null;
+    const limit = limited ? LIMITS.diskMiBps : null;
+    return { what: 'written and synced by the neighbour', unit: 'MiB/s', measured, limit, ratio: measured !== null && limit ? Math.round((100 * measured) / limit) / 100 : null };
+  }
+  if (stressOf(n) === 'network-flood') {
+    const measured = deliveredMbit === null ? null : Math.round(deliveredMbit * 100) / 100;
+    const limit = limited ? LIMITS.netMbit : null;
+    return { what: 'delivered to the victim', unit: 'Mbit/s', measured, limit, ratio: measured !== null && limit ? Math.round((100 * measured) / limit) / 100 : null };
+  }
+  return null;
+}
+
 /** Was the neighbour held by its limits, and how we know. */
-export function judge(backend: BackendKind, n: Neighbour, r: RunResult | null, report: Record<string, unknown> | null, sampler: HostSampler): { contained: boolean | null; text: string } {
+export function judge(
+  backend: BackendKind,
+  n: Neighbour,
+  r: RunResult | null,
+  report: Record<string, unknown> | null,
+  sampler: HostSampler,
+  rate: PerformanceCase['rate'] = null,
+): { contained: boolean | null; text: string } {
   const vm = backend !== 'container';
   const hostProcs = sampler.maxProcs - sampler.baselineProcs;
   const extra: string[] = [];
@@ -253,6 +307,14 @@ export function judge(backend: BackendKind, n: Neighbour, r: RunResult | null, r
     });
   }
   const secs = num(report.seconds);
+  if (n === 'limited-disk-writer' || n === 'limited-network-flood') {
+    const held = rate?.ratio != null ? rate.ratio <= RATE_TOLERANCE : null;
+    const how = n === 'limited-disk-writer' ? limitMechanism(r, 'resources.deviceWriteBps') : limitMechanism(r, 'resources.netRateKbit');
+    return withExtra({
+      contained: held,
+      text: `${fmt(rate?.measured ?? NaN, 1)} ${rate?.unit} ${rate?.what} against a limit of ${rate?.limit} ${rate?.unit} (${fmt(rate?.ratio ?? NaN, 2)}x; held if <= ${RATE_TOLERANCE}x)${how ? `, enforced by ${how}` : ''}`,
+    });
+  }
   switch (n) {
     case 'cpu-hog': {
       if (!vm) {
@@ -301,12 +363,19 @@ export function judge(backend: BackendKind, n: Neighbour, r: RunResult | null, r
     case 'disk-writer':
       return withExtra({
         contained: null,
-        text: `no IO bandwidth limit applies (io weight is not set, and only shares contended IO); wrote ${fmt(num(report.MiBps), 0)} MiB/s${vm ? ' through QEMU' : ''}`,
+        text: `no disk limit set (the limited-disk-writer case sets one): wrote ${fmt(num(report.MiBps), 0)} MiB/s${vm ? ' through QEMU' : ''}`,
       });
     case 'network-flood':
       return withExtra({
         contained: null,
-        text: `no network bandwidth limit exists; sent ${fmt(num(report.pps) / 1000, 0)} kpps (${fmt(num(report.MBps), 0)} MB/s) to the victim, bounded only by the CPU limit`,
+        text: `no network limit set (the limited-network-flood case sets one): sent ${fmt(num(report.pps) / 1000, 0)} kpps (${fmt(num(report.MBps), 0)} MB/s), ${fmt(rate?.measured ?? NaN, 1)} Mbit/s delivered to the victim, bounded only by the CPU limit`,
       });
+    default:
+      return withExtra({ contained: null, text: 'no verdict' });
   }
+}
+
+/** The mechanism a sandbox's result names for one of its limits (its first entry for the field). */
+function limitMechanism(r: RunResult | null, field: string): string | null {
+  return r?.limits?.find((l) => l.field === field || l.field.startsWith(`${field}[`))?.mechanism ?? null;
 }

@@ -1,6 +1,7 @@
 // Compact terminal tables of an isolation result.
 import { median } from '../stats.js';
 import type { IsolationResult, PerformanceCase, SecurityCell } from '../../measurements/index.js';
+import { containmentCells, containmentRows } from './containment.js';
 
 const mark = (safe: boolean | null): string => (safe === true ? '✔' : safe === false ? '✘' : ' ');
 
@@ -53,6 +54,13 @@ export function renderIsolation(r: IsolationResult): string {
       }),
     );
     out.push('');
+    const limited = containmentRows(r);
+    if (limited.length) {
+      const [header, ...rows] = containmentCells(limited);
+      out.push("Disk and network limits: the neighbour's rate without and with its limit, and what the victim lost (✔ within 1.25x of the limit / victim lost <= 10%)");
+      out.push(table(header!, rows));
+      out.push('');
+    }
     out.push('Containment evidence:');
     for (const c of r.performance) if (c.neighbour !== 'none') out.push(`  ${c.backend} ${c.neighbour}: ${mark(c.contained)} ${c.containment}`);
     out.push('');

@@ -7,6 +7,7 @@ import { BACKEND_COLOURS, type Chart } from './charts.js';
 import { BENCH_COMMAND, type ReportData } from './data.js';
 import { BACKEND_NOUN, fmtBytes, fmtDate, fmtMs, fmtPct, list } from './format.js';
 import { faultContained, securityCell, securityColumns } from './summary.js';
+import { containmentCells, containmentRows } from '../isolation/containment.js';
 
 const esc = (s: unknown): string => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 
@@ -174,9 +175,16 @@ function isolationSection(r: IsolationResult | null, charts: Chart[], svgs: Map<
   const perf = r.performance.length
     ? `${charts.map((c) => figure(c, svgs)).join('')}${table(['backend', 'neighbour', 'victim score (median)', 'lost', 'contained', 'how we know', 'host probe (median)', ...(overshoot ? ['host 10 ms sleep overshoot (p95)'] : [])], perfRows)}`
     : '<p class="note">No performance cases in this result.</p>';
+  const [limitHeader, ...limitRows] = containmentCells(containmentRows(r));
+  const limits = limitRows.length
+    ? `<h3>Disk and network limits: the same nominal cap on every backend</h3><p class="note">Each neighbour without and with its limit; held: within 1.25x of the limit, and the victim lost at most 10%.</p>${table(
+        limitHeader!,
+        limitRows.map((row) => row.map((c) => td(c))),
+      )}`
+    : '';
   return `<section id="isolation"><h2>Isolation</h2>${provenance(r, here)}${findings(r)}
 <h3>Security: what a workload can see and do</h3>${securityMatrix(r)}
-<h3>Performance: a noisy neighbour</h3>${perf}
+<h3>Performance: a noisy neighbour</h3>${perf}${limits}
 <h3>Faults: does a crash stay inside?</h3>${faultList(r)}</section>`;
 }
 
