@@ -49,7 +49,7 @@ export function hostTraces(ids: Iterable<string>): string[] {
     for (const r of cgroupRoots) if (existsSync(join(r, id))) found.push(`cgroup ${join(r, id)}`);
     if (mounts.some((m) => mentions(m, id))) found.push(`mount of ${id}`);
     if (netns.includes(`hbx-${id}`)) found.push(`netns hbx-${id}`);
-    if (links.includes(`hv${id.slice(0, 12)}`)) found.push(`link hv${id}`);
+    for (const prefix of ['hv', 'ht', 'hi']) if (links.includes(`${prefix}${id.slice(0, 12)}`)) found.push(`link ${prefix}${id.slice(0, 12)}`);
     for (const rt of ['crun', 'runc']) if (existsSync(`/run/${rt}/${id}`)) found.push(`/run/${rt}/${id}`);
   }
   return found;

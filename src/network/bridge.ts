@@ -2,6 +2,8 @@ import { run } from '../util/exec.js';
 import { existsSync, readdirSync } from 'node:fs';
 import { HostCapabilityError, RuntimeError, SpecError } from '../errors.js';
 import type { StateStore } from '../store/index.js';
+import { applyRate, removeShaping } from './shaping.js';
+import { netnsName, tapName, vethName } from './names.js';
 
 export interface BridgeConfig {
   /** Bridge device name on the host. */
@@ -43,17 +45,6 @@ export function parseSubnet(cidr: string): { base: number; prefix: number; size:
   const size = 2 ** (32 - prefix);
   const base = ipToInt(m.slice(1, 5).join('.')) & (~(size - 1) >>> 0);
   return { base: base >>> 0, prefix, size };
-}
-
-/** Names derived from the sandbox id: interface names are capped at 15 characters. */
-export function netnsName(sandboxId: string): string {
-  return `hbx-${sandboxId}`;
-}
-export function vethName(sandboxId: string): string {
-  return `hv${sandboxId.slice(0, 12)}`;
-}
-export function tapName(sandboxId: string): string {
-  return `ht${sandboxId.slice(0, 12)}`;
 }
 
 /** A stable, locally administered unicast MAC for a VM's NIC. */
@@ -108,8 +99,11 @@ export class BridgeNetwork {
     return got;
   }
 
-  /** Creates the sandbox's network namespace with a veth on the bridge and its address. */
-  async attach(sandboxId: string, address: string): Promise<Attachment> {
+  /**
+   * Creates the sandbox's network namespace with a veth on the bridge and its address,
+   * shaped to `rateKbit` each way when given.
+   */
+  async attach(sandboxId: string, address: string, rateKbit?: number): Promise<Attachment> {
     await this.ensureBridge();
     const ns = netnsName(sandboxId);
     const veth = vethName(sandboxId);
@@ -118,6 +112,7 @@ export class BridgeNetwork {
       await ip(['-n', ns, '-b', '-'], [`addr add ${address}/${this.subnet.prefix} dev eth0`, 'link set eth0 up', 'link set lo up'].join('\n'));
       // Unprivileged ICMP sockets, so `ping` works in the sandbox without CAP_NET_RAW.
       await ip(['netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv4.ping_group_range=0 2147483647']);
+      if (rateKbit !== undefined) await applyRate(sandboxId, 'veth', rateKbit);
     } catch (e) {
       await this.detach(sandboxId);
       throw e;
@@ -125,12 +120,13 @@ export class BridgeNetwork {
     return { netnsPath: `/run/netns/${ns}`, netnsName: ns, hostVeth: veth, ip: address, prefix: this.subnet.prefix, gateway: this.gateway };
   }
 
-  /** A tap device on the bridge for a VM's NIC; the guest sets the address itself. */
-  async attachTap(sandboxId: string): Promise<string> {
+  /** A tap device on the bridge for a VM's NIC, shaped like a veth; the guest sets the address itself. */
+  async attachTap(sandboxId: string, rateKbit?: number): Promise<string> {
     await this.ensureBridge();
     const tap = tapName(sandboxId);
     try {
       await ip(['-b', '-'], [`tuntap add dev ${tap} mode tap`, `link set ${tap} master ${this.config.name} up`].join('\n'));
+      if (rateKbit !== undefined) await applyRate(sandboxId, 'tap', rateKbit);
     } catch (e) {
       await this.detach(sandboxId);
       throw e;
@@ -138,8 +134,9 @@ export class BridgeNetwork {
     return tap;
   }
 
-  /** Removes the namespace (its veth pair goes with it) and the tap. Safe when nothing exists. */
+  /** Removes the namespace (its veth pair goes with it), the tap and the shaper's IFB. Safe when nothing exists. */
   async detach(sandboxId: string): Promise<void> {
+    await removeShaping(sandboxId);
     const tap = tapName(sandboxId);
     if (existsSync(`/sys/class/net/${tap}`)) await run('ip', ['link', 'del', tap]);
     const ns = netnsName(sandboxId);

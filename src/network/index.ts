@@ -1,3 +1,4 @@
-export { BridgeNetwork, DEFAULT_BRIDGE, macFor, netnsName, parseSubnet, tapName, vethName } from './bridge.js';
+export { BridgeNetwork, DEFAULT_BRIDGE, macFor, parseSubnet } from './bridge.js';
 export type { Attachment, BridgeConfig } from './bridge.js';
-export { describeShaping, hostInterface, ifbName, type ShapedInterface } from './shaping.js';
+export { ifbName, netnsName, tapName, vethName } from './names.js';
+export { describeShaping, hostInterface, type ShapedInterface } from './shaping.js';

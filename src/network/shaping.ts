@@ -1,4 +1,7 @@
-import { tapName, vethName } from './bridge.js';
+import { existsSync } from 'node:fs';
+import { RuntimeError } from '../errors.js';
+import { run } from '../util/exec.js';
+import { ifbName, tapName, vethName } from './names.js';
 
 /**
  * `--net-rate` on a bridged sandbox's host-side interface (its veth, or a VM's tap), the
@@ -8,9 +11,6 @@ import { tapName, vethName } from './bridge.js';
  * directions are shaped by one mechanism, and a sandbox cannot change either from inside.
  */
 export type ShapedInterface = 'veth' | 'tap';
-
-/** The IFB device that carries a sandbox's outgoing traffic through its shaper. */
-export const ifbName = (sandboxId: string): string => `hi${sandboxId.slice(0, 12)}`;
 
 export const hostInterface = (sandboxId: string, kind: ShapedInterface): string => (kind === 'veth' ? vethName(sandboxId) : tapName(sandboxId));
 
@@ -22,4 +22,46 @@ export function describeShaping(o: { id?: string | undefined; kind: ShapedInterf
   const ifb = o.id ? ifbName(o.id) : 'an ifb device';
   const r = rateWords(o.kbit);
   return `tc: tbf rate ${r} on ${dev} egress (into the sandbox); ${dev} ingress redirected (mirred) to ${ifb}, tbf rate ${r} there (out of the sandbox)`;
+}
+
+/**
+ * The tbf for a rate. The bucket holds 10 ms of traffic (at least 8 KiB, so a full-size
+ * frame always fits); the queue holds 50 ms more (at least 192 KiB), enough for TCP to
+ * keep the link busy at low rates without a standing queue that would add seconds of
+ * latency at high ones. Larger buckets let bursts through above the nominal rate.
+ */
+function tbf(kbit: number): string {
+  const bytesPerSec = (kbit * 1000) / 8;
+  const burst = Math.max(8192, Math.ceil(bytesPerSec * 0.01));
+  const limit = Math.max(196_608, Math.ceil(bytesPerSec * 0.05) + burst);
+  return `tbf rate ${kbit}kbit burst ${burst} limit ${limit}`;
+}
+
+async function batch(cmd: 'ip' | 'tc', lines: string[]): Promise<void> {
+  const r = await run(cmd, ['-b', '-'], { input: `${lines.join('\n')}\n` });
+  if (r.exitCode !== 0) throw new RuntimeError(`${cmd}: cannot shape the sandbox's interface: ${(r.stderr || r.stdout).trim().split('\n')[0]}`);
+}
+
+/**
+ * Shapes `dev` (a sandbox's host-side interface) to `kbit` each way. The IFB device is the
+ * only thing that outlives `dev`: `removeShaping` deletes it, and the qdiscs on `dev` go
+ * with the device itself.
+ */
+export async function applyRate(sandboxId: string, kind: ShapedInterface, kbit: number): Promise<void> {
+  const dev = hostInterface(sandboxId, kind);
+  const ifb = ifbName(sandboxId);
+  await batch('ip', [`link add ${ifb} type ifb`, `link set ${ifb} up`]);
+  // u32 with an empty match takes every packet: this tc has no matchall classifier.
+  await batch('tc', [
+    `qdisc replace dev ${dev} root ${tbf(kbit)}`,
+    `qdisc replace dev ${ifb} root ${tbf(kbit)}`,
+    `qdisc add dev ${dev} handle ffff: ingress`,
+    `filter add dev ${dev} parent ffff: protocol all prio 1 u32 match u32 0 0 action mirred egress redirect dev ${ifb}`,
+  ]);
+}
+
+/** Removes a sandbox's IFB device; safe when there is none. */
+export async function removeShaping(sandboxId: string): Promise<void> {
+  const ifb = ifbName(sandboxId);
+  if (existsSync(`/sys/class/net/${ifb}`)) await run('ip', ['link', 'del', ifb]);
 }

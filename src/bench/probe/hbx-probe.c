@@ -43,6 +43,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -720,6 +721,96 @@ static int udp_flood(double seconds, const char *ip, int port) {
   return 0;
 }
 
+/*
+ * tcp-sink / tcp-send: one bulk TCP transfer between two sandboxes, for --net-rate. The
+ * sink's count is the one that matters: bytes that crossed both shapers, timed from the
+ * first byte to the last, so connection set-up and the sender's socket buffer do not count.
+ */
+static int tcp_sink(double seconds, int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+  if (fd < 0) {
+    perror("socket");
+    return 1;
+  }
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in at;
+  memset(&at, 0, sizeof at);
+  at.sin_family = AF_INET;
+  at.sin_port = htons((uint16_t)port);
+  if (bind(fd, (struct sockaddr *)&at, sizeof at) < 0 || listen(fd, 1) < 0) {
+    perror("tcp-sink: bind/listen");
+    return 1;
+  }
+  ready();
+  int c = accept(fd, NULL, NULL);
+  if (c < 0) {
+    perror("tcp-sink: accept");
+    return 1;
+  }
+  static char buf[65536];
+  uint64_t got = 0;
+  double first = 0, last = 0, t0 = now_s();
+  for (;;) {
+    ssize_t n = read(c, buf, sizeof buf);
+    if (n <= 0 || stop_flag) break;
+    last = now_s();
+    if (got == 0) first = last;
+    got += (uint64_t)n;
+    if (last - t0 >= seconds) break;
+  }
+  close(c);
+  close(fd);
+  double dt = last - first;
+  printf("{\"mode\":\"tcp-sink\",\"bytes\":%llu,\"seconds\":%.3f,\"Mbitps\":%.3f}\n", (unsigned long long)got, dt, dt > 0 ? got * 8 / 1e6 / dt : 0.0);
+  return 0;
+}
+
+static int tcp_send(double seconds, const char *ip, int port) {
+  struct sockaddr_in to;
+  memset(&to, 0, sizeof to);
+  to.sin_family = AF_INET;
+  to.sin_port = htons((uint16_t)port);
+  if (inet_pton(AF_INET, ip, &to.sin_addr) != 1) {
+    fprintf(stderr, "tcp-send: bad address %s\n", ip);
+    return 2;
+  }
+  int fd = -1;
+  /* The sink may still be starting: retry for up to 30 s. */
+  for (double t0 = now_s(); now_s() - t0 < 30 && !stop_flag; sleep_ms(50)) {
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&to, sizeof to) == 0) break;
+    if (fd >= 0) close(fd);
+    fd = -1;
+  }
+  if (fd < 0) {
+    fprintf(stderr, "tcp-send: cannot connect to %s:%d\n", ip, port);
+    return 1;
+  }
+  static char buf[65536];
+  memset(buf, 'x', sizeof buf);
+  ready();
+  uint64_t sent = 0;
+  double t0 = now_s();
+  while (!stop_flag && now_s() - t0 < seconds) {
+    ssize_t n = write(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    sent += (uint64_t)n;
+  }
+  /*
+   * Wait for the sink to close its end: until then the data is still in this socket's
+   * buffer (or in a shaper's queue), and a sandbox torn down on exit would drop it.
+   */
+  shutdown(fd, SHUT_WR);
+  struct timeval tv = {.tv_sec = 60};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  while (read(fd, buf, sizeof buf) > 0) {
+  }
+  double dt = now_s() - t0;
+  close(fd);
+  printf("{\"mode\":\"tcp-send\",\"bytes\":%llu,\"seconds\":%.3f,\"Mbitps\":%.3f}\n", (unsigned long long)sent, dt, sent * 8 / 1e6 / dt);
+  return 0;
+}
+
 /* ------------------------------------------------------------------ host probe -- */
 
 static int host_latency(double seconds) {
@@ -754,7 +845,7 @@ static int host_latency(double seconds) {
 }
 
 static void usage(void) {
-  fputs("usage: hbx-probe probe | work S | cpu-hog S | mem-bomb S [--once] | fork-bomb S | disk-writer S [DIR] | udp-flood S IP [PORT] | host-latency S\n", stderr);
+  fputs("usage: hbx-probe probe | work S | cpu-hog S | mem-bomb S [--once] | fork-bomb S | disk-writer S [DIR] | udp-flood S IP [PORT] | tcp-sink S PORT | tcp-send S IP PORT | host-latency S\n", stderr);
   exit(2);
 }
 
@@ -776,6 +867,8 @@ int main(int argc, char **argv) {
     if (argc < 4) usage();
     return udp_flood(seconds, argv[3], argc > 4 ? atoi(argv[4]) : 9);
   }
+  if (strcmp(mode, "tcp-sink") == 0 && argc > 3) return tcp_sink(seconds, atoi(argv[3]));
+  if (strcmp(mode, "tcp-send") == 0 && argc > 4) return tcp_send(seconds, argv[3], atoi(argv[4]));
   if (strcmp(mode, "host-latency") == 0) return host_latency(seconds);
   usage();
   return 2;

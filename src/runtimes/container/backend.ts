@@ -156,7 +156,7 @@ export class ContainerBackend implements Backend {
       }
       if (ctx.spec.network === 'bridge') {
         ip = this.network.allocate(ctx.id);
-        netnsPath = (await this.network.attach(ctx.id, ip)).netnsPath;
+        netnsPath = (await this.network.attach(ctx.id, ip, ctx.spec.resources.netRateKbit)).netnsPath;
       }
       const config = buildOciConfig({
         id: ctx.id,

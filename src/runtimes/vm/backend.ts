@@ -165,7 +165,7 @@ export class VmBackend implements Backend {
       await createOverlay(base, files.disk);
       if (spec.network === 'bridge') {
         ip = this.network.allocate(ctx.id);
-        tap = await this.network.attachTap(ctx.id);
+        tap = await this.network.attachTap(ctx.id, spec.resources.netRateKbit);
       }
       const machine: MachineSpec = {
         id: ctx.id,
