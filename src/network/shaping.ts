@@ -43,14 +43,18 @@ async function batch(cmd: 'ip' | 'tc', lines: string[]): Promise<void> {
 }
 
 /**
- * Shapes `dev` (a sandbox's host-side interface) to `kbit` each way. The IFB device is the
- * only thing that outlives `dev`: `removeShaping` deletes it, and the qdiscs on `dev` go
- * with the device itself.
+ * Shapes a sandbox's host-side interface to `kbit` each way. Idempotent: applying it again
+ * (after libvirt reset the tap's root qdisc, say) leaves the same qdiscs, not two. The IFB
+ * device is the only thing that outlives the interface: `removeShaping` deletes it, and the
+ * qdiscs on the interface go with the device itself.
  */
 export async function applyRate(sandboxId: string, kind: ShapedInterface, kbit: number): Promise<void> {
   const dev = hostInterface(sandboxId, kind);
   const ifb = ifbName(sandboxId);
-  await batch('ip', [`link add ${ifb} type ifb`, `link set ${ifb} up`]);
+  if (!existsSync(`/sys/class/net/${ifb}`)) await batch('ip', [`link add ${ifb} type ifb`]);
+  await batch('ip', [`link set ${ifb} up`]);
+  // Re-made rather than replaced: a second filter would redirect every packet twice.
+  if ((await run('tc', ['qdisc', 'show', 'dev', dev, 'ingress'])).stdout.includes('ingress')) await batch('tc', [`qdisc del dev ${dev} ingress`]);
   // u32 with an empty match takes every packet: this tc has no matchall classifier.
   await batch('tc', [
     `qdisc replace dev ${dev} root ${tbf(kbit)}`,

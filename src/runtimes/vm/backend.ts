@@ -176,6 +176,7 @@ export class VmBackend implements Backend {
         boot,
         useKvm,
         tap,
+        netRateKbit: tap ? (spec.resources.netRateKbit ?? null) : null,
         mac: tap ? macFor(ctx.id) : null,
         volumes,
         cmdline: fittedKernelCmdline(this.host, useKvm, guest(ip ? `${ip}/${this.network.subnet.prefix}` : null), reserve),

@@ -4,6 +4,7 @@ import { Builder } from 'xml2js';
 import { HostCapabilityError, RuntimeError } from '../../errors.js';
 import { lastLine, run, spawnChild, TextTail } from '../../util/exec.js';
 import { isSameProcessAlive, pollUntil } from '../../util/proc.js';
+import { applyRate } from '../../network/index.js';
 import type { VmFiles } from './files.js';
 import type { MachineHandle, MachineLauncher, MachineSpec } from './machine.js';
 import { AGENT_PORT, QEMU } from './microvm.js';
@@ -212,6 +213,17 @@ export const libvirtLauncher: MachineLauncher = {
       await virsh(['destroy', name]);
       watchdog.done();
       throw new RuntimeError(`virsh memtune failed: ${lastLine(limited.out)}`);
+    }
+    // libvirt gives the tap of a new domain a noqueue root qdisc, dropping the shaper made
+    // with the tap; shaped again while the guest is still paused, so none of its traffic passes unshaped.
+    if (typeof spec.netRateKbit === 'number') {
+      try {
+        await applyRate(spec.id, 'tap', spec.netRateKbit);
+      } catch (e) {
+        await virsh(['destroy', name]);
+        watchdog.done();
+        throw e;
+      }
     }
     // However long the guest runs: the domain's end is its QEMU gone.
     const stopped = pollUntil(() => libvirtQemuPid(spec.id) === null, { timeoutMs: Infinity, intervalMs: 50 }).then(() => undefined);

@@ -13,6 +13,8 @@ export interface MachineSpec {
   cmdline: string;
   useKvm: boolean;
   tap: string | null;
+  /** The tap's rate each way (`--net-rate`), kept so a launcher that resets the tap can shape it again. */
+  netRateKbit?: number | null;
   mac: string | null;
   volumes: { tag: string; hostPath: string; guestPath: string; readOnly: boolean }[];
 }
