@@ -141,7 +141,7 @@ test.before(async () => {
     const why = x.crash ?? (x.timedOut ? `the guest did not finish within ${GUEST_TIMEOUT_MS / 1000} s` : `the driver ended with exit code ${x.exitCode} (signal ${x.signal})`);
     for (const [name, s] of waiting) s.reject(new Error(`case ${name}: no result: ${why}\n--- guest output ---\n${transcript.slice(-4000)}`));
   });
-  for (const name of ['info', 'setup', 'echo', 'oom', 'sigkill', 'pids', 'cpu', 'io', 'leak']) slot(name);
+  for (const name of ['info', 'setup', 'echo', 'oom', 'sigkill', 'pids', 'cpu', 'io', 'iomax', 'leak']) slot(name);
 });
 
 test.after.always(async () => {
@@ -233,6 +233,27 @@ test('io.weight is applied where the kernel has it, or the warnings say it is no
   // BFQ takes the OCI weight (10-1000) as it is; crun maps it onto iocost's 1-10000 scale
   // for io.weight (1 + (w - 10) * 9999 / 990). Unapplied, the default stays.
   if (weight) t.is(weight[2], !possible ? '100' : weight[1] ? '500' : '4950', r.stdout);
+});
+
+test('disk limits land in io.max on the disk behind the writable layer; direct and buffered writes are held', async (t) => {
+  const r = runResult(await result('iomax'));
+  t.is(r.exitCode, 0, r.stderr);
+  const line = /^io\.max=(\d+:\d+) rbps=max wbps=4194304 riops=200 wiops=max$/m.exec(r.stdout);
+  t.truthy(line, r.stdout);
+  const mibps = (what: string): number => {
+    const m = new RegExp(`^${what}=([\\d.]+):([\\d.]+)$`, 'm').exec(r.stdout);
+    return m ? 8 / (Number(m[2]) - Number(m[1])) : NaN;
+  };
+  const direct = mibps('direct');
+  const buffered = mibps('buffered');
+  t.log(`--device-write-bps 4mb on ${line?.[1]}: O_DIRECT ${direct.toFixed(2)} MiB/s, buffered+fsync ${buffered.toFixed(2)} MiB/s (v2 charges writeback to the writer)`);
+  // Bounded, not timed: well under the guest disk's unthrottled speed.
+  t.true(direct > 0 && direct < 4 * 1.5, `direct ${direct}`);
+  t.true(buffered > 0 && buffered < 4 * 1.5, `buffered ${buffered}`);
+  t.false(
+    (r.warnings as string[]).some((w) => w.includes('buffered')),
+    'no v1 buffered-writes warning on v2',
+  );
 });
 
 test(`no leftovers after ${LEAK_CYCLES} run cycles: cgroups, mounts, /run/crun, sandboxes, processes`, async (t) => {

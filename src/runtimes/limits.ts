@@ -1,4 +1,4 @@
-import { devNumbers, type BlockDevice } from '../host/blockdev.js';
+import { devNumbers, diskOfNode, type BlockDevice } from '../host/blockdev.js';
 import { DEVICE_LIMIT_FIELDS, type DeviceLimitField, type WorkloadSpec } from '../spec/schema.js';
 import { formatBytes } from '../util/text.js';
 import type { LimitEnforcement } from './descriptor.js';
@@ -47,6 +47,20 @@ export interface DeviceLimitEntry {
 
 export function deviceLimitEntries(spec: WorkloadSpec): DeviceLimitEntry[] {
   return DEVICE_LIMIT_FIELDS.flatMap((field) => (spec.resources[field] ?? []).map((l, index) => ({ field, index, rate: l.rate, path: l.path })));
+}
+
+/** A disk limit with the disk it lands on: what a backend applies (null: no disk to apply it to). */
+export interface ResolvedDeviceLimit extends DeviceLimitEntry {
+  disk: BlockDevice | null | undefined;
+}
+
+/**
+ * The disk each limit lands on: the one it names (a partition resolved to its disk, since
+ * the kernel throttles whole disks), or the disk behind the writable layer. The plan that
+ * `inspect` shows and the values a backend writes both come from here, so they agree.
+ */
+export function resolveDeviceLimits(spec: WorkloadSpec, target: LimitTarget): ResolvedDeviceLimit[] {
+  return deviceLimitEntries(spec).map((e) => ({ ...e, disk: e.path === undefined ? target.disk : diskOfNode(e.path) }));
 }
 
 /** `resources.deviceWriteBps[0]` */

@@ -13,7 +13,7 @@ import { TIMEOUT_EXIT_CODE, TIMEOUT_GRACE_MS } from '../backend.js';
 import type { AttachOptions, AttachedRun, Backend, CreateContext, CreatedSandbox, ExecOptions, ExitStatus, SelfInvocation, WorkloadSignal } from '../backend.js';
 import { limitWarnings, type BackendDescriptor } from '../descriptor.js';
 import { diskBehind } from '../../host/blockdev.js';
-import { containerLimits } from './limits.js';
+import { containerLimits, ociThrottles } from './limits.js';
 import { cgroupCaps, ensureSandboxCgroup, hostOomKills, isUnified, leafPath, readUsage, removeCgroups, sandboxPids } from './cgroups.js';
 import { buildOciConfig } from './oci-config.js';
 
@@ -140,7 +140,9 @@ export class ContainerBackend implements Backend {
     let limits: CreatedSandbox['limits'] = [];
     try {
       const caps = cgroupCaps(ctx.spec.resources.ioWeight !== undefined ? ctx.id : undefined);
-      limits = containerLimits(ctx.spec, this.host, { id: ctx.id, disk: diskBehind(f.upper) }, { ioWeight: caps.ioWeight });
+      const target = { id: ctx.id, disk: diskBehind(f.upper) };
+      limits = containerLimits(ctx.spec, this.host, target, { ioWeight: caps.ioWeight });
+      const blockIOThrottles = ociThrottles(ctx.spec, target);
       if (ctx.spec.trust === 'untrusted') {
         const slot = this.store.tx(() =>
           this.store.lease(
@@ -169,6 +171,7 @@ export class ContainerBackend implements Backend {
         netnsPath,
         userns: uidBase === null ? null : { hostId: uidBase, size: UID_RANGE },
         cgroupCaps: caps,
+        blockIOThrottles,
       });
       writeFileSync(f.config, JSON.stringify(config, null, 1), { mode: 0o600 });
       overlayLowerdir(ctx.image.layers);

@@ -1,6 +1,6 @@
 import type { HostInfo } from '../../host/types.js';
-import { netRateWords, deviceLimitEntries, diskWords, entryField, notApplied, rateWords, type LimitTarget } from '../limits.js';
-import { devNumbers, diskOfNode } from '../../host/blockdev.js';
+import { netRateWords, diskWords, entryField, notApplied, rateWords, resolveDeviceLimits, type LimitTarget } from '../limits.js';
+import { devNumbers } from '../../host/blockdev.js';
 import type { DeviceLimitField, WorkloadSpec } from '../../spec/schema.js';
 import type { LimitEnforcement } from '../descriptor.js';
 import { describeShaping } from '../../network/index.js';
@@ -13,6 +13,29 @@ const V1_THROTTLE: Record<DeviceLimitField, string> = {
 };
 /** The io.max keys (cgroup v2). */
 export const IO_MAX_KEY: Record<DeviceLimitField, string> = { deviceReadBps: 'rbps', deviceWriteBps: 'wbps', deviceReadIops: 'riops', deviceWriteIops: 'wiops' };
+
+/** The OCI runtime spec's linux.resources.blockIO list for each disk limit. */
+const OCI_THROTTLE: Record<DeviceLimitField, string> = {
+  deviceReadBps: 'throttleReadBpsDevice',
+  deviceWriteBps: 'throttleWriteBpsDevice',
+  deviceReadIops: 'throttleReadIOPSDevice',
+  deviceWriteIops: 'throttleWriteIOPSDevice',
+};
+
+/**
+ * The OCI blockIO throttles for a spec's disk limits, from the same resolution as the plan:
+ * a limit with no disk to land on is left out (the plan says it is not applied). crun
+ * writes them to blkio.throttle.* (v1) or io.max (v2).
+ */
+export function ociThrottles(spec: WorkloadSpec, target: LimitTarget): Record<string, { major: number; minor: number; rate: number }[]> {
+  const out: Record<string, { major: number; minor: number; rate: number }[]> = {};
+  for (const e of resolveDeviceLimits(spec, target)) {
+    if (!e.disk) continue;
+    const key = OCI_THROTTLE[e.field];
+    out[key] = [...(out[key] ?? []), { major: e.disk.major, minor: e.disk.minor, rate: e.rate }];
+  }
+  return out;
+}
 
 /** cgroup v1 does not charge writeback to the cgroup that dirtied the pages. */
 export const V1_BUFFERED_WRITES =
@@ -76,9 +99,8 @@ export function containerLimits(spec: WorkloadSpec, host: HostInfo, target: Limi
       });
     }
   }
-  for (const e of deviceLimitEntries(spec)) {
-    // A named device is the disk it belongs to (the kernel throttles disks, not partitions).
-    const disk = e.path === undefined ? target.disk : diskOfNode(e.path);
+  for (const e of resolveDeviceLimits(spec, target)) {
+    const disk = e.disk;
     const value = `${rateWords(e.field, e.rate)} on ${diskWords(disk, e.path)}`;
     if (disk === null) {
       out.push(

@@ -24,6 +24,8 @@ export interface OciInputs {
   /** Host uid/gid that container root maps to (user namespace), or null for none. */
   userns: { hostId: number; size: number } | null;
   cgroupCaps: CgroupCaps;
+  /** linux.resources.blockIO throttle lists (container/limits.ts: ociThrottles). */
+  blockIOThrottles?: Record<string, { major: number; minor: number; rate: number }[]>;
 }
 
 const DEFAULT_CAPS = [
@@ -123,7 +125,8 @@ export function buildOciConfig(i: OciInputs): Record<string, unknown> {
   }
   if (r.cpus !== undefined) resources.cpu = { quota: Math.round(r.cpus * 100_000), period: 100_000 };
   if (r.pids !== undefined) resources.pids = { limit: r.pids };
-  if (r.ioWeight !== undefined && i.cgroupCaps.ioWeight) resources.blockIO = { weight: r.ioWeight };
+  const blockIO = { ...(r.ioWeight !== undefined && i.cgroupCaps.ioWeight ? { weight: r.ioWeight } : {}), ...i.blockIOThrottles };
+  if (Object.keys(blockIO).length > 0) resources.blockIO = blockIO;
 
   return {
     ociVersion: '1.0.2',

@@ -22,7 +22,7 @@ import {
 } from '../backend.js';
 import { limitWarnings, type BackendDescriptor } from '../descriptor.js';
 import { diskBehind } from '../../host/blockdev.js';
-import { guestMemoryMiB, vmLimits } from './limits.js';
+import { guestMemoryMiB, vmDiskThrottle, vmLimits } from './limits.js';
 import { workloadProcess, type Process, resolveUser } from '../workload.js';
 import { decodeJsonPayload, encodeFrame, FrameDecoder, MAX_PAYLOAD } from './agent/index.js';
 import { requireGuestBoot } from './boot.js';
@@ -167,6 +167,7 @@ export class VmBackend implements Backend {
         ip = this.network.allocate(ctx.id);
         tap = await this.network.attachTap(ctx.id, spec.resources.netRateKbit);
       }
+      const target = { id: ctx.id, disk: diskBehind(ctx.dir) };
       const machine: MachineSpec = {
         id: ctx.id,
         name: ctx.name,
@@ -179,10 +180,11 @@ export class VmBackend implements Backend {
         netRateKbit: tap ? (spec.resources.netRateKbit ?? null) : null,
         mac: tap ? macFor(ctx.id) : null,
         volumes,
+        diskThrottle: vmDiskThrottle(spec, target),
         cmdline: fittedKernelCmdline(this.host, useKvm, guest(ip ? `${ip}/${this.network.subnet.prefix}` : null), reserve),
       };
       const rt: VmRuntime = { dir: ctx.dir, imageLayers: ctx.image.layers, machine, proc, ip };
-      const limits = vmLimits(this.descriptor.kind as 'microvm' | 'vm', spec, this.host, { id: ctx.id, disk: diskBehind(ctx.dir) });
+      const limits = vmLimits(this.descriptor.kind as 'microvm' | 'vm', spec, this.host, target);
       return { runtime: rt as unknown as Record<string, unknown>, limits, warnings: limitWarnings(limits) };
     } catch (e) {
       await this.network.detach(ctx.id);

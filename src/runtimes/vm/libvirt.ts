@@ -6,6 +6,8 @@ import { lastLine, run, spawnChild, TextTail } from '../../util/exec.js';
 import { isSameProcessAlive, pollUntil } from '../../util/proc.js';
 import { applyRate } from '../../network/index.js';
 import type { VmFiles } from './files.js';
+import type { DeviceLimitField } from '../../spec/schema.js';
+import { LIBVIRT_IOTUNE } from './limits.js';
 import type { MachineHandle, MachineLauncher, MachineSpec } from './machine.js';
 import { AGENT_PORT, QEMU } from './microvm.js';
 
@@ -27,6 +29,9 @@ export function domainXml(spec: MachineSpec, files: VmFiles): string {
       driver: { $: { name: 'qemu', type: 'qcow2', discard: 'unmap' } },
       source: { $: { file: files.disk } },
       target: { $: { dev: 'vda', bus: 'virtio' } },
+      ...(spec.diskThrottle && Object.keys(spec.diskThrottle).length
+        ? { iotune: Object.fromEntries(Object.entries(spec.diskThrottle).map(([f, rate]) => [LIBVIRT_IOTUNE[f as DeviceLimitField], String(rate)])) }
+        : {}),
     },
     // ttyS0: the kernel's console, kept for crash reports.
     serial: { $: { type: 'file' }, source: { $: { path: files.console } }, target: { $: { port: '0' } } },

@@ -1,8 +1,7 @@
 import type { HostInfo } from '../../host/types.js';
 import type { BackendKind, DeviceLimitField, WorkloadSpec } from '../../spec/schema.js';
 import { describeShaping } from '../../network/index.js';
-import { deviceLimitEntries, diskWords, entryField, netRateWords, notApplied, rateWords, type LimitTarget } from '../limits.js';
-import { diskOfNode } from '../../host/blockdev.js';
+import { diskWords, entryField, netRateWords, notApplied, rateWords, resolveDeviceLimits, type LimitTarget, type ResolvedDeviceLimit } from '../limits.js';
 import type { LimitEnforcement } from '../descriptor.js';
 
 /** Guest RAM when the spec sets no memory limit. */
@@ -49,9 +48,9 @@ export function vmLimits(kind: Extract<BackendKind, 'microvm' | 'vm'>, spec: Wor
     out.push({
       field: 'resources.cpus',
       value: `${r.cpus} CPUs`,
-      mechanism: micro
-        ? `QEMU -smp ${vcpus}; QEMU's host cgroup /hybridbox/${target.id ?? '<id>'} cpu quota ${quota} per 100000 µs`
-        : `libvirt <vcpu>${vcpus}</vcpu>, <cputune><period>100000</period><quota>${quota}</quota></cputune>`,
+      mechanism: micro ? `QEMU -smp ${vcpus}` : `libvirt <vcpu>${vcpus}</vcpu>, <cputune><period>100000</period><quota>${quota}</quota></cputune>`,
+      // A microVM's QEMU runs in no host cgroup of its own: whole vCPUs are its only CPU limit.
+      ...(micro && vcpus !== r.cpus ? { note: `a microVM gets whole vCPUs: ${r.cpus} CPUs is ${vcpus} vCPU${vcpus > 1 ? 's' : ''} here` } : {}),
     });
   }
   if (r.memoryMiB !== undefined) {
@@ -64,11 +63,9 @@ export function vmLimits(kind: Extract<BackendKind, 'microvm' | 'vm'>, spec: Wor
   }
   if (r.pids !== undefined) out.push({ field: 'resources.pids', value: `${r.pids} processes`, mechanism: `guest cgroup ${GUEST_CGROUP}/pids.max = "${r.pids}" (set by the agent)` });
   if (r.ioWeight !== undefined) out.push(notApplied('resources.ioWeight', `weight ${r.ioWeight}`, "a VM's disk IO is QEMU's, which has absolute caps only: use the device read/write limits"));
-  for (const e of deviceLimitEntries(spec)) {
-    const named = e.path === undefined ? null : diskOfNode(e.path);
+  for (const e of resolveDeviceLimits(spec, target)) {
     const value = `${rateWords(e.field, e.rate)} on the VM's disk${e.path ? ` (asked for ${e.path})` : ''}`;
-    // The VM's only disk is its overlay file: a limit on another host disk carries none of its IO.
-    if (e.path !== undefined && target.disk !== undefined && (named === null || !target.disk || named.major !== target.disk.major || named.minor !== target.disk.minor)) {
+    if (!landsOnVmDisk(e, target)) {
       out.push(notApplied(entryField(e), value, `a VM's only disk is its overlay on ${diskWords(target.disk)}; ${e.path} carries none of its IO`));
       continue;
     }
@@ -82,6 +79,23 @@ export function vmLimits(kind: Extract<BackendKind, 'microvm' | 'vm'>, spec: Wor
   }
   if (r.netRateKbit !== undefined)
     out.push({ field: 'resources.netRateKbit', value: `${netRateWords(r.netRateKbit)} each direction`, mechanism: describeShaping({ id: target.id, kind: 'tap', kbit: r.netRateKbit }) });
+  return out;
+}
+
+/**
+ * The VM's only disk is its overlay file, whatever the guest caches: a limit with no device,
+ * or one naming the disk that holds the overlay, caps it; a limit on another host disk
+ * carries none of its IO. (Before the sandbox exists the overlay's disk is unknown.)
+ */
+function landsOnVmDisk(e: ResolvedDeviceLimit, target: LimitTarget): boolean {
+  if (e.path === undefined || target.disk === undefined) return true;
+  return !!e.disk && !!target.disk && e.disk.major === target.disk.major && e.disk.minor === target.disk.minor;
+}
+
+/** The root disk's caps for a VM, from the same resolution as its plan; the lowest wins where two land on it. */
+export function vmDiskThrottle(spec: WorkloadSpec, target: LimitTarget): Partial<Record<DeviceLimitField, number>> {
+  const out: Partial<Record<DeviceLimitField, number>> = {};
+  for (const e of resolveDeviceLimits(spec, target)) if (landsOnVmDisk(e, target)) out[e.field] = Math.min(out[e.field] ?? Infinity, e.rate);
   return out;
 }
 

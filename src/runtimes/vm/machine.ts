@@ -1,3 +1,4 @@
+import type { DeviceLimitField } from '../../spec/schema.js';
 import type { GuestBoot } from './boot.js';
 import type { VmFiles } from './files.js';
 
@@ -17,6 +18,8 @@ export interface MachineSpec {
   netRateKbit?: number | null;
   mac: string | null;
   volumes: { tag: string; hostPath: string; guestPath: string; readOnly: boolean }[];
+  /** Caps on the root disk (bytes or operations per second), from the spec's disk limits (vm/limits.ts). */
+  diskThrottle?: Partial<Record<DeviceLimitField, number>>;
 }
 
 /** What decides a machine's devices: known before anything is created. */

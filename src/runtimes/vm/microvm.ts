@@ -7,6 +7,8 @@ import { isSameProcessAlive, pollUntil, within } from '../../util/proc.js';
 import { QmpClient } from './qmp.js';
 import type { VmFiles } from './files.js';
 import type { MachineHandle, MachineLauncher, MachineSpec } from './machine.js';
+import type { DeviceLimitField } from '../../spec/schema.js';
+import { QEMU_THROTTLE } from './limits.js';
 
 export const QEMU = 'qemu-system-x86_64';
 /** The virtio-serial port name the agent looks for (`hbx.agent=` on the kernel command line). */
@@ -100,7 +102,9 @@ export function microvmArgv(spec: MachineSpec, files: VmFiles): string[] {
     '-chardev',
     `socket,id=agent,path=${o(files.agentSock)},server=on,wait=off`,
     '-drive',
-    `id=root,file=${o(files.disk)},format=qcow2,if=none,discard=unmap`,
+    `id=root,file=${o(files.disk)},format=qcow2,if=none,discard=unmap${Object.entries(spec.diskThrottle ?? {})
+      .map(([f, rate]) => `,${QEMU_THROTTLE[f as DeviceLimitField]}=${rate}`)
+      .join('')}`,
   ];
   if (spec.tap) argv.push('-netdev', `tap,id=n0,ifname=${o(spec.tap)},script=no,downscript=no`);
   for (const v of spec.volumes) {
