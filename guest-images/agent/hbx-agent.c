@@ -7,6 +7,7 @@
  * Kernel command line (all optional):
  *   hbx.ip=A.B.C.D/N  hbx.gw=A.B.C.D  hbx.hostname=NAME  hbx.vol=TAG:/guest/path:ro|rw (repeat)
  *   hbx.root=/dev/vda  hbx.rootrw=1  hbx.agent=/dev/ttyS1  hbx.modules=1
+ *   hbx.pids=N  hbx.mem=BYTES   the workload cgroup's pids.max and memory.max (see setup_cgroup)
  * Values are percent-encoded (%XX, any byte but NUL): the kernel splits its command line on
  * spaces (and byte 0xA0), and a `"` quotes everything after it. In hbx.vol the tag and the
  * path are decoded separately, after splitting on the `:` that the host never leaves raw.
@@ -77,6 +78,13 @@
 #define MODULE_INIT_COMPRESSED_FILE 4
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define NEWROOT "/run/hbx/root"
+/* The workload's cgroup: the spec's limits on it, every session's processes in it, the agent
+ * outside it. src/runtimes/vm/limits.ts (GUEST_CGROUP) names the same path. */
+#define WORK_CGROUP "/sys/fs/cgroup/hbx"
+/* Without a memory limit the workload still gets no more than MemTotal minus this, so that a
+ * memory bomb is OOM-killed in its cgroup before the kernel has to pick among the agent's
+ * pages: measured under TCG, the agent and kernel need well under 16 MiB beyond boot. */
+#define AGENT_HEADROOM_BYTES (24LL << 20)
 
 struct buf {
   unsigned char *p;
@@ -93,6 +101,8 @@ static struct {
   const char *test_root, *port_path;
   char root_dev[128], agent_dev[128], hostname[65];
   bool have_ip, have_gw, modules, root_rw;
+  long long pids_max, mem_max; /* 0: not set */
+  bool cgroup; /* the workload cgroup exists: every session joins it */
   struct in_addr ip, mask, gw;
   struct vol vols[MAX_VOLS];
   int nvols;
@@ -679,6 +689,17 @@ static _Noreturn void child_exec(const struct spec *s, int in, int out, int err)
     if (pipe2(p, O_CLOEXEC) == 0) in = p[0], close(p[1]);
   }
   if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) _exit(126);
+  /* Into the workload's cgroup before anything of the workload runs; and back into the OOM
+   * killer's reach, which the agent (and so this fork of it) is kept out of. Joining works
+   * even at pids.max (the pids controller never refuses a migration), so an exec still
+   * starts next to a fork bomb. */
+  if (cfg.cgroup) {
+    int fd = open(WORK_CGROUP "/cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, "0", 1) != 1) child_fail(126, "join cgroup", WORK_CGROUP, errno);
+    close(fd);
+  }
+  int adj = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+  if (adj >= 0) (void)!write(adj, "0", 1), close(adj);
   const char *root = cfg.test_root ? cfg.test_root : NEWROOT;
   if (chroot(root) || chdir("/")) child_fail(126, "chroot", root, errno);
   if (chdir(s->workdir)) {
@@ -1193,9 +1214,64 @@ static void apply_param(char *tok) {
         (len >= 3 && !strcmp(path + len - 3, "/..")))
       fail("cmdline", "hbx.vol=%s:%s: the guest path must be absolute, not /, without ..", v, path);
     strcpy(vo->path, path);
+  } else if (!strcmp(k, "pids") || !strcmp(k, "mem")) {
+    char *end;
+    long long n = strtoll(v, &end, 10);
+    if (*end || n < 1) fail("cmdline", "hbx.%s=%s: expected a positive integer", k, v);
+    *(k[0] == 'p' ? &cfg.pids_max : &cfg.mem_max) = n;
   } else {
     say("cmdline: ignoring unknown hbx.%s", k);
   }
+}
+
+static bool write_file(const char *path, const char *fmt, ...) {
+  char b[64];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(b, sizeof b, fmt, ap);
+  va_end(ap);
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  bool ok = fd >= 0 && write(fd, b, n) == n;
+  int e = errno;
+  if (fd >= 0) close(fd);
+  errno = e;
+  return ok;
+}
+
+static long long mem_total_bytes(void) {
+  char b[256];
+  int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
+  ssize_t n = fd < 0 ? -1 : read(fd, b, sizeof b - 1);
+  if (fd >= 0) close(fd);
+  if (n <= 0) return 0;
+  b[n] = 0;
+  char *p = strstr(b, "MemTotal:");
+  return p ? strtoll(p + 9, NULL, 10) * 1024 : 0;
+}
+
+/*
+ * The workload's cgroup (cgroup v2): the spec's pids.max and memory.max, memory.oom.group so
+ * that an OOM kill takes the whole workload rather than leaving half of it, and the agent
+ * itself outside it with oom_score_adj -1000, so neither a fork bomb nor a memory bomb can
+ * take the agent or its channel down. A guest kernel without cgroup v2 runs the workload
+ * unconfined, unless the host asked for a limit: then the VM does not start.
+ */
+static void setup_cgroup(void) {
+  bool asked = cfg.pids_max || cfg.mem_max;
+  (void)!write_file("/proc/self/oom_score_adj", "-1000");
+  if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL)) {
+    if (asked) fail("cgroup", "cgroup2 on /sys/fs/cgroup: %s (the spec's pids/memory limits need it)", strerror(errno));
+    say("cgroup: no cgroup2 (%s): the workload runs without a guest cgroup", strerror(errno));
+    return;
+  }
+  if (!write_file("/sys/fs/cgroup/cgroup.subtree_control", "+pids +memory")) fail("cgroup", "enable pids and memory: %s", strerror(errno));
+  if (mkdir(WORK_CGROUP, 0755) && errno != EEXIST) fail("cgroup", "mkdir %s: %s", WORK_CGROUP, strerror(errno));
+  if (cfg.pids_max && !write_file(WORK_CGROUP "/pids.max", "%lld", cfg.pids_max)) fail("cgroup", "pids.max: %s", strerror(errno));
+  long long mem = cfg.mem_max ? cfg.mem_max : mem_total_bytes() - AGENT_HEADROOM_BYTES;
+  if (mem > 0 && !write_file(WORK_CGROUP "/memory.max", "%lld", mem)) fail("cgroup", "memory.max: %s", strerror(errno));
+  (void)!write_file(WORK_CGROUP "/memory.swap.max", "0");
+  if (!write_file(WORK_CGROUP "/memory.oom.group", "1")) fail("cgroup", "memory.oom.group: %s", strerror(errno));
+  cfg.cgroup = true;
 }
 
 static void parse_cmdline(void) {
@@ -1336,6 +1412,13 @@ static void setup_root(void) {
   root_path(p, sizeof p, "/sys");
   xmkdir(p, 0555);
   xmount("sysfs", p, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+  if (cfg.cgroup) {
+    /* The workload reads its own limits where a container would; read-only, though a root
+     * workload owns the guest and could remount it: the VM's edge is where isolation holds. */
+    root_path(p, sizeof p, "/sys/fs/cgroup");
+    xmount("/sys/fs/cgroup", p, NULL, MS_BIND, NULL);
+    xmount(NULL, p, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+  }
   setup_dev();
   root_path(p, sizeof p, "/tmp");
   xmkdir(p, 01777);
@@ -1428,6 +1511,7 @@ static void setup_vm(void) {
   if (cfg.agent_dev[0] == '/') snprintf(dev, sizeof dev, "%s", cfg.agent_dev);
   else find_named_port(cfg.agent_dev, dev, sizeof dev);
   open_port(dev, false);
+  setup_cgroup();
   setup_root();
   setup_network();
   setup_hostname();

@@ -13,6 +13,8 @@ export interface GuestParams {
   loadModules: boolean;
   /** Machine-specific extras (MachineLauncher.kernelArgs). */
   extra: string[];
+  /** The guest cgroup's limits, set by the agent before the workload starts (vm/limits.ts). */
+  limits?: { pids?: number | undefined; memoryBytes?: number | undefined };
 }
 
 /**
@@ -48,6 +50,8 @@ function base(host: HostInfo, useKvm: boolean, p: GuestParams): string[] {
   args.push(`hbx.hostname=${encodeParamValue(p.hostname)}`, `hbx.agent=${encodeParamValue(p.agentPort)}`, 'hbx.rootrw=1');
   if (p.ip) args.push(`hbx.ip=${encodeParamValue(p.ip)}`);
   if (p.loadModules) args.push('hbx.modules=1');
+  if (p.limits?.pids !== undefined) args.push(`hbx.pids=${p.limits.pids}`);
+  if (p.limits?.memoryBytes !== undefined) args.push(`hbx.mem=${p.limits.memoryBytes}`);
   return args;
 }
 

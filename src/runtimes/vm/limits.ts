@@ -31,7 +31,13 @@ export const LIBVIRT_IOTUNE: Record<DeviceLimitField, string> = {
   deviceWriteIops: 'write_iops_sec',
 };
 
-/** Where the agent keeps the workload: limits on the parent, the workload in its child (see the agent). */
+/** What the agent writes to the guest cgroup (kernel command line hbx.pids, hbx.mem). */
+export const guestCgroupLimits = (spec: WorkloadSpec): { pids?: number; memoryBytes?: number } => ({
+  ...(spec.resources.pids !== undefined ? { pids: spec.resources.pids } : {}),
+  ...(spec.resources.memoryMiB !== undefined ? { memoryBytes: spec.resources.memoryMiB * 1048576 } : {}),
+});
+
+/** The guest cgroup the agent puts every session in, with the spec's limits on it; the agent stays outside (hbx-agent.c). */
 export const GUEST_CGROUP = '/sys/fs/cgroup/hbx';
 
 /**
