@@ -4,6 +4,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Hybridbox } from '../src/index.js';
 import { SandboxRegister, runIsolationBench } from '../src/bench/isolation/index.js';
+import { LIMITS } from '../src/bench/isolation/context.js';
 import type { IsolationResult, SecurityCell } from '../src/measurements/index.js';
 import { findGuestBoot } from '../src/runtimes/vm/boot.js';
 import { CLI, REPO, freshHybridbox, hostTraces, stateOf } from './helpers.js';
@@ -144,6 +145,31 @@ test.serial('a tiny performance run: container victim alone and next to a CPU ho
   t.true(r.summary.some((s) => s.includes('cores')));
   // Victim and neighbour were made and removed, leaving nothing on the host.
   t.is(register.ids.size, 2);
+  t.deepEqual(hostTraces(register.ids), []);
+  t.deepEqual(await hb.sandboxes.list({ all: true }), []);
+});
+
+test.serial('a tiny performance run with limited neighbours: each reports its rate against its limit', async (t) => {
+  const register = new SandboxRegister(hb);
+  const r = await runIsolationBench(hb, { backends: ['container'], parts: ['performance'], neighbours: ['limited-disk-writer', 'limited-network-flood'], reps: 1, seconds: 2, quick: true, register });
+  t.deepEqual(
+    r.performance.map((c) => `${c.backend} ${c.neighbour}`),
+    ['container none', 'container limited-disk-writer', 'container limited-network-flood'],
+  );
+  const [, disk, net] = r.performance;
+  t.like(disk!.rate, { unit: 'MiB/s', limit: LIMITS.diskMiBps });
+  t.like(net!.rate, { unit: 'Mbit/s', limit: LIMITS.netMbit });
+  for (const c of [disk!, net!]) {
+    const rate = c.rate!;
+    t.true(typeof rate.measured === 'number' && rate.measured > 0, `${c.neighbour}: ${JSON.stringify(rate)}`);
+    t.is(rate.ratio, Math.round((100 * rate.measured!) / rate.limit!) / 100);
+    t.is(typeof c.degradationPct, 'number');
+    t.log(`${c.neighbour}: ${rate.measured} ${rate.unit} against ${rate.limit} (x${rate.ratio}); victim lost ${c.degradationPct}%`);
+  }
+  t.true(
+    r.summary.some((s) => /limit/.test(s)),
+    r.summary.join('\n'),
+  );
   t.deepEqual(hostTraces(register.ids), []);
   t.deepEqual(await hb.sandboxes.list({ all: true }), []);
 });

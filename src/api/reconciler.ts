@@ -169,7 +169,13 @@ export class Reconciler {
       const status = await backendOf(this.core, fresh).collectExit(fresh);
       await this.finish(fresh, status, status ? undefined : reason);
     } else if (fresh && fresh.state === 'exiting') {
-      return this.reconcile(fresh).catch(() => fresh);
+      // Its owner is recording the end (a monitor tearing a VM down can take seconds on a
+      // loaded host): a stop returns once the end is recorded, not while it is exiting.
+      const { ownerPid, ownerStartTime } = fresh;
+      await pollUntil(() => store.get(rec.id)?.state !== 'exiting' || ownerPid === null || !isSameProcessAlive(ownerPid, ownerStartTime), { timeoutMs: 30_000, intervalMs: 10 });
+      const after = store.get(rec.id);
+      if (after && after.state !== 'exiting') return after;
+      return this.reconcile(after ?? fresh).catch(() => after ?? fresh);
     }
     return store.get(rec.id) ?? rec;
   }

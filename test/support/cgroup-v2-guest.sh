@@ -4,9 +4,10 @@
 # real CLI and prints its output between markers, which the test parses:
 #   @@begin NAME / stdout / @@stderr / stderr / @@end NAME EXIT-CODE UPTIME-AT-START UPTIME-AT-END
 set -u
-# What a pure cgroup v2 host has: cgroup2 alone at /sys/fs/cgroup (systemd's nsdelegate),
-# and /run on a tmpfs.
-mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || exit 90
+# What a pure cgroup v2 host has: cgroup2 alone at /sys/fs/cgroup, read-write with systemd's
+# nsdelegate, and /run on a tmpfs. The agent shows the workload its cgroup2 read-only: this
+# script is root in the guest, and remounts it as such a host has it.
+mount -o remount,rw,nsdelegate /sys/fs/cgroup || exit 90
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run || exit 91
 export HYBRIDBOX_ROOT=/var/lib/hybridbox HOME=/root
 mkdir -p /tmp/bin

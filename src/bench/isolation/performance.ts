@@ -11,6 +11,7 @@ import { sleep } from '../../util/proc.js';
 import { median, summarize } from '../stats.js';
 import type { PerformanceCase } from '../../measurements/index.js';
 import { hostInterface } from '../../network/index.js';
+import { GUEST_RESERVE_MIB } from '../../runtimes/vm/limits.js';
 import { HostLatencyProbe, HostSampler, LIMITS, PROBE_IN_IMAGE, RATE_TOLERANCE, lastJson, withTimeout, type Log, type SandboxRegister } from './context.js';
 
 export const NEIGHBOURS = ['cpu-hog', 'memory-bomb', 'fork-bomb', 'disk-writer', 'limited-disk-writer', 'network-flood', 'limited-network-flood'] as const;
@@ -343,21 +344,16 @@ export function judge(
       const rss = sampler.qemuPeakRssBytes;
       return withExtra({
         contained: kills > 0 && (rss === 0 || rss <= (LIMITS.memoryMiB + 256) * MiB),
-        text: `the guest's OOM killer ended the bomb ${kills}x at <= ${maxMiB} MiB; QEMU RSS peak ${rss ? fmt(rss / MiB, 0) : '?'} MiB for ${LIMITS.memoryMiB} MiB of guest RAM`,
+        text: `the guest cgroup's memory.max (${LIMITS.memoryMiB} MiB) OOM-killed the bomb ${kills}x at <= ${maxMiB} MiB; QEMU RSS peak ${rss ? fmt(rss / MiB, 0) : '?'} MiB for ${LIMITS.memoryMiB + GUEST_RESERVE_MIB} MiB of guest RAM`,
       });
     }
     case 'fork-bomb': {
-      const forks = num(report.forks);
       const refused = num(report.forksRefused);
-      if (!vm) {
-        return withExtra({
-          contained: refused > 0 && num(report.maxAlive) <= LIMITS.pids,
-          text: `pids cap: ${refused} forks refused, ${fmt(num(report.maxAlive), 0)} processes at most (limit ${LIMITS.pids}); host processes +${hostProcs}`,
-        });
-      }
+      // The same cap in both: a container's cgroup, or the guest agent's cgroup inside a VM.
+      const where = vm ? "the guest cgroup's pids cap" : 'pids cap';
       return withExtra({
-        contained: hostProcs < 50,
-        text: `pids limit not applied in a VM: ${forks} forks inside the guest's own process table (bomb capped at 2048 alive); host processes +${hostProcs}`,
+        contained: refused > 0 && num(report.maxAlive) <= LIMITS.pids && (!vm || hostProcs < 50),
+        text: `${where}: ${refused} forks refused, ${fmt(num(report.maxAlive), 0)} processes at most (limit ${LIMITS.pids}); host processes +${hostProcs}`,
       });
     }
     case 'disk-writer':
