@@ -79,7 +79,7 @@ test.serial('container: a limit naming another disk lands on that disk', async (
 });
 
 test.serial('microvm: the throttles are on QEMU’s -drive and in QMP query-block; direct writes in the guest are held', async (t) => {
-  const s = await hb.sandboxes.runDetached({ image: 'busybox', command: ['sleep', '120'], isolation: 'microvm', resources: LIMITS });
+  const s = await hb.sandboxes.runDetached({ image: 'busybox', command: ['sleep', '120'], isolation: 'microvm', resources: { ...LIMITS, cpus: 0.5 } });
   const dir = join(hb.root, 'sandboxes', s.id);
   const qemu = readdirSync('/proc').find(
     (p) =>
@@ -98,6 +98,22 @@ test.serial('microvm: the throttles are on QEMU’s -drive and in QMP query-bloc
       .split('\0')
       .find((a) => a.startsWith('id=root,')) ?? '';
   for (const o of [`throttling.bps-read=${50 << 20}`, `throttling.bps-write=${4 << 20}`, 'throttling.iops-read=500', 'throttling.iops-write=400']) t.true(drive.includes(o), `${o} in ${drive}`);
+  // --cpus: all of QEMU's threads in its host cgroup, under the quota.
+  const cpuLine =
+    readFileSync(`/proc/${qemu}/cgroup`, 'utf8')
+      .split('\n')
+      .find((l) => /^\d+:([^:]*\bcpu\b[^:]*)?:/.test(l) || l.startsWith('0::')) ?? '';
+  t.true(cpuLine.endsWith(`/hybridbox/${s.id}/vm`), cpuLine);
+  const cpuDir = hb.host.cgroup.layout === 'v2' ? '/sys/fs/cgroup' : (hb.host.cgroup.v1.cpu ?? '');
+  const quotaFile = hb.host.cgroup.layout === 'v2' ? 'cpu.max' : 'cpu.cfs_quota_us';
+  t.is(readFileSync(join(cpuDir, 'hybridbox', s.id, 'vm', quotaFile), 'utf8').trim(), hb.host.cgroup.layout === 'v2' ? '50000 100000' : '50000');
+  const threads = readdirSync(`/proc/${qemu}/task`).length;
+  t.true(
+    readFileSync(join(cpuDir, 'hybridbox', s.id, 'vm', hb.host.cgroup.layout === 'v2' ? 'cgroup.threads' : 'tasks'), 'utf8')
+      .trim()
+      .split('\n').length >= threads,
+    'every QEMU thread is in it',
+  );
   const qmp = await QmpClient.connect(vmFiles(dir).qmpSock);
   const blocks = await qmp.execute<{ device: string; qdev?: string; inserted?: Record<string, unknown> }[]>('query-block');
   qmp.close();
@@ -113,7 +129,7 @@ test.serial('microvm: the throttles are on QEMU’s -drive and in QMP query-bloc
 });
 
 test.serial('vm (libvirt): the throttles are the disk’s <iotune>; a limit on another host disk is listed as not applied', async (t) => {
-  const resources = { ...LIMITS, ...(isBlockDevice('/dev/zram0') ? { deviceWriteBps: [{ rate: 4 << 20 }, { path: '/dev/zram0', rate: 1 << 20 }] } : {}) };
+  const resources = { ...LIMITS, cpus: 0.5, ...(isBlockDevice('/dev/zram0') ? { deviceWriteBps: [{ rate: 4 << 20 }, { path: '/dev/zram0', rate: 1 << 20 }] } : {}) };
   const s = await hb.sandboxes.runDetached({ image: 'busybox', command: ['sleep', '120'], isolation: 'vm', resources });
   const xml = (await execa('virsh', ['-c', 'qemu:///system', 'dumpxml', `hbx-${s.id}`])).stdout;
   const iotune = /<iotune>([\s\S]*?)<\/iotune>/.exec(xml)?.[1] ?? '';
@@ -125,6 +141,7 @@ test.serial('vm (libvirt): the throttles are the disk’s <iotune>; a limit on a
   ] as const) {
     t.regex(iotune, new RegExp(`<${el}>${v}</${el}>`), `${el} in ${iotune}`);
   }
+  t.regex(xml, /<global_quota>50000<\/global_quota>/, 'all of the domain under the CPU quota');
   const info = (await hb.sandboxes.inspect(s.id)) as { warnings: string[] };
   if (isBlockDevice('/dev/zram0'))
     t.true(

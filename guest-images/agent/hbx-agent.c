@@ -1250,8 +1250,7 @@ static long long mem_total_bytes(void) {
 }
 
 /*
- * The workload's cgroup (cgroup v2): the spec's pids.max and memory.max, memory.oom.group so
- * that an OOM kill takes the whole workload rather than leaving half of it, and the agent
+ * The workload's cgroup (cgroup v2): the spec's pids.max and memory.max, and the agent
  * itself outside it with oom_score_adj -1000, so neither a fork bomb nor a memory bomb can
  * take the agent or its channel down. A guest kernel without cgroup v2 runs the workload
  * unconfined, unless the host asked for a limit: then the VM does not start.
@@ -1270,7 +1269,8 @@ static void setup_cgroup(void) {
   long long mem = cfg.mem_max ? cfg.mem_max : mem_total_bytes() - AGENT_HEADROOM_BYTES;
   if (mem > 0 && !write_file(WORK_CGROUP "/memory.max", "%lld", mem)) fail("cgroup", "memory.max: %s", strerror(errno));
   (void)!write_file(WORK_CGROUP "/memory.swap.max", "0");
-  if (!write_file(WORK_CGROUP "/memory.oom.group", "1")) fail("cgroup", "memory.oom.group: %s", strerror(errno));
+  /* No memory.oom.group: as in a container, the OOM killer takes the largest process of the
+   * cgroup, and the rest of the workload (a parent that reports, an exec session) lives on. */
   cfg.cgroup = true;
 }
 

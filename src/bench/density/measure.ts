@@ -3,7 +3,7 @@
 // QEMU) and the memory the kernel charges to a cgroup of its own.
 import { readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { cgroupMounts, isUnified, sandboxPids } from '../../runtimes/container/cgroups.js';
+import { cgroupMounts, isUnified, sandboxPids } from '../../runtimes/cgroups.js';
 import type { BackendKind } from '../../spec/schema.js';
 
 /** Host memory in use: MemTotal - MemAvailable (page cache the kernel can drop does not count). */

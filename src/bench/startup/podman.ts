@@ -2,7 +2,7 @@
 // store under the benchmark's scratch directory (the host's own store is never touched).
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { removeCgroupTree } from '../../runtimes/container/cgroups.js';
+import { removeCgroupTree } from '../../runtimes/cgroups.js';
 import { CGROUP_PARENT, shimNamespaceArgs } from './raw.js';
 import { BenchRunError, findOnPath, mustSucceed, mustTool, spawnMeasurement, timedSpawn } from './proc.js';
 import { workloadArgv, type BenchContext, type Scenario } from './types.js';

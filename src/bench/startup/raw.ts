@@ -4,7 +4,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cgroupMounts, isUnified, removeCgroupTree } from '../../runtimes/container/cgroups.js';
+import { cgroupMounts, isUnified, removeCgroupTree } from '../../runtimes/cgroups.js';
 import { AgentClient } from '../../runtimes/vm/agent/index.js';
 import { vmFiles } from '../../runtimes/vm/files.js';
 import { workloadProcess, type Process } from '../../runtimes/workload.js';

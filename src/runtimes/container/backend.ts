@@ -14,7 +14,7 @@ import type { AttachOptions, AttachedRun, Backend, CreateContext, CreatedSandbox
 import { limitWarnings, type BackendDescriptor } from '../descriptor.js';
 import { diskBehind } from '../../host/blockdev.js';
 import { containerLimits, ociThrottles } from './limits.js';
-import { cgroupCaps, ensureSandboxCgroup, hostOomKills, isUnified, leafPath, readUsage, removeCgroups, sandboxPids } from './cgroups.js';
+import { cgroupCaps, ensureSandboxCgroup, hostOomKills, isUnified, leafPath, readUsage, removeCgroups, sandboxPids } from '../cgroups.js';
 import { buildOciConfig } from './oci-config.js';
 
 export type OciRuntimeName = 'crun' | 'runc';

@@ -1,6 +1,6 @@
 import type { Image } from '../../images/index.js';
 import type { WorkloadSpec } from '../../spec/schema.js';
-import type { CgroupCaps } from './cgroups.js';
+import type { CgroupCaps } from '../cgroups.js';
 import { workloadProcess } from '../workload.js';
 import { seccompProfile } from './seccomp.js';
 

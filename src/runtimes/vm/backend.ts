@@ -22,6 +22,7 @@ import {
 } from '../backend.js';
 import { limitWarnings, type BackendDescriptor } from '../descriptor.js';
 import { diskBehind } from '../../host/blockdev.js';
+import { removeCgroups } from '../cgroups.js';
 import { guestCgroupLimits, guestMemoryMiB, vmDiskThrottle, vmLimits } from './limits.js';
 import { workloadProcess, type Process, resolveUser } from '../workload.js';
 import { decodeJsonPayload, encodeFrame, FrameDecoder, MAX_PAYLOAD } from './agent/index.js';
@@ -348,6 +349,8 @@ export class VmBackend implements Backend {
   async teardown(rec: { id: string; runtime: Record<string, unknown> }): Promise<void> {
     const rt = this.rt(rec);
     if (rt.dir) await this.launcher.destroy(rec.id, vmFiles(rt.dir));
+    // A microVM's QEMU ran under /hybridbox/<id>/vm (--cpus); empty once QEMU is gone.
+    removeCgroups(rec.id);
     const complete = rt.machine !== undefined;
     if (!complete || rt.machine.tap) await this.network.detach(rec.id);
     if (!complete || rt.ip) this.store.releaseLeases(rec.id);

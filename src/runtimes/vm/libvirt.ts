@@ -81,7 +81,10 @@ export function domainXml(spec: MachineSpec, files: VmFiles): string {
       // The hard limit is applied once the domain exists (see launch): given here, libvirt also
       // raises QEMU's RLIMIT_MEMLOCK to it, which hosts without CAP_SYS_RESOURCE refuse.
       memtune: { soft_limit: { $: { unit: 'MiB' }, _: String(memoryLimitMiB(spec)) } },
-      ...(spec.cpuQuota !== null ? { cputune: { period: '100000', quota: String(Math.round(spec.cpuQuota * 100_000)) } } : {}),
+      // quota holds each vCPU thread; global_quota all of the domain's QEMU (device emulation too).
+      ...(spec.cpuQuota !== null
+        ? { cputune: { period: '100000', quota: String(Math.round(spec.cpuQuota * 100_000)), global_period: '100000', global_quota: String(Math.round(spec.cpuQuota * 100_000)) } }
+        : {}),
       devices,
       // Files stay root's: libvirt would otherwise chown them to its qemu user, and a
       // sandbox directory is not readable by that user.

@@ -55,9 +55,9 @@ export function vmLimits(kind: Extract<BackendKind, 'microvm' | 'vm'>, spec: Wor
     out.push({
       field: 'resources.cpus',
       value: `${r.cpus} CPUs`,
-      mechanism: micro ? `QEMU -smp ${vcpus}` : `libvirt <vcpu>${vcpus}</vcpu>, <cputune><period>100000</period><quota>${quota}</quota></cputune>`,
-      // A microVM's QEMU runs in no host cgroup of its own: whole vCPUs are its only CPU limit.
-      ...(micro && vcpus !== r.cpus ? { note: `a microVM gets whole vCPUs: ${r.cpus} CPUs is ${vcpus} vCPU${vcpus > 1 ? 's' : ''} here` } : {}),
+      mechanism: micro
+        ? `QEMU -smp ${vcpus}, all of QEMU in the host cgroup /hybridbox/${target.id ?? '<id>'}/vm with cpu quota ${quota} per 100000 µs`
+        : `libvirt <vcpu>${vcpus}</vcpu>, <cputune><quota>${quota}</quota> per vCPU and <global_quota>${quota}</global_quota> for all of QEMU, per 100000 µs</cputune>`,
     });
   }
   if (r.memoryMiB !== undefined) {

@@ -5,6 +5,7 @@ import { lastLine, spawnChild } from '../../util/exec.js';
 import { packageRoot } from '../../util/paths.js';
 import { isSameProcessAlive, pollUntil, within } from '../../util/proc.js';
 import { QmpClient } from './qmp.js';
+import { cpuQuotaCgroup } from '../cgroups.js';
 import type { VmFiles } from './files.js';
 import type { MachineHandle, MachineLauncher, MachineSpec } from './machine.js';
 import type { DeviceLimitField } from '../../spec/schema.js';
@@ -146,7 +147,10 @@ export const microvmLauncher: MachineLauncher = {
     if (!existsSync(shim)) throw new HostCapabilityError(`${shim} is missing; run \`npm run setup\` to build it`);
     // Through the shim for its parent-death signal: QEMU never outlives its supervisor.
     const argv = microvmArgv(spec, files);
-    const { process: child, done } = spawnChild(shim, ['--pdeathsig', 'KILL', '--', ...argv]);
+    // With --cpus, all of QEMU (vCPUs, device emulation, its share of the tap's packet
+    // processing) runs under the quota, from its first instruction.
+    const quota = spec.cpuQuota !== null ? ['--join-cgroup', cpuQuotaCgroup(spec.id, spec.cpuQuota)] : [];
+    const { process: child, done } = spawnChild(shim, [...quota, '--pdeathsig', 'KILL', '--', ...argv]);
     let ended = false;
     const stopped = done.then(
       () => void (ended = true),

@@ -9,6 +9,8 @@
  *   --ro-self PATH         (repeat)   bind PATH over itself read-only (skipped if PATH is missing)
  *   --overlay LOWER UPPER WORK TARGET overlayfs at TARGET (LOWER may be a colon-separated list)
  *   --pdeathsig SIG                   PR_SET_PDEATHSIG (KILL, SIGKILL or a number)
+ *   --join-cgroup PROCS    (repeat)   write "0" to PROCS (a cgroup.procs file): PROGRAM and every
+ *                                     thread it makes run in that cgroup from the first instruction
  *   --stdout FILE, --stderr FILE      append to FILE (created 0600)
  *   --stdin-null                      stdin from /dev/null
  * Monitor mode:
@@ -66,7 +68,7 @@
 
 static const char USAGE[] =
     "usage: hbx-shim [--private-mounts] [--mask-dir PATH]... [--ro-self PATH]... "
-    "[--overlay LOWER UPPER WORK TARGET] [--pdeathsig SIG] [--stdout FILE] [--stderr FILE] "
+    "[--overlay LOWER UPPER WORK TARGET] [--join-cgroup PROCS] [--pdeathsig SIG] [--stdout FILE] [--stderr FILE] "
     "[--stdin-null] [--exit-file FILE [--on-exit SHELLCMD] [--timeout-ms N [--grace-ms M] [--pid-file PATH]]] -- PROGRAM [ARGS...]";
 
 struct options {
@@ -77,6 +79,8 @@ struct options {
   int n_ro_selves;
   const char *overlay[4]; /* lower, upper, work, target; overlay[3] == NULL: none */
   int pdeathsig;          /* 0: none */
+  const char *join_cgroups[MAX_REPEAT];
+  int n_join_cgroups;
   const char *stdout_path;
   const char *stderr_path;
   bool stdin_null;
@@ -191,6 +195,9 @@ static void parse(int argc, char **argv, struct options *o) {
     } else if (strcmp(a, "--overlay") == 0) {
       if (o->overlay[3]) usage_error("repeated option", a);
       for (int k = 0; k < 4; k++) o->overlay[k] = take(argc, argv, &i, a);
+    } else if (strcmp(a, "--join-cgroup") == 0) {
+      if (o->n_join_cgroups == MAX_REPEAT) usage_error("too many", a);
+      o->join_cgroups[o->n_join_cgroups++] = take(argc, argv, &i, a);
     } else if (strcmp(a, "--pdeathsig") == 0) {
       if (o->pdeathsig) usage_error("repeated option", a);
       const char *v = take(argc, argv, &i, a);
@@ -353,6 +360,11 @@ static _Noreturn void setup_and_exec(const struct options *o, pid_t expected_par
   if (o->stdout_path) redirect(o->stdout_path, O_WRONLY | O_CREAT | O_APPEND, 0600, STDOUT_FILENO, "stdout");
   if (o->stderr_path) redirect(o->stderr_path, O_WRONLY | O_CREAT | O_APPEND, 0600, STDERR_FILENO, "stderr");
   if (o->stdin_null) redirect("/dev/null", O_RDONLY, 0, STDIN_FILENO, "stdin");
+  for (int k = 0; k < o->n_join_cgroups; k++) {
+    int fd = open(o->join_cgroups[k], O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, "0", 1) != 1) setup_failed("join cgroup", o->join_cgroups[k]);
+    close(fd);
+  }
   execvp(o->argv[0], o->argv);
   int err = errno;
   say("hbx-shim: cannot exec %s: %s", o->argv[0], strerror(err));

@@ -1,6 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { readMountinfo } from '../../util/mountinfo.js';
+import { readMountinfo } from '../util/mountinfo.js';
 
 /**
  * Sandbox cgroups live at /hybridbox/<id>/ctr in every hierarchy. The runtime creates and
@@ -229,6 +229,30 @@ export function ensureSandboxCgroup(id: string): void {
       }
     }
   }
+}
+
+/**
+ * A CPU quota for a process that is not a container (a microVM's QEMU, all its threads):
+ * /hybridbox/<id>/vm in the cpu hierarchy, at `cpus` CPUs per 100 ms period. Returns its
+ * cgroup.procs, for the process to join before it execs (hbx-shim --join-cgroup); removed
+ * with the sandbox's other cgroups (removeCgroups).
+ */
+export function cpuQuotaCgroup(id: string, cpus: number): string {
+  const base = controllerDir('cpu');
+  if (!base) throw new Error('no cpu cgroup controller on this host');
+  ensureSandboxCgroup(id);
+  const dir = join(base, sandboxPath(id), 'vm');
+  mkdirSync(dir, { recursive: true });
+  const quota = Math.round(cpus * 100_000);
+  if (isUnified()) {
+    // The controller must be enabled on every level above the leaf.
+    for (const d of [base, join(base, CGROUP_PARENT), join(base, sandboxPath(id))]) writeFileSync(join(d, 'cgroup.subtree_control'), '+cpu');
+    writeFileSync(join(dir, 'cpu.max'), `${quota} 100000`);
+  } else {
+    writeFileSync(join(dir, 'cpu.cfs_period_us'), '100000');
+    writeFileSync(join(dir, 'cpu.cfs_quota_us'), String(quota));
+  }
+  return join(dir, 'cgroup.procs');
 }
 
 /**
