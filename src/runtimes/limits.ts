@@ -52,6 +52,11 @@ export function deviceLimitEntries(spec: WorkloadSpec): DeviceLimitEntry[] {
 /** A disk limit with the disk it lands on: what a backend applies (null: no disk to apply it to). */
 export interface ResolvedDeviceLimit extends DeviceLimitEntry {
   disk: BlockDevice | null | undefined;
+  /**
+   * Another limit of the same field on the same disk with a lower rate (or the same rate,
+   * earlier): the kernel keeps one rate per disk, so that one holds and this one does not.
+   */
+  shadowedBy?: DeviceLimitEntry;
 }
 
 /**
@@ -60,7 +65,20 @@ export interface ResolvedDeviceLimit extends DeviceLimitEntry {
  * `inspect` shows and the values a backend writes both come from here, so they agree.
  */
 export function resolveDeviceLimits(spec: WorkloadSpec, target: LimitTarget): ResolvedDeviceLimit[] {
-  return deviceLimitEntries(spec).map((e) => ({ ...e, disk: e.path === undefined ? target.disk : diskOfNode(e.path) }));
+  const out: ResolvedDeviceLimit[] = deviceLimitEntries(spec).map((e) => ({ ...e, disk: e.path === undefined ? target.disk : diskOfNode(e.path) }));
+  // `10mb` and `/dev/vda:5mb` are different paths to validation but one disk to the kernel.
+  const holder = new Map<string, ResolvedDeviceLimit>();
+  for (const e of out) {
+    if (!e.disk) continue;
+    const key = `${e.field} ${devNumbers(e.disk)}`;
+    const held = holder.get(key);
+    if (held === undefined || e.rate < held.rate) holder.set(key, e);
+  }
+  for (const e of out) {
+    const held = e.disk ? holder.get(`${e.field} ${devNumbers(e.disk)}`) : undefined;
+    if (held !== undefined && held !== e) e.shadowedBy = held;
+  }
+  return out;
 }
 
 /** `resources.deviceWriteBps[0]` */

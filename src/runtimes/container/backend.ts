@@ -13,7 +13,7 @@ import { TIMEOUT_EXIT_CODE, TIMEOUT_GRACE_MS } from '../backend.js';
 import type { AttachOptions, AttachedRun, Backend, CreateContext, CreatedSandbox, ExecOptions, ExitStatus, SelfInvocation, WorkloadSignal } from '../backend.js';
 import { limitWarnings, type BackendDescriptor } from '../descriptor.js';
 import { diskBehind } from '../../host/blockdev.js';
-import { containerLimits, ociThrottles } from './limits.js';
+import { containerDiskLimits, containerLimits, ociThrottles } from './limits.js';
 import { cgroupCaps, ensureSandboxCgroup, hostOomKills, isUnified, leafPath, readUsage, removeCgroups, sandboxPids } from '../cgroups.js';
 import { buildOciConfig } from './oci-config.js';
 
@@ -141,8 +141,10 @@ export class ContainerBackend implements Backend {
     try {
       const caps = cgroupCaps(ctx.spec.resources.ioWeight !== undefined ? ctx.id : undefined);
       const target = { id: ctx.id, disk: diskBehind(f.upper) };
-      limits = containerLimits(ctx.spec, this.host, target, { ioWeight: caps.ioWeight });
-      const blockIOThrottles = ociThrottles(ctx.spec, target);
+      // One resolution of the disks for the plan and for crun, so inspect shows what holds.
+      const disk = containerDiskLimits(ctx.spec, this.host, target);
+      limits = containerLimits(ctx.spec, this.host, target, { ioWeight: caps.ioWeight }, disk);
+      const blockIOThrottles = ociThrottles(disk);
       if (ctx.spec.trust === 'untrusted') {
         const slot = this.store.tx(() =>
           this.store.lease(

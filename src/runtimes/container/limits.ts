@@ -1,5 +1,5 @@
 import type { HostInfo } from '../../host/types.js';
-import { netRateWords, diskWords, entryField, notApplied, rateWords, resolveDeviceLimits, type LimitTarget } from '../limits.js';
+import { DEVICE_FIELD_WORDS, netRateWords, diskWords, entryField, notApplied, rateWords, resolveDeviceLimits, type LimitTarget } from '../limits.js';
 import { devNumbers } from '../../host/blockdev.js';
 import type { DeviceLimitField, WorkloadSpec } from '../../spec/schema.js';
 import type { LimitEnforcement } from '../descriptor.js';
@@ -15,25 +15,26 @@ const V1_THROTTLE: Record<DeviceLimitField, string> = {
 export const IO_MAX_KEY: Record<DeviceLimitField, string> = { deviceReadBps: 'rbps', deviceWriteBps: 'wbps', deviceReadIops: 'riops', deviceWriteIops: 'wiops' };
 
 /** The OCI runtime spec's linux.resources.blockIO list for each disk limit. */
-const OCI_THROTTLE: Record<DeviceLimitField, string> = {
+const OCI_THROTTLE = {
   deviceReadBps: 'throttleReadBpsDevice',
   deviceWriteBps: 'throttleWriteBpsDevice',
   deviceReadIops: 'throttleReadIOPSDevice',
   deviceWriteIops: 'throttleWriteIOPSDevice',
-};
+} as const satisfies Record<DeviceLimitField, string>;
 
-/**
- * The OCI blockIO throttles for a spec's disk limits, from the same resolution as the plan:
- * a limit with no disk to land on is left out (the plan says it is not applied). crun
- * writes them to blkio.throttle.* (v1) or io.max (v2).
- */
-export function ociThrottles(spec: WorkloadSpec, target: LimitTarget): Record<string, { major: number; minor: number; rate: number }[]> {
-  const out: Record<string, { major: number; minor: number; rate: number }[]> = {};
-  for (const e of resolveDeviceLimits(spec, target)) {
-    if (!e.disk) continue;
-    const key = OCI_THROTTLE[e.field];
-    out[key] = [...(out[key] ?? []), { major: e.disk.major, minor: e.disk.minor, rate: e.rate }];
-  }
+/** linux.resources.blockIO's throttle lists: crun writes them to blkio.throttle.* (v1) or io.max (v2). */
+export type BlockIOThrottles = Partial<Record<(typeof OCI_THROTTLE)[DeviceLimitField], { major: number; minor: number; rate: number }[]>>;
+
+/** A disk limit's line in the plan, and what the runtime is told to write for it (null: nothing). */
+export interface ContainerDiskLimit {
+  enforcement: LimitEnforcement;
+  throttle: { field: DeviceLimitField; major: number; minor: number; rate: number } | null;
+}
+
+/** The OCI throttles of a plan's disk limits: exactly the ones it marks applied. */
+export function ociThrottles(disk: ContainerDiskLimit[]): BlockIOThrottles {
+  const out: BlockIOThrottles = {};
+  for (const { throttle: t } of disk) if (t) (out[OCI_THROTTLE[t.field]] ??= []).push({ major: t.major, minor: t.minor, rate: t.rate });
   return out;
 }
 
@@ -50,14 +51,16 @@ export interface ContainerLimitHost {
  * How a container enforces each limit of its spec: the cgroup files the runtime writes in
  * the sandbox's cgroup (`/hybridbox/<id>/ctr`), and tc on its veth for the network.
  */
-export function containerLimits(spec: WorkloadSpec, host: HostInfo, target: LimitTarget, caps: ContainerLimitHost = {}): LimitEnforcement[] {
+export function containerLimits(
+  spec: WorkloadSpec,
+  host: HostInfo,
+  target: LimitTarget,
+  caps: ContainerLimitHost = {},
+  disk: ContainerDiskLimit[] = containerDiskLimits(spec, host, target),
+): LimitEnforcement[] {
   const v2 = host.cgroup.layout === 'v2';
   const r = spec.resources;
-  const where = (controller: string): string => {
-    const leaf = `hybridbox/${target.id ?? '<id>'}/ctr`;
-    return v2 ? `/sys/fs/cgroup/${leaf}` : `${host.cgroup.v1[controller] ?? `/sys/fs/cgroup/${controller}`}/${leaf}`;
-  };
-  const file = (controller: string, name: string, value: string): string => `cgroup ${v2 ? 'v2' : 'v1'} ${where(controller)}/${name} = ${JSON.stringify(value)}`;
+  const file = cgroupFile(host, target);
   const out: LimitEnforcement[] = [];
   if (r.cpus !== undefined) {
     const quota = String(Math.round(r.cpus * 100_000));
@@ -99,25 +102,44 @@ export function containerLimits(spec: WorkloadSpec, host: HostInfo, target: Limi
       });
     }
   }
-  for (const e of resolveDeviceLimits(spec, target)) {
-    const disk = e.disk;
-    const value = `${rateWords(e.field, e.rate)} on ${diskWords(disk, e.path)}`;
-    if (disk === null) {
-      out.push(
-        notApplied(
-          entryField(e),
-          value,
-          e.path === undefined ? "the sandbox's writable layer is on no block device (a tmpfs or network file system): name a device" : `${e.path} is not a block device`,
-        ),
-      );
-      continue;
-    }
-    const dev = disk ? devNumbers(disk) : 'MAJ:MIN';
-    const mechanism = v2 ? file('io', 'io.max', `${dev} ${IO_MAX_KEY[e.field]}=${e.rate}`) : file('blkio', V1_THROTTLE[e.field], `${dev} ${e.rate}`);
-    out.push({ field: entryField(e), value, mechanism, ...(!v2 && (e.field === 'deviceWriteBps' || e.field === 'deviceWriteIops') ? { note: V1_BUFFERED_WRITES } : {}) });
-  }
+  out.push(...disk.map((d) => d.enforcement));
   if (r.netRateKbit !== undefined) {
     out.push({ field: 'resources.netRateKbit', value: `${netRateWords(r.netRateKbit)} each direction`, mechanism: describeShaping({ id: target.id, kind: 'veth', kbit: r.netRateKbit }) });
   }
   return out;
+}
+
+/** How the plan names a file in the sandbox's cgroup (`/hybridbox/<id>/ctr`) and the value written to it. */
+function cgroupFile(host: HostInfo, target: LimitTarget): (controller: string, name: string, value: string) => string {
+  const v2 = host.cgroup.layout === 'v2';
+  const leaf = `hybridbox/${target.id ?? '<id>'}/ctr`;
+  const where = (controller: string): string => (v2 ? `/sys/fs/cgroup/${leaf}` : `${host.cgroup.v1[controller] ?? `/sys/fs/cgroup/${controller}`}/${leaf}`);
+  return (controller, name, value) => `cgroup ${v2 ? 'v2' : 'v1'} ${where(controller)}/${name} = ${JSON.stringify(value)}`;
+}
+
+/**
+ * Each disk limit's plan line and its OCI throttle, from one resolution of the disks, so
+ * `inspect` shows exactly what crun is given: a limit with no disk to land on, or one a
+ * lower rate on the same disk overrides, is listed as not applied and given to nobody.
+ */
+export function containerDiskLimits(spec: WorkloadSpec, host: HostInfo, target: LimitTarget): ContainerDiskLimit[] {
+  const v2 = host.cgroup.layout === 'v2';
+  const file = cgroupFile(host, target);
+  return resolveDeviceLimits(spec, target).map((e): ContainerDiskLimit => {
+    const disk = e.disk;
+    const value = `${rateWords(e.field, e.rate)} on ${diskWords(disk, e.path)}`;
+    if (disk === null) {
+      const why = e.path === undefined ? "the sandbox's writable layer is on no block device (a tmpfs or network file system): name a device" : `${e.path} is not a block device`;
+      return { enforcement: notApplied(entryField(e), value, why), throttle: null };
+    }
+    if (e.shadowedBy) {
+      const why = `resources.${e.field}[${e.shadowedBy.index}] sets ${rateWords(e.field, e.shadowedBy.rate)} on the same disk, and a disk has one ${DEVICE_FIELD_WORDS[e.field].what} limit: the lower one holds`;
+      return { enforcement: notApplied(entryField(e), value, why), throttle: null };
+    }
+    const dev = disk ? devNumbers(disk) : 'MAJ:MIN';
+    const mechanism = v2 ? file('io', 'io.max', `${dev} ${IO_MAX_KEY[e.field]}=${e.rate}`) : file('blkio', V1_THROTTLE[e.field], `${dev} ${e.rate}`);
+    const note = !v2 && (e.field === 'deviceWriteBps' || e.field === 'deviceWriteIops') ? { note: V1_BUFFERED_WRITES } : {};
+    // Before the sandbox exists (`place`) the disk is not known: a plan, nothing to write yet.
+    return { enforcement: { field: entryField(e), value, mechanism, ...note }, throttle: disk ? { field: e.field, major: disk.major, minor: disk.minor, rate: e.rate } : null };
+  });
 }

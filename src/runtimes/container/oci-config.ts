@@ -1,6 +1,7 @@
 import type { Image } from '../../images/index.js';
 import type { WorkloadSpec } from '../../spec/schema.js';
 import type { CgroupCaps } from '../cgroups.js';
+import type { BlockIOThrottles } from './limits.js';
 import { workloadProcess } from '../workload.js';
 import { seccompProfile } from './seccomp.js';
 
@@ -24,8 +25,8 @@ export interface OciInputs {
   /** Host uid/gid that container root maps to (user namespace), or null for none. */
   userns: { hostId: number; size: number } | null;
   cgroupCaps: CgroupCaps;
-  /** linux.resources.blockIO throttle lists (container/limits.ts: ociThrottles). */
-  blockIOThrottles?: Record<string, { major: number; minor: number; rate: number }[]>;
+  /** The disk limits the plan applies (container/limits.ts: ociThrottles); none: no throttles. */
+  blockIOThrottles?: BlockIOThrottles;
 }
 
 const DEFAULT_CAPS = [
