@@ -81,6 +81,10 @@ export function resolveDeviceLimits(spec: WorkloadSpec, target: LimitTarget): Re
   return out;
 }
 
+/** Why a limit another one on the same disk overrides is not applied (every backend holds the lower). */
+export const shadowedNote = (e: ResolvedDeviceLimit & { shadowedBy: DeviceLimitEntry }): string =>
+  `resources.${e.field}[${e.shadowedBy.index}] sets ${rateWords(e.field, e.shadowedBy.rate)} on the same disk, and a disk has one ${DEVICE_FIELD_WORDS[e.field].what} limit: the lower one holds`;
+
 /** `resources.deviceWriteBps[0]` */
 export const entryField = (e: DeviceLimitEntry): string => `resources.${e.field}[${e.index}]`;
 

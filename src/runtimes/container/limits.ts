@@ -1,5 +1,5 @@
 import type { HostInfo } from '../../host/types.js';
-import { DEVICE_FIELD_WORDS, netRateWords, diskWords, entryField, notApplied, rateWords, resolveDeviceLimits, type LimitTarget } from '../limits.js';
+import { netRateWords, diskWords, entryField, notApplied, rateWords, resolveDeviceLimits, shadowedNote, type LimitTarget } from '../limits.js';
 import { devNumbers } from '../../host/blockdev.js';
 import type { DeviceLimitField, WorkloadSpec } from '../../spec/schema.js';
 import type { LimitEnforcement } from '../descriptor.js';
@@ -132,10 +132,7 @@ export function containerDiskLimits(spec: WorkloadSpec, host: HostInfo, target: 
       const why = e.path === undefined ? "the sandbox's writable layer is on no block device (a tmpfs or network file system): name a device" : `${e.path} is not a block device`;
       return { enforcement: notApplied(entryField(e), value, why), throttle: null };
     }
-    if (e.shadowedBy) {
-      const why = `resources.${e.field}[${e.shadowedBy.index}] sets ${rateWords(e.field, e.shadowedBy.rate)} on the same disk, and a disk has one ${DEVICE_FIELD_WORDS[e.field].what} limit: the lower one holds`;
-      return { enforcement: notApplied(entryField(e), value, why), throttle: null };
-    }
+    if (e.shadowedBy) return { enforcement: notApplied(entryField(e), value, shadowedNote({ ...e, shadowedBy: e.shadowedBy })), throttle: null };
     const dev = disk ? devNumbers(disk) : 'MAJ:MIN';
     const mechanism = v2 ? file('io', 'io.max', `${dev} ${IO_MAX_KEY[e.field]}=${e.rate}`) : file('blkio', V1_THROTTLE[e.field], `${dev} ${e.rate}`);
     const note = !v2 && (e.field === 'deviceWriteBps' || e.field === 'deviceWriteIops') ? { note: V1_BUFFERED_WRITES } : {};

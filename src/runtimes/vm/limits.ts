@@ -1,7 +1,7 @@
 import type { HostInfo } from '../../host/types.js';
 import type { BackendKind, DeviceLimitField, WorkloadSpec } from '../../spec/schema.js';
 import { describeShaping } from '../../network/index.js';
-import { diskWords, entryField, netRateWords, notApplied, rateWords, resolveDeviceLimits, type LimitTarget, type ResolvedDeviceLimit } from '../limits.js';
+import { diskWords, entryField, netRateWords, notApplied, rateWords, resolveDeviceLimits, shadowedNote, type LimitTarget, type ResolvedDeviceLimit } from '../limits.js';
 import type { LimitEnforcement } from '../descriptor.js';
 
 /** Guest RAM when the spec sets no memory limit. */
@@ -74,6 +74,11 @@ export function vmLimits(kind: Extract<BackendKind, 'microvm' | 'vm'>, spec: Wor
     const value = `${rateWords(e.field, e.rate)} on the VM's disk${e.path ? ` (asked for ${e.path})` : ''}`;
     if (!landsOnVmDisk(e, target)) {
       out.push(notApplied(entryField(e), value, `a VM's only disk is its overlay on ${diskWords(target.disk)}; ${e.path} carries none of its IO`));
+      continue;
+    }
+    // vmDiskThrottle keeps the lowest of two limits on the VM's disk, as a container's cgroup does.
+    if (e.shadowedBy) {
+      out.push(notApplied(entryField(e), value, shadowedNote({ ...e, shadowedBy: e.shadowedBy })));
       continue;
     }
     out.push({
