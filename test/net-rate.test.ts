@@ -87,9 +87,16 @@ async function transfer(from: Side, to: Side, seconds: number, whileRunning?: (i
     { remove: true },
   );
   if (whileRunning) {
-    // The sender's id exists once it is created; look while both run.
+    // The record exists before its interfaces do: look once the sender runs, while both do.
     let senderId: string | undefined;
-    for (let i = 0; i < 600 && !(senderId = hb.sandboxes.find(`send-${tag}`)?.id); i++) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 1200; i++) {
+      const s = hb.sandboxes.find(`send-${tag}`);
+      if (s?.state === 'running') {
+        senderId = s.id;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 25));
+    }
     if (senderId) await whileRunning({ sink: sinkInfo.id, sender: senderId });
   }
   const s = await sender;
