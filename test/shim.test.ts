@@ -1,6 +1,6 @@
 import test from 'ava';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { readMountinfo } from '../src/util/mountinfo.js';
@@ -163,6 +163,28 @@ rootTest('--mask-dir covers a cgroup2 mount point and ignores anything else', (t
   t.is(r.status, 0, r.stderr);
   t.is(r.stdout, `${cg2 ? '0\n' : ''}keep\n`);
   if (!cg2) t.log('no cgroup2 mount on this host: only the skip path was tested');
+});
+
+rootTest('--join-cgroup: PROGRAM runs in the cgroup from its start; a missing cgroup fails before PROGRAM runs', (t) => {
+  // A real cgroup in whichever hierarchy has the cpu controller (the unified one on cgroup v2).
+  const m = readMountinfo().find((x) => (x.fstype === 'cgroup' && x.superOptions.includes('cpu')) || (x.fstype === 'cgroup2' && x.mountPoint === '/sys/fs/cgroup'));
+  if (!m) return t.fail('no cpu cgroup hierarchy');
+  const dir = join(m.mountPoint, `hbx-shim-test-${process.pid}`);
+  mkdirSync(dir);
+  try {
+    // PROGRAM reads its own /proc/self/cgroup: had it been moved after exec, it would still show the old one.
+    const r = run(['--join-cgroup', join(dir, 'cgroup.procs'), '--', 'cat', '/proc/self/cgroup']);
+    t.is(r.status, 0, r.stderr);
+    const line = r.stdout.split('\n').find((l) => (m.fstype === 'cgroup2' ? l.startsWith('0::') : (l.split(':')[1] ?? '').split(',').includes('cpu')));
+    t.is(line?.split(':')[2], `/hbx-shim-test-${process.pid}`, r.stdout);
+    const marker = join(freshDir('cg'), 'ran');
+    const bad = run(['--join-cgroup', join(dir, 'nope', 'cgroup.procs'), '--', 'touch', marker]);
+    t.is(bad.status, 125);
+    t.is(bad.stderr, `hbx-shim: join cgroup ${join(dir, 'nope', 'cgroup.procs')}: No such file or directory\n`);
+    t.false(existsSync(marker));
+  } finally {
+    rmdirSync(dir);
+  }
 });
 
 rootTest('a failing setup step prints one line and exits 125 before PROGRAM runs', (t) => {
