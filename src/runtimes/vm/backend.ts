@@ -349,11 +349,14 @@ export class VmBackend implements Backend {
   async teardown(rec: { id: string; runtime: Record<string, unknown> }): Promise<void> {
     const rt = this.rt(rec);
     if (rt.dir) await this.launcher.destroy(rec.id, vmFiles(rt.dir));
-    // A microVM's QEMU ran under /hybridbox/<id>/vm (--cpus); empty once QEMU is gone.
-    removeCgroups(rec.id);
+    // A microVM's QEMU ran under /hybridbox/<id>/vm (--cpus). A QEMU whose supervisor died is
+    // reaped by the host's PID 1, which can be slow, and keeps the cgroup busy until then.
+    let left: string[] = [];
+    await pollUntil(() => (left = removeCgroups(rec.id)).length === 0, { timeoutMs: 5000, intervalMs: 20 });
     const complete = rt.machine !== undefined;
     if (!complete || rt.machine.tap) await this.network.detach(rec.id);
     if (!complete || rt.ip) this.store.releaseLeases(rec.id);
+    if (left.length) throw new RuntimeError(`could not remove cgroup ${left[0]} of sandbox ${rec.id}`);
   }
 
   async describe(rec: SandboxRecord): Promise<Record<string, unknown>> {
