@@ -609,6 +609,20 @@ static void close_fd(int *fd) {
   *fd = -1;
 }
 
+static bool write_file(const char *path, const char *fmt, ...) {
+  char b[64];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(b, sizeof b, fmt, ap);
+  va_end(ap);
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  bool ok = fd >= 0 && write(fd, b, n) == n;
+  int e = errno;
+  if (fd >= 0) close(fd);
+  errno = e;
+  return ok;
+}
+
 static _Noreturn void child_fail(int code, const char *what, const char *arg, int err) {
   dprintf(2, "hbx-agent: %s %s: %s\n", what, arg, strerror(err));
   _exit(code);
@@ -693,13 +707,8 @@ static _Noreturn void child_exec(const struct spec *s, int in, int out, int err)
    * killer's reach, which the agent (and so this fork of it) is kept out of. Joining works
    * even at pids.max (the pids controller never refuses a migration), so an exec still
    * starts next to a fork bomb. */
-  if (cfg.cgroup) {
-    int fd = open(WORK_CGROUP "/cgroup.procs", O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || write(fd, "0", 1) != 1) child_fail(126, "join cgroup", WORK_CGROUP, errno);
-    close(fd);
-  }
-  int adj = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-  if (adj >= 0) (void)!write(adj, "0", 1), close(adj);
+  if (cfg.cgroup && !write_file(WORK_CGROUP "/cgroup.procs", "0")) child_fail(126, "join cgroup", WORK_CGROUP, errno);
+  (void)!write_file("/proc/self/oom_score_adj", "0");
   const char *root = cfg.test_root ? cfg.test_root : NEWROOT;
   if (chroot(root) || chdir("/")) child_fail(126, "chroot", root, errno);
   if (chdir(s->workdir)) {
@@ -1222,20 +1231,6 @@ static void apply_param(char *tok) {
   } else {
     say("cmdline: ignoring unknown hbx.%s", k);
   }
-}
-
-static bool write_file(const char *path, const char *fmt, ...) {
-  char b[64];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(b, sizeof b, fmt, ap);
-  va_end(ap);
-  int fd = open(path, O_WRONLY | O_CLOEXEC);
-  bool ok = fd >= 0 && write(fd, b, n) == n;
-  int e = errno;
-  if (fd >= 0) close(fd);
-  errno = e;
-  return ok;
 }
 
 static long long mem_total_bytes(void) {

@@ -689,19 +689,25 @@ static int disk_writer(double seconds, const char *dir) {
   return 0;
 }
 
+/* An IPv4 address and port; ip NULL: any address (a listener). 0, said on stderr, when ip is not one. */
+static int ipv4_address(const char *mode, const char *ip, int port, struct sockaddr_in *out) {
+  memset(out, 0, sizeof *out);
+  out->sin_family = AF_INET;
+  out->sin_port = htons((uint16_t)port);
+  if (ip && inet_pton(AF_INET, ip, &out->sin_addr) != 1) {
+    fprintf(stderr, "%s: bad address %s\n", mode, ip);
+    return 0;
+  }
+  return 1;
+}
+
 static int udp_flood(double seconds, const char *ip, int port) {
+  struct sockaddr_in to;
+  if (!ipv4_address("udp-flood", ip, port, &to)) return 2;
   int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     perror("socket");
     return 1;
-  }
-  struct sockaddr_in to;
-  memset(&to, 0, sizeof to);
-  to.sin_family = AF_INET;
-  to.sin_port = htons((uint16_t)port);
-  if (inet_pton(AF_INET, ip, &to.sin_addr) != 1) {
-    fprintf(stderr, "udp-flood: bad address %s\n", ip);
-    return 2;
   }
   char payload[1400];
   memset(payload, 'x', sizeof payload);
@@ -734,9 +740,7 @@ static int tcp_sink(double seconds, int port) {
   }
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   struct sockaddr_in at;
-  memset(&at, 0, sizeof at);
-  at.sin_family = AF_INET;
-  at.sin_port = htons((uint16_t)port);
+  ipv4_address("tcp-sink", NULL, port, &at);
   if (bind(fd, (struct sockaddr *)&at, sizeof at) < 0 || listen(fd, 1) < 0) {
     perror("tcp-sink: bind/listen");
     return 1;
@@ -767,13 +771,7 @@ static int tcp_sink(double seconds, int port) {
 
 static int tcp_send(double seconds, const char *ip, int port) {
   struct sockaddr_in to;
-  memset(&to, 0, sizeof to);
-  to.sin_family = AF_INET;
-  to.sin_port = htons((uint16_t)port);
-  if (inet_pton(AF_INET, ip, &to.sin_addr) != 1) {
-    fprintf(stderr, "tcp-send: bad address %s\n", ip);
-    return 2;
-  }
+  if (!ipv4_address("tcp-send", ip, port, &to)) return 2;
   int fd = -1;
   /* The sink may still be starting: retry for up to 30 s. */
   for (double t0 = now_s(); now_s() - t0 < 30 && !stop_flag; sleep_ms(50)) {

@@ -22,6 +22,7 @@ const memoryLimitMiB = (spec: MachineSpec): number => spec.memoryMiB + QEMU_OVER
 
 /** The libvirt domain for a VM sandbox, built as an object and serialised by xml2js. */
 export function domainXml(spec: MachineSpec, files: VmFiles): string {
+  const quota = spec.cpuQuota === null ? null : String(Math.round(spec.cpuQuota * 100_000));
   const devices: Record<string, unknown> = {
     emulator: `/usr/bin/${QEMU}`,
     disk: {
@@ -82,9 +83,7 @@ export function domainXml(spec: MachineSpec, files: VmFiles): string {
       // raises QEMU's RLIMIT_MEMLOCK to it, which hosts without CAP_SYS_RESOURCE refuse.
       memtune: { soft_limit: { $: { unit: 'MiB' }, _: String(memoryLimitMiB(spec)) } },
       // quota holds each vCPU thread; global_quota all of the domain's QEMU (device emulation too).
-      ...(spec.cpuQuota !== null
-        ? { cputune: { period: '100000', quota: String(Math.round(spec.cpuQuota * 100_000)), global_period: '100000', global_quota: String(Math.round(spec.cpuQuota * 100_000)) } }
-        : {}),
+      ...(quota !== null ? { cputune: { period: '100000', quota, global_period: '100000', global_quota: quota } } : {}),
       devices,
       // Files stay root's: libvirt would otherwise chown them to its qemu user, and a
       // sandbox directory is not readable by that user.

@@ -76,7 +76,7 @@ export function vmLimits(kind: Extract<BackendKind, 'microvm' | 'vm'>, spec: Wor
       out.push(notApplied(entryField(e), value, `a VM's only disk is its overlay on ${diskWords(target.disk)}; ${e.path} carries none of its IO`));
       continue;
     }
-    // vmDiskThrottle keeps the lowest of two limits on the VM's disk, as a container's cgroup does.
+    // Of two limits on the VM's disk the lower holds, as in a container's cgroup.
     if (e.shadowedBy) {
       out.push(notApplied(entryField(e), value, shadowedNote({ ...e, shadowedBy: e.shadowedBy })));
       continue;
@@ -104,10 +104,10 @@ function landsOnVmDisk(e: ResolvedDeviceLimit, target: LimitTarget): boolean {
   return !!e.disk && !!target.disk && e.disk.major === target.disk.major && e.disk.minor === target.disk.minor;
 }
 
-/** The root disk's caps for a VM, from the same resolution as its plan; the lowest wins where two land on it. */
+/** The root disk's caps for a VM: exactly the limits its plan (vmLimits) marks applied. */
 export function vmDiskThrottle(spec: WorkloadSpec, target: LimitTarget): Partial<Record<DeviceLimitField, number>> {
   const out: Partial<Record<DeviceLimitField, number>> = {};
-  for (const e of resolveDeviceLimits(spec, target)) if (landsOnVmDisk(e, target)) out[e.field] = Math.min(out[e.field] ?? Infinity, e.rate);
+  for (const e of resolveDeviceLimits(spec, target)) if (landsOnVmDisk(e, target) && !e.shadowedBy) out[e.field] = e.rate;
   return out;
 }
 
