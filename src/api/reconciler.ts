@@ -169,13 +169,22 @@ export class Reconciler {
       const status = await backendOf(this.core, fresh).collectExit(fresh);
       await this.finish(fresh, status, status ? undefined : reason);
     } else if (fresh && fresh.state === 'exiting') {
-      // Its owner is recording the end (a monitor tearing a VM down can take seconds on a
-      // loaded host): a stop returns once the end is recorded, not while it is exiting.
-      const { ownerPid, ownerStartTime } = fresh;
-      await pollUntil(() => store.get(rec.id)?.state !== 'exiting' || ownerPid === null || !isSameProcessAlive(ownerPid, ownerStartTime), { timeoutMs: 30_000, intervalMs: 10 });
-      const after = store.get(rec.id);
-      if (after && after.state !== 'exiting') return after;
-      return this.reconcile(after ?? fresh).catch(() => after ?? fresh);
+      // A stop returns once the end is recorded, not while it is exiting: by its owner (a
+      // monitor tearing a VM down can take seconds on a loaded host, and may claim the record
+      // while we look, so it is read afresh), or by us once no live process owns it.
+      let last: SandboxRecord = fresh;
+      await pollUntil(
+        async () => {
+          const f = store.get(rec.id);
+          if (!f || f.state !== 'exiting') return true;
+          last = f;
+          if (f.ownerPid !== null && isSameProcessAlive(f.ownerPid, f.ownerStartTime)) return false;
+          last = await this.reconcile(f).catch(() => f);
+          return last.state !== 'exiting';
+        },
+        { timeoutMs: 30_000, intervalMs: 10 },
+      );
+      return store.get(rec.id) ?? last;
     }
     return store.get(rec.id) ?? rec;
   }
