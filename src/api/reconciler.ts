@@ -171,7 +171,9 @@ export class Reconciler {
     } else if (fresh && fresh.state === 'exiting') {
       // A stop returns once the end is recorded, not while it is exiting: by its owner (a
       // monitor tearing a VM down can take seconds on a loaded host, and may claim the record
-      // while we look, so it is read afresh), or by us once no live process owns it.
+      // while we look, so it is read afresh), or by us once no live process owns it. The wait
+      // outlasts a teardown's own bounds (a `virsh destroy` alone may take up to 60 s), so
+      // only an owner that is truly stuck leaves the caller with `exiting`.
       let last: SandboxRecord = fresh;
       await pollUntil(
         async () => {
@@ -182,7 +184,7 @@ export class Reconciler {
           last = await this.reconcile(f).catch(() => f);
           return last.state !== 'exiting';
         },
-        { timeoutMs: 30_000, intervalMs: 10 },
+        { timeoutMs: 90_000, intervalMs: 10 },
       );
       return store.get(rec.id) ?? last;
     }
