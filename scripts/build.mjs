@@ -11,6 +11,7 @@ await build({
   entryPoints: {
     cli: 'src/cli/index.ts',
     index: 'src/index.ts',
+    client: 'src/client/index.ts',
     'benchmarks/startup': 'benchmarks/startup.ts',
     'benchmarks/registry': 'benchmarks/registry.ts',
   },

@@ -43,13 +43,18 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run `hybridbox help <command>` for usage)')
     .enablePositionalOptions();
 
-  const action =
+  type Handlers = Record<string, (cmd: Command, args: unknown[], opts: Record<string, unknown>) => Promise<void>>;
+  // Each verb loads its module only when it runs: the service's verbs never load the sandbox ones, and the reverse.
+  const handlerOf =
+    (load: () => Promise<Handlers>) =>
     (name: string) =>
     async (...args: unknown[]): Promise<void> => {
-      const { commands } = await import('./commands.js');
+      const handlers = await load();
       const cmd = args[args.length - 1] as Command;
-      await commands[name]!(cmd, args.slice(0, -2), cmd.optsWithGlobals());
+      await handlers[name]!(cmd, args.slice(0, -2), cmd.optsWithGlobals());
     };
+  const action = handlerOf(async () => (await import('./commands.js')).commands);
+  const serviceAction = handlerOf(async () => (await import('./service.js')).serviceCommands);
 
   program.command('info').description("show the host's capabilities as hybridbox sees them").option('--json', 'machine-readable output').action(action('info'));
   program.command('setup').description('check the host and build the base images').action(action('setup'));
@@ -183,6 +188,29 @@ export function buildProgram(): Command {
     .option('-o, --out <file>', 'HTML file to write', 'hybridbox-report.html')
     .option('--json', 'print the data behind the report as JSON')
     .action(action('report'));
+  program
+    .command('serve')
+    .description('run the HTTP service for untrusted code in the foreground (docs/SERVICE.md)')
+    .option('--listen <where>', 'a unix socket path, or HOST:PORT for TCP', '/run/hybridbox/api.sock')
+    .option('--socket-group <group>', 'group that may use the unix socket (mode 0660); keyless local access only when it is root')
+    .option('--tls-cert <file>', 'PEM certificate for TCP (with --tls-key)')
+    .option('--tls-key <file>', 'PEM private key for TCP')
+    .option('--max-queued <n>', 'runs waiting for capacity at most; then 503')
+    .option('--callback-allow <host[:port]>', 'a destination callbacks may go to (repeatable, comma-separated)', collect)
+    .action(serviceAction('serve'));
+  const keys = program.command('keys').description("manage the service's API keys");
+  keys
+    .command('create')
+    .description('make a key; its secret is printed once')
+    .requiredOption('--name <name>', 'a unique name')
+    .addOption(new Option('--scope <scope>', 'what it may do').choices(['run', 'sandboxes', 'admin']).default('run'))
+    .option('--max-concurrent <n>', 'runs queued or running at once')
+    .option('--rate <n/period>', 'requests that start work (60/min, 2/s)')
+    .option('--max-memory <size>', 'largest memory limit a run may ask for (512m)')
+    .option('--max-cpu-time <duration>', 'largest CPU time limit a run may ask for (10s)')
+    .action(serviceAction('keysCreate'));
+  keys.command('ls').description('list keys (never their secrets)').option('--json', 'machine-readable output').action(serviceAction('keysLs'));
+  keys.command('rm').description('revoke keys').argument('<key...>', 'id or name').action(serviceAction('keysRm'));
   program.command('demo').description('a guided tour: placement, a container run, limits holding, networking').action(action('demo'));
 
   const internal = program.command('internal', { hidden: true });
