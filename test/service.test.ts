@@ -10,7 +10,7 @@ import { AuthError, Client, type RunRequest, NotFoundError, QuotaError, RateLimi
 import { serviceRuntimes } from '../src/cli/runtimes-bridge.js';
 import { createKey, type Service, ServiceStore, startService } from '../src/service/index.js';
 import type { Hybridbox } from '../src/index.js';
-import { freshHybridbox, hostTraces } from './helpers.js';
+import { CLI, freshHybridbox, hostTraces } from './helpers.js';
 import { OpenApiChecker } from './support/openapi.js';
 
 let hb: Hybridbox;
@@ -424,4 +424,95 @@ test.serial('over the unix socket: mode 0660, a local root caller needs no key',
     await c2();
   }
   t.deepEqual(readdirSync(join(sock, '..')), []);
+});
+
+/** `hybridbox serve` as its own process, on a free loopback port; resolves once it listens. */
+async function serveProcess(root: string, extra: string[] = []): Promise<{ child: import('node:child_process').ChildProcess; url: string }> {
+  const { spawn } = await import('node:child_process');
+  const child = spawn(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', ...extra], { env: { ...process.env, HYBRIDBOX_ROOT: root }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  const url = await new Promise<string>((resolve, reject) => {
+    child.stderr!.on('data', (c) => {
+      err += c;
+      const m = /listening on (\S+)/.exec(err);
+      if (m) resolve(m[1]!);
+    });
+    child.once('exit', (code) => reject(new Error(`serve exited with ${code}: ${err}`)));
+  });
+  return { child, url };
+}
+
+test.serial('kill -9 of the service with runs queued and running: after a restart every accepted run ends, and the host is clean', async (t) => {
+  const { hb: hb3, root: root3, cleanup: c3 } = await freshHybridbox('hbx-svc-kill-');
+  const store = new ServiceStore(root3);
+  const key = createKey(store, { name: 'k', scope: 'run', quota: {} }).secret;
+  store.close();
+  let s = await serveProcess(root3);
+  try {
+    const client = new Client({ host: s.url, apiKey: key });
+    const slots = (await client.health()).capacity.cpuSlots!;
+    const ids: string[] = [];
+    for (let i = 0; i < slots + 2; i++) ids.push((await client.runs.create(sh('echo started; sleep 30'))).id);
+    // Wait until the first ones run (their sandboxes exist), then kill the service outright.
+    const deadline = Date.now() + 20_000;
+    while ((await hb3.sandboxes.list()).length < slots && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    const live = (await hb3.sandboxes.list()).map((x) => x.id);
+    t.is(live.length, slots);
+    s.child.kill('SIGKILL');
+    await new Promise((r) => s.child.once('exit', r));
+    s = await serveProcess(root3);
+    const after = new Client({ host: s.url, apiKey: key });
+    const ends = await Promise.all(ids.map((id) => after.runs.get(id, { waitMs: 60_000 })));
+    t.deepEqual(
+      ends.map((r) => r.status),
+      [...Array(slots).fill('internal-error'), 'completed', 'completed'],
+    );
+    t.regex(ends[0]!.reason ?? '', /service stopped while this run was in flight/);
+    t.deepEqual(hostTraces(live), []);
+    t.deepEqual(
+      (await hb3.sandboxes.list({ all: true })).filter((x) => x.state === 'running'),
+      [],
+    );
+  } finally {
+    s.child.kill('SIGKILL');
+    await c3();
+  }
+});
+
+test.serial('a full queue answers 503 with Retry-After; TLS on TCP', async (t) => {
+  const { hb: hb4, root: root4, cleanup: c4 } = await freshHybridbox('hbx-svc-q-');
+  const dir = mkdtempSync(join(tmpdir(), 'hbx-tls-'));
+  const { execFileSync } = await import('node:child_process');
+  execFileSync(
+    'openssl',
+    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'],
+    { stdio: 'ignore' },
+  );
+  const { readFileSync } = await import('node:fs');
+  const s4 = await startService({
+    hb: hb4,
+    listen: '127.0.0.1:0',
+    tls: { certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'key.pem') },
+    maxQueued: 1,
+    cpuOvercommit: 0.5,
+    runtimes: await serviceRuntimes(),
+    version: 'test',
+  });
+  try {
+    t.regex(s4.address, /^https:\/\/127\.0\.0\.1:\d+$/);
+    const store = new ServiceStore(root4);
+    const key = createKey(store, { name: 'q', scope: 'run', quota: {} }).secret;
+    store.close();
+    const client = new Client({ host: s4.address, apiKey: key, ca: readFileSync(join(dir, 'cert.pem')) });
+    // One slot (2 cores x 0.5): one run holds it, one waits, the third finds the queue full.
+    const a = await client.runs.create(sh('sleep 1'));
+    const b = await client.runs.create(sh('true'));
+    const e = await t.throwsAsync(client.runs.create(sh('true')), { instanceOf: (await import('../src/client/index.js')).UnavailableError });
+    t.true(e!.retryAfterMs > 0);
+    t.is((await client.runs.get(b.id)).status, 'queued');
+    for (const r of [a, b]) t.is((await client.runs.get(r.id, { waitMs: 30_000 })).status, 'completed');
+  } finally {
+    await s4.close();
+    await c4();
+  }
 });
