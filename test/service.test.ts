@@ -516,3 +516,34 @@ test.serial('a full queue answers 503 with Retry-After; TLS on TCP', async (t) =
     await c4();
   }
 });
+
+test.serial('the CLI through the service: run streams and exits with the code; judge prints a verdict table; a bad key is one line', async (t) => {
+  const { execa } = await import('execa');
+  const env = { ...process.env, HYBRIDBOX_API_KEY: keys.run };
+  const r = await execa(process.execPath, [CLI, '--host', base, 'run', '--isolation', 'container', '-e', 'A=b', 'busybox', 'sh', '-c', 'echo out $A; echo err >&2; exit 4'], { env, reject: false });
+  t.is(r.exitCode, 4);
+  t.is(r.stdout, 'out b');
+  t.is(r.stderr, 'err');
+  const slow = await execa(process.execPath, [CLI, '--host', base, 'run', '--isolation', 'container', '--timeout', '300ms', 'busybox', 'sleep', '5'], { env, reject: false });
+  t.is(slow.exitCode, 124);
+  t.regex(slow.stderr, /wall-time-limit: still running after 300 ms/);
+  const dir = mkdtempSync(join(tmpdir(), 'hbx-judge-'));
+  const { writeFileSync } = await import('node:fs');
+  writeFileSync(join(dir, '1.in'), '1 2\n');
+  writeFileSync(join(dir, '1.out'), '3\n');
+  writeFileSync(join(dir, '2.in'), '2 2\n');
+  writeFileSync(join(dir, '2.out'), '5\n');
+  writeFileSync(join(dir, 'sum.sh'), 'read a b; echo $((a+b))\n');
+  const j = await execa(process.execPath, [CLI, '--host', base, 'judge', '--image', 'busybox', '--isolation', 'container', '--tests', dir, '--run', 'sh sum.sh', join(dir, 'sum.sh')], {
+    env,
+    reject: false,
+  });
+  t.is(j.exitCode, 1, j.stderr);
+  t.regex(j.stdout, /^1\s+accepted/m);
+  t.regex(j.stdout, /^2\s+wrong-answer/m);
+  t.regex(j.stdout, /verdict: wrong-answer \(container\)/);
+  const bad = await execa(process.execPath, [CLI, '--host', base, 'run', 'busybox', 'true'], { env: { ...process.env, HYBRIDBOX_API_KEY: 'hbx_wrong' }, reject: false });
+  t.is(bad.exitCode, 125);
+  t.is(bad.stderr.split('\n').length, 1);
+  t.regex(bad.stderr, /API key is not valid/);
+});

@@ -201,7 +201,7 @@ export class RunManager {
         outcome = { status: 'completed', result: { placement: live.placement, judge: j }, reason: null };
       } else {
         const step = await oneRun(ctx, body as RunRequest);
-        emit('verdict', { verdict: step.verdict });
+        emit('verdict', { verdict: step.verdict, message: step.message });
         outcome = { status: 'completed', result: { placement: live.placement, step }, reason: null };
       }
     } catch (e) {
