@@ -5,18 +5,12 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ApiError, Client, type JudgeRequest, type RunRequest } from '../client/index.js';
+import { HybridboxError } from '../errors.js';
+import { parseDuration, parseSize } from '../spec/units.js';
 
-const SIZE = /^(\d+(?:\.\d+)?)([kmg]?)b?$/i;
-const mib = (s: string, flag: string): number => {
-  const m = SIZE.exec(s);
-  if (!m) throw new UsageError(`${flag}: ${s} is not a size such as 256m or 1g`);
-  return Math.ceil((Number(m[1]) * { '': 1 / 1048576, k: 1 / 1024, m: 1, g: 1024 }[m[2]!.toLowerCase() as '']) as number);
-};
-const ms = (s: string, flag: string): number => {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s);
-  if (!m) throw new UsageError(`${flag}: ${s} is not a duration such as 500ms or 10s`);
-  return Math.ceil(Number(m[1]) * { ms: 1, s: 1000, m: 60_000 }[(m[2] ?? 'ms') as 'ms']);
-};
+// The same units as the local CLI (spec/units.ts is self-contained: it loads no library code).
+const mib = (text: string, flag: string): number => Math.ceil(parseSize(text, flag) / 1048576);
+const ms = parseDuration;
 
 class UsageError extends Error {}
 
@@ -152,7 +146,7 @@ export async function remote(host: string, argv: string[]): Promise<void> {
   try {
     process.exitCode = verb === 'judge' ? await judge(client, args) : await run(client, args);
   } catch (e) {
-    const msg = e instanceof ApiError || e instanceof UsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') ? (e as Error).message : `${(e as Error).message}`;
+    const msg = e instanceof ApiError || e instanceof UsageError || e instanceof HybridboxError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') ? (e as Error).message : `${(e as Error).message}`;
     process.stderr.write(`hybridbox: ${msg}\n`);
     process.exitCode = 125;
   }
