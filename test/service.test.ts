@@ -7,7 +7,6 @@ import { mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AuthError, Client, type RunRequest, NotFoundError, QuotaError, RateLimitError, ValidationError } from '../src/client/index.js';
-import { serviceRuntimes } from '../src/cli/runtimes-bridge.js';
 import { createKey, type Service, ServiceStore, startService } from '../src/service/index.js';
 import type { Hybridbox } from '../src/index.js';
 import { CLI, freshHybridbox, hostTraces } from './helpers.js';
@@ -35,7 +34,7 @@ test.before(async () => {
     rate: mk('rate', 'run', { ratePerMin: 3 }),
   };
   store.close();
-  svc = await startService({ hb, listen: '127.0.0.1:0', callbackAllow: ['127.0.0.1'], runtimes: await serviceRuntimes(), version: 'test' });
+  svc = await startService({ hb, listen: '127.0.0.1:0', callbackAllow: ['127.0.0.1'], version: 'test' });
   base = svc.address;
   const doc = (await call('GET', '/v1/openapi.json')).body;
   const loaded = await OpenApiChecker.load(doc);
@@ -412,7 +411,7 @@ test.serial('load: 300 runs from 30 concurrent clients, containers and microVMs,
 test.serial('over the unix socket: mode 0660, a local root caller needs no key', async (t) => {
   const { hb: hb2, cleanup: c2 } = await freshHybridbox('hbx-svc-unix-');
   const sock = join(mkdtempSync(join(tmpdir(), 'hbx-sock-')), 'api.sock');
-  const s2 = await startService({ hb: hb2, listen: sock, runtimes: await serviceRuntimes(), version: 'test' });
+  const s2 = await startService({ hb: hb2, listen: sock, version: 'test' });
   try {
     const { statSync } = await import('node:fs');
     t.is(statSync(sock).mode & 0o777, 0o660);
@@ -495,7 +494,6 @@ test.serial('a full queue answers 503 with Retry-After; TLS on TCP', async (t) =
     tls: { certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'key.pem') },
     maxQueued: 1,
     cpuOvercommit: 0.5,
-    runtimes: await serviceRuntimes(),
     version: 'test',
   });
   try {

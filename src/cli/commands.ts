@@ -398,6 +398,7 @@ export const commands: Record<string, Handler> = {
   // Each benchmark lives in src/bench/commands/<name>.ts, loaded only when asked for.
   benchStartup: benchCommand(async () => (await import('../bench/commands/startup.js')).benchStartup),
   benchIsolation: benchCommand(async () => (await import('../bench/commands/isolation.js')).benchIsolation),
+  benchService: benchCommand(async () => (await import('../bench/commands/service.js')).benchService),
   benchDensity: benchCommand(async () => (await import('../bench/commands/density.js')).benchDensity),
   report: benchCommand(async () => (await import('../bench/commands/report.js')).report),
 

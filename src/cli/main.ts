@@ -182,6 +182,13 @@ export function buildProgram(): Command {
     .option('--json', 'print the result as JSON')
     .option('--out <dir>', 'also write the result (JSON) into this directory')
     .action(action('benchDensity'));
+  bench
+    .command('service')
+    .description('what `hybridbox serve` adds to a run, its throughput by concurrency, and the CLI through it against node + raw crun')
+    .option('--runs <n>', 'interleaved API/library pairs and CLI runs', '30')
+    .option('--json', 'print the result as JSON')
+    .option('--out <dir>', 'also write the result (JSON) into this directory')
+    .action(action('benchService'));
   program
     .command('report')
     .description('write one self-contained HTML report of the stored benchmark results, and print their tables')

@@ -66,9 +66,8 @@ async function run(client: Client, args: string[]): Promise<number> {
   const command = values.runtime ? positionals : positionals.slice(1);
   if (!values.runtime && !image) throw new UsageError('run: give an image (or --runtime NAME) and a command');
   const req: RunRequest = { ...workload(values), ...(image ? { image } : {}), ...(command.length ? { command: command[0] === '--' ? command.slice(1) : command } : {}) };
-  const created = await client.runs.create(req);
   let exit = 1;
-  for await (const e of client.runs.events(created.id)) {
+  for await (const e of client.runs.submitAndStream(req)) {
     if (e.type === 'stdout') process.stdout.write(String(e.data.text));
     else if (e.type === 'stderr') process.stderr.write(String(e.data.text));
     else if (e.type === 'exit' && e.data.phase === 'run') exit = typeof e.data.exitCode === 'number' ? e.data.exitCode : 125;
@@ -146,7 +145,8 @@ export async function remote(host: string, argv: string[]): Promise<void> {
   try {
     process.exitCode = verb === 'judge' ? await judge(client, args) : await run(client, args);
   } catch (e) {
-    const msg = e instanceof ApiError || e instanceof UsageError || e instanceof HybridboxError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') ? (e as Error).message : `${(e as Error).message}`;
+    const msg =
+      e instanceof ApiError || e instanceof UsageError || e instanceof HybridboxError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') ? (e as Error).message : `${(e as Error).message}`;
     process.stderr.write(`hybridbox: ${msg}\n`);
     process.exitCode = 125;
   }

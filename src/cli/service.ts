@@ -11,11 +11,6 @@ import { VERSION } from './version.js';
 type Opts = Record<string, unknown>;
 type Handler = (cmd: Command, args: unknown[], opts: Opts) => Promise<void>;
 
-async function serviceRuntimes() {
-  const { serviceRuntimes } = await import('./runtimes-bridge.js');
-  return serviceRuntimes();
-}
-
 function parseGroup(g: string): number {
   if (/^\d+$/.test(g)) return Number(g);
   const line = readFileSync('/etc/group', 'utf8')
@@ -45,7 +40,6 @@ export const serviceCommands: Record<string, Handler> = {
       ...(opts.tlsCert ? { tls: { certFile: String(opts.tlsCert), keyFile: String(opts.tlsKey) } } : {}),
       ...(opts.maxQueued ? { maxQueued: positiveInt(opts.maxQueued, '--max-queued')! } : {}),
       callbackAllow: ((opts.callbackAllow as string[] | undefined) ?? []).flatMap((s) => s.split(',')).filter(Boolean),
-      runtimes: await serviceRuntimes(),
       version: VERSION,
     });
     process.stderr.write(

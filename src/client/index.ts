@@ -3,7 +3,6 @@
 // raises one error class per failure a caller can handle. It imports no library code: only
 // types, which vanish at build time, so a remote CLI loads this file alone.
 import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
 import type { JudgeRequestSchema, Run, RunRequestSchema } from '../service/schemas.js';
 import type * as z from 'zod/mini';
 
@@ -99,14 +98,19 @@ export class Client {
     list: async (o: { limit?: number } = {}): Promise<Run[]> => (await this.json<{ runs: Run[] }>('GET', `/v1/runs${o.limit ? `?limit=${o.limit}` : ''}`)).runs,
     /** The run's events as they happen, resuming with Last-Event-ID after a dropped connection. */
     events: (id: string, o: StreamOptions = {}): AsyncIterable<RunEvent> => this.stream(id, o),
+    /**
+     * Submits a run and yields its events from the same request (one round trip); a dropped
+     * stream is resumed from the last event on GET .../events.
+     */
+    submitAndStream: (req: RunRequest, o: StreamOptions = {}): AsyncIterable<RunEvent> => this.stream(null, o, req),
     /** Submits, streams its output to the callbacks, and returns the finished run. */
     run: async (req: RunRequest, o: { onStdout?: (text: string) => void; onStderr?: (text: string) => void; signal?: AbortSignal } = {}): Promise<Run> => {
-      const r = await this.runs.create(req);
-      for await (const e of this.stream(r.id, o.signal ? { signal: o.signal } : {})) {
+      const events = this.stream(null, o.signal ? { signal: o.signal } : {}, req);
+      for await (const e of events) {
         if (e.type === 'stdout') o.onStdout?.(String(e.data.text));
         if (e.type === 'stderr') o.onStderr?.(String(e.data.text));
       }
-      return this.runs.get(r.id);
+      return this.runs.get(events.runId!);
     },
   };
 
@@ -141,7 +145,7 @@ export class Client {
     return parsed as T;
   }
 
-  private send(method: string, path: string, body: unknown, headers: Record<string, string>, timeoutMs: number | null, signal?: AbortSignal): Promise<IncomingMessage> {
+  private async send(method: string, path: string, body: unknown, headers: Record<string, string>, timeoutMs: number | null, signal?: AbortSignal): Promise<IncomingMessage> {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const h: Record<string, string> = { accept: 'application/json', ...headers };
     if (payload) {
@@ -151,11 +155,13 @@ export class Client {
     if (this.apiKey) h.authorization = `Bearer ${this.apiKey}`;
     const unix = this.host.startsWith('unix://');
     const url = unix ? null : new URL(path, this.host);
+    // node:https (and TLS with it) loads only for an https host: a remote CLI call on the socket skips its cost.
+    const https = url?.protocol === 'https:' ? await import('node:https') : null;
     return new Promise((resolve, reject) => {
       const opts = unix
         ? { socketPath: this.host.slice('unix://'.length), path, method, headers: h }
         : { hostname: url!.hostname.replace(/^\[|\]$/g, ''), port: url!.port, path: url!.pathname + url!.search, method, headers: h, ...(this.ca ? { ca: this.ca } : {}) };
-      const req = (url?.protocol === 'https:' ? httpsRequest : httpRequest)({ ...opts, ...(signal ? { signal } : {}) }, resolve);
+      const req = (https ? https.request : httpRequest)({ ...opts, ...(signal ? { signal } : {}) }, resolve);
       if (timeoutMs) req.setTimeout(timeoutMs, () => req.destroy(new ConnectionError(`no answer from ${this.host} within ${timeoutMs} ms`)));
       req.on('error', (e: NodeJS.ErrnoException) =>
         reject(e instanceof ConnectionError || e.name === 'AbortError' ? e : new ConnectionError(`cannot reach the service at ${this.host}: ${e.code ?? e.message}`)),
@@ -164,14 +170,28 @@ export class Client {
     });
   }
 
-  private async *stream(id: string, o: StreamOptions): AsyncGenerator<RunEvent> {
+  /** Events of run `id`, or of the run `submit` creates (its id then known from the answer's X-Run-Id). */
+  private stream(id: string | null, o: StreamOptions, submit?: RunRequest): AsyncIterable<RunEvent> & { runId: string | null } {
+    const it = { runId: id, [Symbol.asyncIterator]: () => this.streamEvents(it, o, submit) };
+    return it;
+  }
+
+  private async *streamEvents(it: { runId: string | null }, o: StreamOptions, submit?: RunRequest): AsyncGenerator<RunEvent> {
     let last = o.lastEventId ?? 0;
     let reconnects = o.reconnects ?? 5;
     for (;;) {
       let res: IncomingMessage;
       try {
-        res = await this.send('GET', `/v1/runs/${encodeURIComponent(id)}/events`, undefined, { accept: 'text/event-stream', 'last-event-id': String(last) }, null, o.signal);
+        if (it.runId === null) {
+          // The POST itself: not retried (a retry could run it twice); its errors are the caller's.
+          res = await this.send('POST', '/v1/runs', submit, { accept: 'text/event-stream' }, null, o.signal);
+          if ((res.statusCode ?? 500) >= 400) throw toError(res, JSON.parse((await readAll(res)) || '{}'));
+          it.runId = String(res.headers['x-run-id']);
+        } else {
+          res = await this.send('GET', `/v1/runs/${encodeURIComponent(it.runId)}/events`, undefined, { accept: 'text/event-stream', 'last-event-id': String(last) }, null, o.signal);
+        }
       } catch (e) {
+        if (e instanceof ApiError || it.runId === null) throw e;
         if (o.signal?.aborted || reconnects-- <= 0) throw e;
         await new Promise((r) => setTimeout(r, 200));
         continue;

@@ -32,7 +32,7 @@ export interface HostDescription {
   versions: Record<string, string | null>;
 }
 
-export type BenchKind = 'startup' | 'isolation' | 'density';
+export type BenchKind = 'startup' | 'isolation' | 'density' | 'service';
 
 interface BenchResultBase {
   kind: BenchKind;
@@ -188,4 +188,21 @@ export interface DensityResult extends BenchResultBase {
   backends: DensityBackend[];
 }
 
-export type BenchResult = StartupResult | IsolationResult | DensityResult;
+export interface ServiceThroughput {
+  backend: BackendKind;
+  concurrency: number;
+  runs: number;
+  runsPerSecond: number;
+  p50Ms: number;
+  p99Ms: number;
+}
+
+/** `bench service`: what the HTTP service adds to a run, its throughput, and the remote CLI. */
+export interface ServiceBenchResult extends BenchResultBase {
+  kind: 'service';
+  overhead: { apiMs: Stats; libraryMs: Stats; medianOverheadMs: number };
+  throughput: ServiceThroughput[];
+  cli: { throughServiceMs: Stats; nodeMs: Stats; crunRawMs: Stats | null; ratioToFloor: number | null; crunSkipped: string | null };
+}
+
+export type BenchResult = StartupResult | IsolationResult | DensityResult | ServiceBenchResult;

@@ -11,10 +11,8 @@ import { Admission } from './admission.js';
 import { Callbacks } from './callbacks.js';
 import { ServiceStore } from './db.js';
 import { RunManager } from './runs.js';
-import type { RuntimeSchema } from './schemas.js';
 import { buildApp } from './server.js';
-import type { LanguageRuntime } from './steps.js';
-import type * as z from 'zod/mini';
+import { type RuntimeProvider, serviceRuntimes } from './runtimes.js';
 
 export { createKey, SCOPES, type KeyQuota, type Scope } from './auth.js';
 export { sign as signCallback, SIGNATURE_HEADER, TIMESTAMP_HEADER } from './callbacks.js';
@@ -40,7 +38,8 @@ export interface ServiceOptions {
   memoryFraction?: number;
   /** host or host:port entries that callbacks may go to. @default none */
   callbackAllow?: string[];
-  runtimes: { list(): z.output<typeof RuntimeSchema>[]; resolve(name: string): LanguageRuntime };
+  /** The language runtimes requests may name. @default the installed ones (languages/) */
+  runtimes?: RuntimeProvider;
   version: string;
 }
 
@@ -54,6 +53,7 @@ export interface Service {
 }
 
 export async function startService(o: ServiceOptions): Promise<Service> {
+  const runtimes = o.runtimes ?? (await serviceRuntimes());
   const root = o.hb.root;
   const store = new ServiceStore(root);
   const cpus = o.hb.host.cpus || hostCpus().length;
@@ -63,7 +63,7 @@ export async function startService(o: ServiceOptions): Promise<Service> {
     hb: o.hb,
     store,
     admission,
-    runtimes: (name) => o.runtimes.resolve(name),
+    runtimes: (name) => runtimes.resolve(name),
     workRoot: join(root, 'service', 'work'),
     onFinished: (run) => callbacks?.deliver(run.id),
   });
@@ -78,7 +78,7 @@ export async function startService(o: ServiceOptions): Promise<Service> {
       store,
       runs,
       admission,
-      runtimes: () => o.runtimes.list(),
+      runtimes: () => runtimes.list(),
       keylessSocket: unix && (o.socketGroup ?? 0) === 0,
       callbackAllow: o.callbackAllow ?? [],
       version: o.version,

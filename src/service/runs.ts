@@ -71,10 +71,17 @@ export class RunManager {
     return { placement, cost };
   }
 
+  /** Each backend's overhead (MiB) from this host's newest `bench density`, read once per minute rather than per request. */
+  private overheads: { at: number; mib: Partial<Record<BackendKind, number>> } | null = null;
+
   private costOf(backend: BackendKind, l: { memoryMiB: number; cpus: number }): Cost {
-    const density = this.o.hb.measurements.latest('density', this.o.hb.measurements.hostKey);
-    const measured = density?.backends.find((b) => b.backend === backend)?.overheadBytesPerSandbox;
-    const overhead = measured && measured > 0 ? Math.ceil(measured / 1048576) : DEFAULT_OVERHEAD_MIB[backend];
+    if (!this.overheads || Date.now() - this.overheads.at > 60_000) {
+      const density = this.o.hb.measurements.latest('density', this.o.hb.measurements.hostKey);
+      const mib: Partial<Record<BackendKind, number>> = {};
+      for (const b of density?.backends ?? []) if (b.overheadBytesPerSandbox > 0) mib[b.backend] = Math.ceil(b.overheadBytesPerSandbox / 1048576);
+      this.overheads = { at: Date.now(), mib };
+    }
+    const overhead = this.overheads.mib[backend] ?? DEFAULT_OVERHEAD_MIB[backend];
     return { cpuSlots: Math.max(1, Math.ceil(l.cpus)), memoryMiB: l.memoryMiB + overhead };
   }
 

@@ -193,6 +193,11 @@ export async function buildApp(o: AppOptions, server?: { https: { cert: Buffer; 
     if (body.callbackUrl && created) o.store.addCallback(row.id, body.callbackUrl);
     reply.header('x-run-id', row.id);
     if (!created) reply.header('idempotent-replayed', 'true');
+    // Accept: text/event-stream: the POST answers with the run's event stream, in one round trip.
+    if (String(req.headers.accept ?? '').includes('text/event-stream')) {
+      streamEvents(o, reply, row.id, 0, { 'x-run-id': row.id });
+      return undefined as unknown as Run;
+    }
     const wait = (req.query as { wait?: string }).wait;
     const waitMs = wait ? Math.min(parseDuration(wait.replace(/^(\d+(\.\d+)?)$/, '$1ms'), 'wait'), o.maxWaitMs ?? MAX_WAIT_MS) : 0;
     const run = waitMs > 0 ? await waitForEnd(o, row.id, waitMs) : o.runs.view(o.store.getRun(row.id)!);
@@ -250,35 +255,7 @@ export async function buildApp(o: AppOptions, server?: { https: { cert: Buffer; 
       const row = ownRun(req, req.params.id);
       const lastId = Number(req.headers['last-event-id'] ?? req.query.after ?? 0);
       if (!Number.isInteger(lastId) || lastId < 0) throw new HttpError(400, 'Last-Event-ID: give the id of the last event received', { field: 'Last-Event-ID', value: req.headers['last-event-id'] });
-      reply.hijack();
-      const res = reply.raw;
-      res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
-      let sent = lastId;
-      const write = (e: { seq: number; type: string; data: unknown }) => {
-        if (e.seq <= sent) return;
-        sent = e.seq;
-        res.write(`id: ${e.seq}\nevent: ${e.type}\ndata: ${JSON.stringify(e.data)}\n\n`);
-      };
-      const finish = () => {
-        clearInterval(beat);
-        unsubscribe?.();
-        res.end();
-      };
-      // Subscribe first, then replay: an event between the two is deduplicated by its id.
-      const unsubscribe = o.runs.subscribe(row.id, (e) => {
-        if (e.type === 'closed') {
-          for (const rest of o.runs.events(row.id, sent)) write(rest);
-          finish();
-        } else write(e);
-      });
-      const beat = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
-      for (const e of o.runs.events(row.id, lastId)) write(e);
-      if (!unsubscribe) finish();
-      // A client that goes away leaves nothing behind: its listener and timer go with it.
-      req.raw.on('close', () => {
-        clearInterval(beat);
-        unsubscribe?.();
-      });
+      streamEvents(o, reply, row.id, lastId);
     },
   );
 
@@ -300,6 +277,42 @@ export async function buildApp(o: AppOptions, server?: { https: { cert: Buffer; 
   );
 
   return app;
+}
+
+/**
+ * A run's events as server-sent events, from after `lastId` to its end. Subscribed before
+ * the replay, so an event that arrives in between is sent once (deduplicated by its id).
+ */
+function streamEvents(o: AppOptions, reply: FastifyReply, runId: string, lastId: number, headers: Record<string, string> = {}): void {
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no', ...headers });
+  let sent = lastId;
+  const write = (e: { seq: number; type: string; data: unknown }) => {
+    if (e.seq <= sent) return;
+    sent = e.seq;
+    res.write(`id: ${e.seq}\nevent: ${e.type}\ndata: ${JSON.stringify(e.data)}\n\n`);
+  };
+  const finish = () => {
+    clearInterval(beat);
+    unsubscribe?.();
+    res.end();
+  };
+  const unsubscribe = o.runs.subscribe(runId, (e) => {
+    if (e.type === 'closed') {
+      for (const rest of o.runs.events(runId, sent)) write(rest);
+      finish();
+    } else write(e);
+  });
+  const beat = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
+  for (const e of o.runs.events(runId, lastId)) write(e);
+  if (!unsubscribe) finish();
+  // A client that goes away leaves nothing behind: its listener and timer go with it. The
+  // response's close, not the request's: a POST's request closes once its body is read.
+  res.on('close', () => {
+    clearInterval(beat);
+    unsubscribe?.();
+  });
 }
 
 /** The run once it has ended, or as it stands when `ms` have passed. */

@@ -88,7 +88,8 @@ export interface StepEvents {
 export async function runStep(hb: Hybridbox, s: StepInput, ev: StepEvents = {}): Promise<{ step: Step; result: RunResult }> {
   const t0 = performance.now();
   const result = await hb.sandboxes.run(stepSpec(s), {
-    stdin: Readable.from([Buffer.from(s.stdin)]),
+    // No input is /dev/null, which spares the backend a pipe to feed and close.
+    stdin: s.stdin ? Readable.from([Buffer.from(s.stdin)]) : null,
     maxBufferBytes: s.limits.outputBytes,
     remove: true,
     ...(ev.onStdout ? { onStdout: ev.onStdout } : {}),

@@ -1,5 +1,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeResultFile } from './output.js';
 import type { Hybridbox } from '../../api/index.js';
 import { HybridboxError, SpecError } from '../../errors.js';
 import { BACKEND_KINDS, type BackendKind } from '../../spec/schema.js';
@@ -87,8 +88,7 @@ export async function benchDensity(hb: Hybridbox, opts: Record<string, unknown>)
   };
   hb.measurements.save(result);
   if (typeof opts.out === 'string') {
-    mkdirSync(opts.out, { recursive: true });
-    writeFileSync(join(opts.out, `density-${new Date(startedAtMs).toISOString().replace(/[:.]/g, '-')}.json`), JSON.stringify(result, null, 2) + '\n');
+    writeResultFile(opts.out, result);
   }
   if (opts.json) {
     process.stdout.write(JSON.stringify(result, null, 2) + '\n');

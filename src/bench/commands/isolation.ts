@@ -1,5 +1,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeResultFile } from './output.js';
 import type { Hybridbox } from '../../api/index.js';
 import { SpecError } from '../../errors.js';
 import { BACKEND_KINDS, type BackendKind } from '../../spec/schema.js';
@@ -25,10 +26,7 @@ export async function benchIsolation(hb: Hybridbox, opts: Record<string, unknown
   const result = await runIsolationBench(hb, { backends, parts, quick: opts.quick === true, handleSignals: true, log });
   hb.measurements.save(result);
   if (typeof opts.out === 'string') {
-    mkdirSync(opts.out, { recursive: true });
-    const file = join(opts.out, `isolation-${new Date(result.startedAtMs).toISOString().replace(/[:.]/g, '-')}.json`);
-    writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
-    log(`wrote ${file}`);
+    log(`wrote ${writeResultFile(opts.out, result)}`);
   }
   if (asJson) process.stdout.write(JSON.stringify(result, null, 2) + '\n');
   else process.stdout.write(renderIsolation(result) + '\n');

@@ -1,5 +1,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { writeResultFile } from './output.js';
 import type { Hybridbox } from '../../api/index.js';
 import { SpecError } from '../../errors.js';
 import { runStartupBench, SCENARIOS, VM_SCENARIOS, type ScenarioName } from '../startup.js';
@@ -76,11 +77,7 @@ export async function benchStartup(hb: Hybridbox, opts: Record<string, unknown>)
   } else process.stdout.write(table);
   err.write(`stored as result ${id} for host ${result.host.key}: \`hybridbox place\` now predicts start-up from it\n`);
   if (opts.out) {
-    const dir = resolve(String(opts.out));
-    mkdirSync(dir, { recursive: true });
-    const file = join(dir, `startup-${new Date(result.startedAtMs).toISOString().replace(/[:.]/g, '-')}.json`);
-    writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
-    err.write(`wrote ${file}\n`);
+    err.write(`wrote ${writeResultFile(String(opts.out), result)}\n`);
   }
   for (const f of failures) err.write(`hybridbox: bench startup: ${f}\n`);
   if (failures.length) process.exitCode = 1;

@@ -37,4 +37,5 @@ export const BENCH_COMMAND: Record<BenchKind, string> = {
   startup: 'hybridbox bench startup',
   isolation: 'hybridbox bench isolation',
   density: 'hybridbox bench density',
+  service: 'hybridbox bench service',
 };
