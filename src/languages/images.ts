@@ -13,8 +13,9 @@ export interface RuntimeImageResult extends EnsureImageResult {
 
 /**
  * Makes the images of the named runtimes (all by default) that the store lacks, or holds
- * with another package list. Each image is made once however many runtimes share it; a build
- * with the same inputs as an earlier one is imported from the archive cache.
+ * with another package list, and unpacks their layers. Each image is made once however many
+ * runtimes share it; a build with the same inputs as an earlier one is imported from the
+ * archive cache.
  */
 export async function ensureRuntimeImages(hb: Hybridbox, names?: readonly string[], opts: { log?: (line: string) => void } = {}): Promise<RuntimeImageResult[]> {
   const defs = names ? names.map((n) => resolveRuntime(n)) : runtimeDefinitions();
@@ -24,6 +25,9 @@ export async function ensureRuntimeImages(hb: Hybridbox, names?: readonly string
   for (const [ref, users] of byImage) {
     const t0 = performance.now();
     const r = await hb.images.ensureDebian(ref, users[0]!.packages, opts);
+    // Unpacked now rather than by the first request (seconds for the gcc image), which also
+    // makes the first listing's version read cheap.
+    await hb.images.resolve(r.digest);
     out.push({ ...r, runtimes: [...new Set(users.map((u) => u.name))], ms: Math.round(performance.now() - t0) });
   }
   return out;
