@@ -172,6 +172,10 @@ test('an unknown runtime is one line that names the field and every allowed name
   t.false(err.message.includes('\n'));
   t.is(err.message, 'runtime: "cobol" is not valid; use one of: shell (sh, bash), c (gcc, c11), cpp (c++, g++, cxx), python (python3, py), node (javascript, js, nodejs)');
   t.throws(() => resolveRuntime(''), { instanceOf: SpecError, message: /^runtime: "" is not valid/ });
+  // Names are looked up in a Map: the object prototype's keys are no runtimes.
+  for (const n of ['__proto__', 'constructor', 'toString']) t.throws(() => resolveRuntime(n), { instanceOf: SpecError });
+  const long = t.throws(() => resolveRuntime('x'.repeat(5000)))!;
+  t.true(long.message.length < 400, 'a long value is cut in the message');
 });
 
 test('names and aliases resolve, in any case', (t) => {
