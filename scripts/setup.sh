@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Brings a fresh Debian 12 machine to the point where hybridbox runs: Debian packages,
-# npm packages, the bundled CLI in dist/, and the base images. Idempotent; when everything
-# is in place it finishes in about a second.
+# npm packages, the bundled CLI in dist/, the base images and the language runtimes' images
+# (docs/RUNTIMES.md). Idempotent; when everything is in place it finishes in about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,4 +69,6 @@ fi
 # tini copied from this host onto an ext4 image, cached by their content (guest-images/README.md).
 bash guest-images/build-cgroup2-root.sh >/dev/null
 
+# The base images and the runtimes' images (debian:bookworm plus packages): built once, kept
+# as archives in $cache/bases by their inputs, imported from there into a new state root.
 node dist/cli.js setup >/dev/null

@@ -11,3 +11,5 @@ export type { WorkloadSpec, WorkloadSpecInput, BackendKind, Isolation, Trust, Ne
 export type { Placement } from './scheduler/index.js';
 export type { HostInfo } from './host/types.js';
 export type { Measurements, BenchResult, StartupResult, IsolationResult, DensityResult, HostDescription } from './measurements/index.js';
+export { BOX_DIR, describeRuntime, ensureRuntimeImages, listRuntimes, resolveRuntime, runtimeDefinitions, runtimeImageRef } from './languages/index.js';
+export type { RuntimeDefinition, RuntimeInfo, RuntimeImageResult } from './languages/index.js';

@@ -4,13 +4,13 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HostCapabilityError } from '../src/errors.js';
-import { DEFAULT_CACHE_DIR, buildDebianRootfs, debianImageConfig, hostDebianMirrors, type DebianRootfs } from '../src/images/bases/debian.js';
+import { aptCacheDir, buildDebianRootfs, debianImageConfig, hostDebianMirrors, type DebianRootfs } from '../src/images/bases/debian.js';
 import { BlobStore, createLayer, type Layer } from '../src/images/oci/index.js';
 import { run } from '../src/util/exec.js';
 
 // The build needs the network (a Debian mirror) and root; the cache makes a rebuild skip
 // every download, so two builds from the same mirror state take about a minute here.
-const CACHE = DEFAULT_CACHE_DIR;
+const CACHE = aptCacheDir();
 
 /** Every entry of a tree as one line (type, mode, owner, size, mtime, content hash or link target). */
 function treeLines(root: string): string[] {

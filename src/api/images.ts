@@ -5,7 +5,7 @@ import type { BuildOptions, BuildResult, StepRunner } from '../images/build/inde
 import type { ExportResult, ImportResult } from '../images/oci/index.js';
 import type { ProgressReporter, PullResult, PushResult, Registry } from '../registry/index.js';
 import type { Core } from './context.js';
-import type { RegistryTransferOptions, RemoveImageOptions } from './types.js';
+import type { EnsureImageResult, RegistryTransferOptions, RemoveImageOptions } from './types.js';
 
 /** Base images made on this host from local packages (no registry is needed). */
 const BASE_IMAGES: Record<string, (store: ImageStore) => Promise<unknown>> = {
@@ -70,6 +70,23 @@ export class ImageService {
     if (!make) return false;
     await make(this.store);
     return true;
+  }
+
+  /**
+   * Makes `ref` as debian:bookworm plus `packages` (mmdebstrap --include, no recommends),
+   * through the same recipe and archive cache as the base. An image already stored under
+   * `ref` is kept when it was made with this package list; a changed list builds anew.
+   */
+  async ensureDebian(ref: string, packages: readonly string[], opts: { log?: (line: string) => void } = {}): Promise<EnsureImageResult> {
+    const full = checkRef(ref, 'image');
+    const { buildDebianImage, normalizePackages, PACKAGES_LABEL } = await import('../images/bases/debian.js');
+    const include = normalizePackages(packages);
+    const digest = this.store.digestOf(full);
+    if (digest) {
+      const { config } = await this.store.inspect(digest);
+      if ((config.config.Labels?.[PACKAGES_LABEL] ?? '') === include.join(',')) return { ref: full, digest, source: 'present' };
+    }
+    return { ref: full, ...(await buildDebianImage(this.store, full, { include, log: opts.log })) };
   }
 
   /** Manifest digests that sandboxes (in any state) were made from: never pruned. */

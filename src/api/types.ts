@@ -137,6 +137,13 @@ export interface RemoveImageOptions {
   force?: boolean;
 }
 
+/** How ensureDebian found an image: already in the store, imported from the cache, or bootstrapped. */
+export interface EnsureImageResult {
+  ref: string;
+  digest: string;
+  source: 'present' | 'cache' | 'built';
+}
+
 export interface RegistryTransferOptions {
   /** s3://bucket/prefix. @default the registry config's `url`, else the embedded registry */
   registry?: string;

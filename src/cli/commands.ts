@@ -168,13 +168,35 @@ export const commands: Record<string, Handler> = {
   async setup(_cmd, _args, opts) {
     await withHybridbox(opts, async (hb) => {
       await hb.images.ensureBase();
-      // debian:bookworm needs Debian's mirror; without it, everything busybox-based still works.
+      // debian:bookworm and the runtimes need Debian's mirror; without it, everything
+      // busybox-based still works.
       try {
         await hb.images.ensureBase('debian:bookworm');
+        if (opts.runtimes !== false) {
+          const { ensureRuntimeImages } = await import('../languages/index.js');
+          for (const r of await ensureRuntimeImages(hb)) {
+            if (r.source !== 'present')
+              process.stderr.write(`hybridbox: ${r.ref} (${r.runtimes.join(', ')}): ${r.source === 'built' ? 'built' : 'imported from the cache'} in ${(r.ms / 1000).toFixed(1)} s\n`);
+          }
+        }
       } catch (e) {
-        process.stderr.write(`hybridbox: warning: debian:bookworm was not built: ${(e as Error).message}\n`);
+        process.stderr.write(`hybridbox: warning: the Debian images were not all built: ${(e as Error).message}\n`);
       }
       out(`images: ${hb.images.list().join(', ')}`);
+    });
+  },
+
+  async runtimes(_cmd, _args, opts) {
+    await withHybridbox(opts, async (hb) => {
+      const { listRuntimes } = await import('../languages/index.js');
+      const list = await listRuntimes(hb);
+      if (opts.json) return json(list);
+      out(
+        table([
+          ['RUNTIME', 'VERSION', 'ALIASES', 'IMAGE', 'COMPILE', 'RUN'],
+          ...list.map((r) => [r.name, r.version ?? 'not built (run `hybridbox setup`)', r.aliases.join(', '), r.image, r.compile?.join(' ') ?? '-', r.run.join(' ')]),
+        ]),
+      );
     });
   },
 

@@ -57,7 +57,12 @@ export function buildProgram(): Command {
   const serviceAction = handlerOf(async () => (await import('./service.js')).serviceCommands);
 
   program.command('info').description("show the host's capabilities as hybridbox sees them").option('--json', 'machine-readable output').action(action('info'));
-  program.command('setup').description('check the host and build the base images').action(action('setup'));
+  program
+    .command('setup')
+    .description('check the host and build the base images and the language runtimes')
+    .option('--no-runtimes', 'build only the base images (busybox, debian:bookworm)')
+    .action(action('setup'));
+  program.command('runtimes').description('list the language runtimes with their versions and aliases').option('--json', 'machine-readable output').action(action('runtimes'));
 
   withRunOptions(program.command('place').description('show where a workload would run, and why, without running it'))
     .argument('[image]', 'image name')

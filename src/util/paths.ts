@@ -34,3 +34,11 @@ export function ensureSbinOnPath(): void {
 export function stateRoot(): string {
   return process.env.HYBRIDBOX_ROOT ?? '/var/lib/hybridbox';
 }
+
+/**
+ * Where slow-to-build artefacts live, outside any clone (kernels, initramfs, base and runtime
+ * images, downloaded .debs), keyed by their inputs.
+ */
+export function cacheDir(): string {
+  return process.env.HYBRIDBOX_CACHE ?? '/var/cache/hybridbox';
+}

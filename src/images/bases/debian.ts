@@ -25,6 +25,7 @@ import { delimiter, join, resolve } from 'node:path';
 import { HostCapabilityError } from '../../errors.js';
 import { lastLine, LineTail, run, spawnChild } from '../../util/exec.js';
 import { discardTree } from '../../util/fs.js';
+import { cacheDir } from '../../util/paths.js';
 import type { ImageConfig, ImageStore } from '../store.js';
 import { createLayer } from '../oci/index.js';
 
@@ -40,11 +41,16 @@ export interface DebianBaseOptions {
   updates?: boolean;
   variant?: 'minbase';
   /**
+   * Debian packages installed on top of the variant (mmdebstrap --include), with their hard
+   * dependencies and without recommends. Part of the inputs key.
+   */
+  include?: readonly string[];
+  /**
    * Seconds since the epoch stamped on every file and used by dpkg maintainer scripts.
    * Default: the newest `Date:` of the suites' Release files, so one mirror state gives one tree.
    */
   sourceDateEpoch?: number;
-  /** Keeps downloaded .debs and package lists between builds; `false` disables. */
+  /** Keeps downloaded .debs and package lists between builds (default: aptCacheDir()); `false` disables. */
   cacheDir?: string | false;
   /** Where the host's apt sources are read from (for the default mirrors). */
   aptEtcDir?: string;
@@ -75,7 +81,10 @@ export interface DebianRootfs {
 
 export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
 export const DEFAULT_SECURITY_MIRROR = 'http://deb.debian.org/debian-security';
-export const DEFAULT_CACHE_DIR = '/var/cache/hybridbox/apt';
+/** Downloaded .debs and package lists, shared by every Debian build on this host. */
+export function aptCacheDir(): string {
+  return join(cacheDir(), 'apt');
+}
 const MERGED_USR_HOOKS = '/usr/share/mmdebstrap/hooks/merged-usr';
 const APT_HELPER = '/usr/lib/apt/apt-helper';
 
@@ -94,6 +103,60 @@ const DPKG_EXCLUDES = [
 
 // Bumped whenever the recipe below changes what a build produces.
 const RECIPE_VERSION = 1;
+
+/**
+ * Debian policy's package name syntax (5.6.1), without a trailing "-": the names reach apt as
+ * arguments, which reads anything else as a pattern, a version pin or a removal ("pkg-").
+ */
+export function isDebianPackageName(name: string): boolean {
+  return /^[a-z0-9][a-z0-9+.-]*[a-z0-9+]$/.test(name);
+}
+
+/** A package list as the recipe uses it: checked, sorted, each name once. */
+export function normalizePackages(packages: readonly string[]): string[] {
+  for (const p of packages) {
+    if (!isDebianPackageName(p))
+      throw new HostCapabilityError(`debian package ${JSON.stringify(p)} is not a valid package name; use lower-case letters, digits and + . -, not ending in - (Debian policy 5.6.1)`);
+  }
+  return [...new Set(packages)].sort();
+}
+
+/** What decides a Debian tree: equal inputs give byte-identical trees. */
+export interface DebianInputs {
+  /** `mmdebstrap --version`: it extracts the essential packages itself. */
+  tool: string;
+  suite: DebianSuite;
+  variant: 'minbase';
+  sources: string[];
+  sourceDateEpoch: number;
+  include: readonly string[];
+  /** The Release files of the mirror state, in the order of `sources`. */
+  releases: string[];
+}
+
+/**
+ * The inputs key of a Debian tree. The package list enters only when it is not empty, so the
+ * plain base keeps the key (and the cached archive) it had before packages could be added.
+ */
+export function debianInputsKey(i: DebianInputs): string {
+  const include = normalizePackages(i.include);
+  return createHash('sha256')
+    .update(
+      JSON.stringify({
+        recipe: RECIPE_VERSION,
+        tool: i.tool,
+        suite: i.suite,
+        variant: i.variant,
+        sources: i.sources,
+        sourceDateEpoch: i.sourceDateEpoch,
+        excludes: DPKG_EXCLUDES,
+        arch: process.arch,
+        ...(include.length ? { include } : {}),
+      }),
+    )
+    .update(i.releases.join('\0'))
+    .digest('hex');
+}
 
 /** Runtime config of the image: what `docker run debian:bookworm` gives. */
 export function debianImageConfig(): ImageConfig {
@@ -294,7 +357,8 @@ export async function buildDebianRootfs(targetDir: string, opts: DebianBaseOptio
   const mirror = checkMirrorUrl(opts.mirror ?? host.mirror ?? DEFAULT_MIRROR, 'mirror');
   const securityMirror = checkMirrorUrl(opts.securityMirror ?? host.securityMirror ?? DEFAULT_SECURITY_MIRROR, 'security mirror');
   const target = resolve(targetDir);
-  const cacheDir = opts.cacheDir === false ? undefined : resolve(opts.cacheDir ?? DEFAULT_CACHE_DIR);
+  const aptCache = opts.cacheDir === false ? undefined : resolve(opts.cacheDir ?? aptCacheDir());
+  const include = normalizePackages(opts.include ?? []);
   checkHost();
 
   if (existsSync(target) && readdirSync(target).length > 0) throw new HostCapabilityError(`${target} is not empty; the debian rootfs needs an empty directory`);
@@ -312,12 +376,8 @@ export async function buildDebianRootfs(targetDir: string, opts: DebianBaseOptio
     if (!Number.isInteger(sourceDateEpoch) || sourceDateEpoch < 0) {
       throw new HostCapabilityError(`sourceDateEpoch: ${sourceDateEpoch} is not valid; give whole seconds since 1970`);
     }
-    // mmdebstrap's version is an input too: it extracts the essential packages itself.
     const tool = (await run('mmdebstrap', ['--version'])).stdout.trim();
-    const inputsKey = createHash('sha256')
-      .update(JSON.stringify({ recipe: RECIPE_VERSION, tool, suite, variant, sources, sourceDateEpoch, excludes: DPKG_EXCLUDES, arch: process.arch }))
-      .update(releases.join('\0'))
-      .digest('hex');
+    const inputsKey = debianInputsKey({ tool, suite, variant, sources, sourceDateEpoch, include, releases });
     if (opts.reuse?.(inputsKey)) return { packages: [], sourceDateEpoch, mirror, sources, inputsKey, reused: true };
 
     const listsOut = join(work, 'lists');
@@ -330,11 +390,12 @@ export async function buildDebianRootfs(targetDir: string, opts: DebianBaseOptio
       // same links, so the host having debootstrap or not does not change the tree.)
       `--hook-dir=${MERGED_USR_HOOKS}`,
       ...DPKG_EXCLUDES.map((o) => `--dpkgopt=${o}`),
-      ...(sources.some((s) => s.includes('https://')) ? ['--include=ca-certificates'] : []),
     ];
-    if (cacheDir) {
-      mkdirSync(join(cacheDir, 'archives'), { recursive: true });
-      mkdirSync(join(cacheDir, 'lists'), { recursive: true });
+    const extra = normalizePackages([...include, ...(sources.some((s) => s.includes('https://')) ? ['ca-certificates'] : [])]);
+    if (extra.length) args.push(`--include=${extra.join(',')}`);
+    if (aptCache) {
+      mkdirSync(join(aptCache, 'archives'), { recursive: true });
+      mkdirSync(join(aptCache, 'lists'), { recursive: true });
       // Keep downloaded .debs in the chroot until the customize hook has copied them out.
       args.push('--skip=essential/unlink', `--setup-hook=${CACHE_IN_HOOK}`, `--customize-hook=${CACHE_OUT_HOOK}`);
     }
@@ -348,11 +409,11 @@ export async function buildDebianRootfs(targetDir: string, opts: DebianBaseOptio
       LC_ALL: 'C.UTF-8',
       SOURCE_DATE_EPOCH: String(sourceDateEpoch),
       HBX_LISTS_OUT: listsOut,
-      ...(cacheDir ? { HBX_APT_CACHE: cacheDir } : {}),
+      ...(aptCache ? { HBX_APT_CACHE: aptCache } : {}),
       ...(process.env.http_proxy ? { http_proxy: process.env.http_proxy } : {}),
       ...(process.env.https_proxy ? { https_proxy: process.env.https_proxy } : {}),
     };
-    log(`mmdebstrap ${suite} (${variant}) from ${sources.join(', ')}, SOURCE_DATE_EPOCH=${sourceDateEpoch}`);
+    log(`mmdebstrap ${suite} (${variant}${include.length ? ` + ${include.join(' ')}` : ''}) from ${sources.join(', ')}, SOURCE_DATE_EPOCH=${sourceDateEpoch}`);
     try {
       await runMmdebstrap(args, env, log, opts.timeoutMs ?? 20 * 60_000);
       checkSameMirrorState(suites, releases, listsOut);
@@ -360,11 +421,11 @@ export async function buildDebianRootfs(targetDir: string, opts: DebianBaseOptio
       discardTree(target);
       throw err;
     }
-    if (cacheDir) saveLists(listsOut, join(cacheDir, 'lists'));
+    if (aptCache) saveLists(listsOut, join(aptCache, 'lists'));
 
     normalizeTree(target, sourceDateEpoch);
     const packages = installedPackages(target);
-    if (cacheDir) pruneArchives(join(cacheDir, 'archives'), packages);
+    if (aptCache) pruneArchives(join(aptCache, 'archives'), packages);
     return { packages, sourceDateEpoch, mirror, sources, inputsKey, reused: false };
   } finally {
     rmSync(work, { recursive: true, force: true });
@@ -411,14 +472,18 @@ function pruneArchives(dir: string, packages: string[]): void {
 
 /** `name=version` of every installed package, from dpkg's status file. */
 export function installedPackages(root: string): string[] {
-  const status = readFileSync(join(root, 'var/lib/dpkg/status'), 'utf8');
-  const out: string[] = [];
+  return [...dpkgVersions(readFileSync(join(root, 'var/lib/dpkg/status'), 'utf8'))].map(([name, version]) => `${name}=${version}`).sort();
+}
+
+/** Installed packages and their versions, from the text of a dpkg status file. */
+export function dpkgVersions(status: string): Map<string, string> {
+  const out = new Map<string, string>();
   for (const stanza of status.split(/\n\n+/)) {
     const name = /^Package:\s*(\S+)/m.exec(stanza)?.[1];
     const version = /^Version:\s*(\S+)/m.exec(stanza)?.[1];
-    if (name && version && /^Status:.*\binstalled$/m.test(stanza)) out.push(`${name}=${version}`);
+    if (name && version && /^Status:.*\binstalled$/m.test(stanza)) out.set(name, version);
   }
-  return out.sort();
+  return out;
 }
 
 // ---------------------------------------------------------------------------
@@ -509,40 +574,60 @@ function stampTree(dir: string, epoch: number): void {
   lutimesSync(dir, epoch, epoch);
 }
 
-/** Where finished base images are kept as OCI archives, by inputs key, outside any state root. */
-export const BASE_ARCHIVE_DIR = '/var/cache/hybridbox/bases';
+/** Where finished Debian images are kept as OCI archives, by inputs key, outside any state root. */
+export function baseArchiveDir(): string {
+  return join(cacheDir(), 'bases');
+}
+
+/** The label that records an image's added packages (absent on the plain base). */
+export const PACKAGES_LABEL = 'dev.hybridbox.base.packages';
+
+export interface DebianImageResult {
+  digest: string;
+  /** 'cache': imported from the archive of a build with the same inputs; 'built': bootstrapped now. */
+  source: 'cache' | 'built';
+}
 
 /**
- * The `debian:bookworm` image: one reproducible layer from mmdebstrap. A finished image is
- * kept as an OCI archive keyed by the inputs (recipe and mirror state), so another state
- * root, or a rebuild while the mirror has not changed, imports it instead of bootstrapping.
+ * A Debian image (`debian:bookworm`, or it plus `opts.include`): one reproducible layer from
+ * mmdebstrap. A finished image is kept as an OCI archive keyed by the inputs (recipe,
+ * packages and mirror state), so another state root, or a rebuild while the mirror has not
+ * changed, imports it instead of bootstrapping.
  */
-export async function buildDebianImage(store: ImageStore, ref = 'debian:bookworm', opts: DebianBaseOptions = {}): Promise<string> {
+export async function buildDebianImage(store: ImageStore, ref = 'debian:bookworm', opts: DebianBaseOptions = {}): Promise<DebianImageResult> {
+  const dir = baseArchiveDir();
+  // One archive series per image name; the base keeps its old file names.
+  const series = ref.replace(/[^A-Za-z0-9._-]+/g, '-');
+  const own = new RegExp(`^${series.replace(/[.]/g, '\\.')}-[0-9a-f]{64}\\.tar$`);
+  const include = normalizePackages(opts.include ?? []);
   const work = mkdtempSync(join(store.dir, `.debian-${process.pid}-`));
   let archive = '';
   try {
     const root = join(work, 'rootfs');
     const r = await buildDebianRootfs(root, {
       ...opts,
-      reuse: (key) => existsSync((archive = join(BASE_ARCHIVE_DIR, `debian-bookworm-${key}.tar`))),
+      include,
+      reuse: (key) => existsSync((archive = join(dir, `${series}-${key}.tar`))),
     });
     if (r.reused) {
       const imported = await store.import(archive, { ref });
-      return imported.images[0]!.manifest.digest;
+      return { digest: imported.images[0]!.manifest.digest, source: 'cache' };
     }
     const layer = await createLayer(root, { store: store.blobs, mtime: r.sourceDateEpoch });
     const config = debianImageConfig();
-    config.labels = { 'org.opencontainers.image.created': new Date(r.sourceDateEpoch * 1000).toISOString(), 'dev.hybridbox.base.inputs': r.inputsKey };
+    config.labels = {
+      'org.opencontainers.image.created': new Date(r.sourceDateEpoch * 1000).toISOString(),
+      'dev.hybridbox.base.inputs': r.inputsKey,
+      ...(include.length ? { [PACKAGES_LABEL]: include.join(',') } : {}),
+    };
     const manifest = await store.commit([ref], [layer], config, { created: new Date(r.sourceDateEpoch * 1000).toISOString() });
-    mkdirSync(BASE_ARCHIVE_DIR, { recursive: true });
+    mkdirSync(dir, { recursive: true });
     const tmp = `${archive}.${process.pid}.tmp`;
     await store.export([ref], tmp);
     renameSync(tmp, archive);
-    // Older mirror states are of no further use.
-    for (const name of readdirSync(BASE_ARCHIVE_DIR)) {
-      if (name.startsWith('debian-bookworm-') && join(BASE_ARCHIVE_DIR, name) !== archive) rmSync(join(BASE_ARCHIVE_DIR, name), { force: true });
-    }
-    return manifest.digest;
+    // Older mirror states of this image are of no further use.
+    for (const name of readdirSync(dir)) if (own.test(name) && join(dir, name) !== archive) rmSync(join(dir, name), { force: true });
+    return { digest: manifest.digest, source: 'built' };
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

@@ -1,11 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { HostCapabilityError } from '../../errors.js';
-
-/** Where slow-to-build artefacts live, outside any clone (kernels, initramfs), keyed by their inputs. */
-export function cacheDir(): string {
-  return process.env.HYBRIDBOX_CACHE ?? '/var/cache/hybridbox';
-}
+import { cacheDir } from '../../util/paths.js';
 
 /** What a VM boots: written by the set-up step (scripts/setup.sh) after building both. */
 export interface GuestBoot {
