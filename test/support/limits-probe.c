@@ -8,6 +8,7 @@
  *                                program would make them
  *   limits-probe spin N          N processes (this one and N-1 children) spinning for ever
  *   limits-probe open-files      opens /dev/null until refused: "opened N EMFILE"
+ *   limits-probe hold MIB SECS   touches MIB MiB of fresh memory, prints "holding", keeps it SECS s
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -83,6 +84,16 @@ int main(int argc, char **argv) {
     printf("opened %d %s\n", n, strerrorname_np(errno));
     return 0;
   }
-  fprintf(stderr, "usage: limits-probe syscalls | syscalls-i386 | spin N | open-files\n");
+  if (argc >= 4 && !strcmp(argv[1], "hold")) {
+    size_t bytes = (size_t)atoi(argv[2]) << 20;
+    char *p = malloc(bytes);
+    if (!p) return 1;
+    for (size_t i = 0; i < bytes; i += 4096) p[i] = 1;
+    printf("holding\n");
+    fflush(stdout);
+    sleep((unsigned)atoi(argv[3]));
+    return p[bytes / 2] == 1 ? 0 : 1;
+  }
+  fprintf(stderr, "usage: limits-probe syscalls | syscalls-i386 | spin N | open-files | hold MIB SECS\n");
   return 2;
 }
