@@ -29,7 +29,8 @@ export interface RunOptions {
   /** The workload's standard input, passed through with its EOF. @default null (/dev/null) */
   stdin?: NodeJS.ReadableStream | null;
   /**
-   * How much of each stream the result keeps; the rest is counted, not kept.
+   * How much of each stream the result keeps; the rest is counted, not kept (the workload
+   * runs on: to stop it at a cap, set the spec's `outputLimitBytes`).
    * @default 1048576 (1 MiB)
    */
   maxBufferBytes?: number;

@@ -269,13 +269,15 @@ export class ContainerBackend implements Backend {
     // The CPU time of the whole group, as isolate counts it: the sandbox's cgroup, every
     // process (a per-process RLIMIT_CPU would let a workload spread its time over children).
     let cpuExceeded = false;
+    let cpuTimer: NodeJS.Timeout | undefined;
     const cpuLimitMs = (rec.spec as WorkloadSpec).resources.cpuTimeMs;
-    if (cpuLimitMs !== undefined) {
+    // No counter (a v1 host without cpuacct): the plan lists the limit as not applied.
+    if (cpuLimitMs !== undefined && cpuUsageFile(rec.id) !== null) {
       const rate = (rec.spec as WorkloadSpec).resources.cpus ?? this.host.cpus;
       const check = (): void => {
         const used = readCpuTimeMs(rec.id) ?? 0;
         if (used < cpuLimitMs) {
-          timers.push(setTimeout(check, cpuCheckInMs(cpuLimitMs - used, rate)));
+          cpuTimer = setTimeout(check, cpuCheckInMs(cpuLimitMs - used, rate));
           return;
         }
         cpuExceeded = true;
@@ -283,12 +285,13 @@ export class ContainerBackend implements Backend {
         if (this.initPid(rec) === null) child.kill('SIGKILL');
         else void this.signal(rec, 'KILL');
       };
-      timers.push(setTimeout(check, cpuCheckInMs(cpuLimitMs, rate)));
+      cpuTimer = setTimeout(check, cpuCheckInMs(cpuLimitMs, rate));
     }
     const exited = done
       .finally(() => {
         this.attachedHere.delete(rec.id);
         for (const t of timers) clearTimeout(t);
+        clearTimeout(cpuTimer);
       })
       .then(
         (r) => this.finish(rec, r.code, r.signal, r.stderr, timedOut, cpuExceeded),
@@ -376,8 +379,8 @@ export class ContainerBackend implements Backend {
     const limit = (rec.spec as WorkloadSpec).resources.cpuTimeMs;
     if (limit === undefined) return [];
     const usage = cpuUsageFile(rec.id);
-    if (usage === null) throw new HostCapabilityError('no cpuacct (cgroup v1) or cpu.stat (cgroup v2) to count the CPU time limit with');
-    return ['--cpu-limit-ms', String(limit), '--cpu-usage', usage];
+    // No counter: the plan lists the limit as not applied (containerLimits).
+    return usage === null ? [] : ['--cpu-limit-ms', String(limit), '--cpu-usage', usage];
   }
 
   async exec(rec: SandboxRecord, argv: string[], opts: ExecOptions): Promise<number> {

@@ -119,12 +119,14 @@ function processLimits(spec: WorkloadSpec, host: HostInfo, target: LimitTarget):
   if (r.cpuTimeMs !== undefined) {
     const v2 = host.cgroup.layout === 'v2';
     const dir = `hybridbox/${target.id ?? '<id>'}`;
-    const counter = v2 ? `cgroup v2 /sys/fs/cgroup/${dir}/cpu.stat usage_usec` : `cgroup v1 ${host.cgroup.v1.cpuacct ?? '/sys/fs/cgroup/cpuacct'}/${dir}/cpuacct.usage`;
-    out.push({
-      field: 'resources.cpuTimeMs',
-      value: `${r.cpuTimeMs} ms of CPU time`,
-      mechanism: `${counter} (every process of the sandbox), watched by hybridbox (the foreground run, or hbx-shim for a detached one): SIGKILL at ${r.cpuTimeMs} ms`,
-    });
+    const counter = v2 ? `cgroup v2 /sys/fs/cgroup/${dir}/cpu.stat usage_usec` : `cgroup v1 ${host.cgroup.v1.cpuacct}/${dir}/cpuacct.usage`;
+    if (!v2 && host.cgroup.v1.cpuacct === undefined) out.push(notApplied('resources.cpuTimeMs', `${r.cpuTimeMs} ms of CPU time`, 'this cgroup v1 host has no cpuacct controller to count it with'));
+    else
+      out.push({
+        field: 'resources.cpuTimeMs',
+        value: `${r.cpuTimeMs} ms of CPU time`,
+        mechanism: `${counter} (every process of the sandbox), watched by hybridbox (the foreground run, or hbx-shim for a detached one): SIGKILL at ${r.cpuTimeMs} ms`,
+      });
   }
   if (r.fileSizeBytes !== undefined) {
     out.push({
