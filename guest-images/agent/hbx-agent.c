@@ -887,6 +887,9 @@ static _Noreturn void child_exec(const struct spec *s, int in, int out, int err)
   struct rlimit rl;
   if (cfg.fsize && (rl.rlim_cur = rl.rlim_max = cfg.fsize, setrlimit(RLIMIT_FSIZE, &rl))) child_fail(126, "setrlimit", "RLIMIT_FSIZE", errno);
   if (cfg.nofile && (rl.rlim_cur = rl.rlim_max = cfg.nofile, setrlimit(RLIMIT_NOFILE, &rl))) child_fail(126, "setrlimit", "RLIMIT_NOFILE", errno);
+  /* A root session could raise them again (ulimit -f unlimited): without CAP_SYS_RESOURCE in
+   * its bounding set, the capabilities it gets at exec lack it, as a container's do. */
+  if ((cfg.fsize || cfg.nofile) && prctl(PR_CAPBSET_DROP, 24 /* CAP_SYS_RESOURCE */, 0, 0, 0)) child_fail(126, "prctl", "PR_CAPBSET_DROP", errno);
   const char *root = cfg.test_root ? cfg.test_root : NEWROOT;
   if (chroot(root) || chdir("/")) child_fail(126, "chroot", root, errno);
   if (chdir(s->workdir)) {
