@@ -200,9 +200,11 @@ function cpuCountingCgroup(name: string): { dir: string; usage: string } | null 
   return { dir, usage: join(dir, m.fstype === 'cgroup2' ? 'cpu.stat' : 'cpuacct.usage') };
 }
 
+/** Removes a test's own cgroup, killing what a failed test left spinning in it first. */
 const removeCgroup = (dir: string): Promise<boolean> =>
   waitFor(() => {
     try {
+      for (const pid of readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) process.kill(Number(pid), 'SIGKILL');
       rmdirSync(dir);
       return true;
     } catch {
