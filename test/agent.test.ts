@@ -123,6 +123,8 @@ const haveMusl = spawnSync('sh', ['-c', 'command -v musl-gcc && command -v cpio'
 const haveBusybox = existsSync('/bin/busybox');
 const buildTest = haveMusl ? test : test.skip;
 const agentTest = isRoot && haveMusl && haveBusybox ? test : test.skip;
+/** Test mode has no guest cgroup: X frames carry no usage counters then. */
+const NO_CGROUP = { cpuTimeMs: null, peakMemoryBytes: null, cpuTimeLimitExceeded: false };
 
 const work = mkdtempSync(join(tmpdir(), 'hbx-agent-test-'));
 test.after.always(() => rmSync(work, { recursive: true, force: true }));
@@ -239,8 +241,8 @@ agentTest('agent: R reports the kernel; stdout and stderr stay apart; exit codes
   t.is(ready.kernel, release());
   t.true(ready.initMs > 0 && ready.initMs <= ready.uptimeMs, JSON.stringify(ready));
   const r = await run(client, 1, spec(['sh', '-c', 'echo out; echo err >&2; echo more; exit 3']));
-  t.deepEqual(r, { stdout: 'out\nmore\n', stderr: 'err\n', exit: { exitCode: 3, signal: null, oomKilled: false } });
-  t.deepEqual((await run(client, 1, spec(['true']))).exit, { exitCode: 0, signal: null, oomKilled: false }, 'an id can be reused after its X');
+  t.deepEqual(r, { stdout: 'out\nmore\n', stderr: 'err\n', exit: { exitCode: 3, signal: null, oomKilled: false, ...NO_CGROUP } });
+  t.deepEqual((await run(client, 1, spec(['true']))).exit, { exitCode: 0, signal: null, oomKilled: false, ...NO_CGROUP }, 'an id can be reused after its X');
   client.shutdown();
   await client.waitClosed(10_000);
 });
@@ -286,9 +288,9 @@ agentTest('agent: concurrent sessions run side by side with their own output', a
   const slow = run(client, 1, spec(['sh', '-c', 'sleep 0.5; echo one']));
   const fast = run(client, 2, spec(['sh', '-c', 'echo two >&2; exit 2']));
   const f = await fast;
-  t.deepEqual(f, { stdout: '', stderr: 'two\n', exit: { exitCode: 2, signal: null, oomKilled: false } });
+  t.deepEqual(f, { stdout: '', stderr: 'two\n', exit: { exitCode: 2, signal: null, oomKilled: false, ...NO_CGROUP } });
   const s = await slow;
-  t.deepEqual(s, { stdout: 'one\n', stderr: '', exit: { exitCode: 0, signal: null, oomKilled: false } });
+  t.deepEqual(s, { stdout: 'one\n', stderr: '', exit: { exitCode: 0, signal: null, oomKilled: false, ...NO_CGROUP } });
   client.shutdown();
 });
 
@@ -303,7 +305,7 @@ agentTest('agent: K signals the whole process group of a session', async (t) => 
   // (not a VM) other tests' OOM kills may land in the same window.
   t.like((await killed).exit, { exitCode: null, signal: 'SIGKILL' });
   const g = await group;
-  t.deepEqual(g.exit, { exitCode: null, signal: 'SIGTERM', oomKilled: false }, JSON.stringify(g));
+  t.deepEqual(g.exit, { exitCode: null, signal: 'SIGTERM', oomKilled: false, ...NO_CGROUP }, JSON.stringify(g));
   t.is(g.stdout, '');
   const ps = await run(client, 3, spec(['sh', '-c', 'ps -o comm | grep -c sleep || true']));
   t.is(ps.stdout.trim(), '0', 'the background sleeps were in the group too');
@@ -350,8 +352,8 @@ agentTest('agent: when session 0 exits, the rest is killed and the agent powers 
   const { client, exited } = await startAgent(t);
   const other = run(client, 1, spec(['sleep', '30']));
   const main = await run(client, 0, spec(['sh', '-c', 'echo main; exit 7']));
-  t.deepEqual(main, { stdout: 'main\n', stderr: '', exit: { exitCode: 7, signal: null, oomKilled: false } });
-  t.deepEqual((await other).exit, { exitCode: null, signal: 'SIGTERM', oomKilled: false });
+  t.deepEqual(main, { stdout: 'main\n', stderr: '', exit: { exitCode: 7, signal: null, oomKilled: false, ...NO_CGROUP } });
+  t.deepEqual((await other).exit, { exitCode: null, signal: 'SIGTERM', oomKilled: false, ...NO_CGROUP });
   await client.waitClosed(10_000);
   t.is(await exited, 0);
 });
@@ -407,7 +409,7 @@ agentTest('agent: garbage before the first host frame is skipped', async (t) => 
   socket.write(noise);
   socket.write(encodeJsonFrame('S', 5, spec(['echo', 'through the noise']) as unknown as Record<string, unknown>));
   const x = await got((f) => f.type === 'X' && f.session === 5);
-  t.deepEqual(decodeJsonPayload(x), { exitCode: 0, signal: null, oomKilled: false });
+  t.deepEqual(decodeJsonPayload(x), { exitCode: 0, signal: null, oomKilled: false, cpuTimeLimitExceeded: false });
   t.is(
     frames
       .filter((f) => f.type === 'O' && f.session === 5)
@@ -472,7 +474,7 @@ oomTest('agent: a session killed by the OOM killer is reported as oomKilled', as
   await client.waitReady(10_000);
   // The string quadruples until the cgroup's limit: the kernel, not the shell, ends it.
   const hog = await run(client, 1, spec(['sh', '-c', 'x=aaaaaaaaaaaaaaaa; while :; do x="$x$x$x$x"; done']), 60_000);
-  t.deepEqual(hog.exit, { exitCode: null, signal: 'SIGKILL', oomKilled: true });
+  t.deepEqual(hog.exit, { exitCode: null, signal: 'SIGKILL', oomKilled: true, ...NO_CGROUP });
   t.is((await run(client, 2, spec(['echo', 'still serving']))).stdout, 'still serving\n');
   client.shutdown();
   await client.waitClosed(10_000);
@@ -600,7 +602,9 @@ vmTest('vm: the initramfs boots the guest kernel into the image with volumes, ne
   const big = await run(client, 2, spec(['sh', '-c', 'seq 1 50000']), 60_000);
   t.is(big.stdout, Array.from({ length: 50_000 }, (_, i) => `${i + 1}\n`).join(''));
   const main = await run(client, 0, spec(['sh', '-c', 'echo bye; exit 4']), 60_000);
-  t.deepEqual(main.exit, { exitCode: 4, signal: null, oomKilled: false });
+  // In a guest the X carries the workload cgroup's counters: every session's so far.
+  t.like(main.exit, { exitCode: 4, signal: null, oomKilled: false, cpuTimeLimitExceeded: false });
+  t.true(main.exit.cpuTimeMs! > 0 && main.exit.peakMemoryBytes! > 0, JSON.stringify(main.exit));
   await client.waitClosed(30_000);
   t.is(await qemuExit, 0);
   t.notRegex(readFileSync(consoleLog, 'utf8'), /Kernel panic|hbx-agent:/);

@@ -37,7 +37,7 @@ const freshDir = (name: string): string => {
   return d;
 };
 
-const readExitFile = (path: string): { exitCode: number | null; signal: string | null; finishedAtMs: number; timedOut: boolean } => {
+const readExitFile = (path: string): { exitCode: number | null; signal: string | null; finishedAtMs: number; timedOut: boolean; cpuTimeLimitExceeded: boolean } => {
   const text = readFileSync(path, 'utf8');
   if (!/^\{[^\n]*\}\n$/.test(text)) throw new Error(`exit file is not one JSON line: ${JSON.stringify(text)}`);
   return JSON.parse(text);
@@ -113,6 +113,10 @@ test('bad usage exits 125 with one line and never runs PROGRAM', (t) => {
     [['--exit-file', 'x', '--pid-file', 'y', '--', 'touch', marker], /--timeout-ms is required by --pid-file/],
     [['--exit-file', 'x', '--timeout-ms', '10', '--grace-ms', '-1', '--', 'touch', marker], /not a number of milliseconds -1/],
     [['--exit-file', 'x', '--timeout-ms', '0', '--', 'touch', marker], /not a positive number of milliseconds 0/],
+    [['--cpu-limit-ms', '10', '--cpu-usage', 'u', '--', 'touch', marker], /--exit-file is required by --cpu-limit-ms/],
+    [['--exit-file', 'x', '--cpu-limit-ms', '10', '--', 'touch', marker], /--cpu-usage is required by --cpu-limit-ms/],
+    [['--exit-file', 'x', '--cpu-usage', 'u', '--', 'touch', marker], /--cpu-limit-ms is required by --cpu-usage/],
+    [['--nofile', 'many', '--', 'touch', marker], /not a number of files many/],
   ];
   for (const [args, message] of cases) {
     const r = run(args);
@@ -187,6 +191,75 @@ rootTest('--join-cgroup: PROGRAM runs in the cgroup from its start; a missing cg
   }
 });
 
+/** A cgroup that counts CPU time (cpuacct on v1, the unified hierarchy on v2), and the file that counts it. */
+function cpuCountingCgroup(name: string): { dir: string; usage: string } | null {
+  const m = readMountinfo().find((x) => (x.fstype === 'cgroup' && x.superOptions.includes('cpuacct')) || (x.fstype === 'cgroup2' && x.mountPoint === '/sys/fs/cgroup'));
+  if (!m) return null;
+  const dir = join(m.mountPoint, `hbx-shim-${name}-${process.pid}`);
+  mkdirSync(dir);
+  return { dir, usage: join(dir, m.fstype === 'cgroup2' ? 'cpu.stat' : 'cpuacct.usage') };
+}
+
+/** Removes a test's own cgroup, killing what a failed test left spinning in it first. */
+const removeCgroup = (dir: string): Promise<boolean> =>
+  waitFor(() => {
+    try {
+      for (const pid of readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) process.kill(Number(pid), 'SIGKILL');
+      rmdirSync(dir);
+      return true;
+    } catch {
+      return false;
+    }
+  }, 5000);
+
+rootTest('monitor mode: --cpu-limit-ms kills PROGRAM once the cgroup has used that much CPU, counting every process; a sleeper is left alone', async (t) => {
+  const cg = cpuCountingCgroup('cpu');
+  const idle = cpuCountingCgroup('idle');
+  if (!cg || !idle) return t.fail('no cpuacct or cgroup2 hierarchy');
+  try {
+    const exitFile = join(freshDir('cpu'), 'exit.json');
+    const under = (c: { dir: string; usage: string }) => ['--join-cgroup', join(c.dir, 'cgroup.procs'), '--exit-file', exitFile, '--cpu-limit-ms', '400', '--cpu-usage', c.usage, '--'];
+    const cpu = under(cg);
+    // Two spinners: the limit is the group's, so they reach it in about half the wall time one
+    // would. The second dies with the first, as a container's init dies with its runtime.
+    const t0 = Date.now();
+    const r = run([...cpu, 'sh', '-c', `${shim} --pdeathsig KILL -- sh -c 'while :; do :; done' & while :; do :; done`]);
+    const wallMs = Date.now() - t0;
+    t.is(r.status, 137, r.stderr);
+    t.like(readExitFile(exitFile), { exitCode: 137, signal: 'SIGKILL', timedOut: false, cpuTimeLimitExceeded: true });
+    const raw = readFileSync(cg.usage, 'utf8');
+    const usedMs = /usage_usec (\d+)/.test(raw) ? Number(/usage_usec (\d+)/.exec(raw)![1]) / 1000 : Number(raw) / 1e6;
+    t.log(`two spinners under --cpu-limit-ms 400: killed at ${usedMs.toFixed(0)} ms of CPU after ${wallMs} ms`);
+    t.true(usedMs >= 400 && usedMs < 400 + 150, `used ${usedMs} ms`);
+    // The spinner the shell left behind died with it (a v1 cgroup outlives its processes only empty).
+    t.true(await waitFor(() => readFileSync(join(cg.dir, 'cgroup.procs'), 'utf8').trim() === '', 2000), 'a spinner survived');
+    // Wall time is not CPU time: longer than the limit, asleep.
+    const slept = run([...under(idle), 'sleep', '0.6']);
+    t.is(slept.status, 0, slept.stderr);
+    t.like(readExitFile(exitFile), { exitCode: 0, signal: null, cpuTimeLimitExceeded: false });
+  } finally {
+    await removeCgroup(cg.dir);
+    await removeCgroup(idle.dir);
+  }
+});
+
+test('--nofile raises the hard RLIMIT_NOFILE for PROGRAM where the host lets it, and never lowers it', (t) => {
+  const hard = Number(/^Max open files\s+\S+\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))![1]);
+  const lower = run(['--nofile', '64', '--', 'sh', '-c', 'ulimit -Hn']);
+  t.is(lower.status, 0, lower.stderr);
+  t.is(lower.stdout.trim(), String(hard));
+  const caps = BigInt(`0x${/^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]}`);
+  const higher = run(['--nofile', String(hard + 1000), '--', 'sh', '-c', 'ulimit -Hn']);
+  if ((caps >> 24n) & 1n) {
+    t.is(higher.status, 0, higher.stderr);
+    t.is(higher.stdout.trim(), String(hard + 1000));
+  } else {
+    // Without CAP_SYS_RESOURCE (this host) the raise is refused, in one line, before PROGRAM runs.
+    t.is(higher.status, 125);
+    t.is(higher.stderr, 'hbx-shim: setrlimit RLIMIT_NOFILE (more than /proc/sys/fs/nr_open?): Operation not permitted\n');
+  }
+});
+
 rootTest('a failing setup step prints one line and exits 125 before PROGRAM runs', (t) => {
   const d = freshDir('fail');
   const marker = join(d, 'ran');
@@ -246,7 +319,13 @@ test('monitor mode: --timeout-ms sends SIGTERM at the deadline; exit code 124, t
   const took = Date.now() - t0;
   t.true(took >= 300 && took < 1500, `took ${took} ms`);
   t.is(r.status, 124);
-  t.deepEqual(JSON.parse(readFileSync(exitFile, 'utf8')), { exitCode: 124, signal: 'SIGTERM', finishedAtMs: readExitFile(exitFile).finishedAtMs, timedOut: true });
+  t.deepEqual(JSON.parse(readFileSync(exitFile, 'utf8')), {
+    exitCode: 124,
+    signal: 'SIGTERM',
+    finishedAtMs: readExitFile(exitFile).finishedAtMs,
+    timedOut: true,
+    cpuTimeLimitExceeded: false,
+  });
   const quick = run(['--exit-file', exitFile, '--timeout-ms', '5000', '--', 'true']);
   t.is(quick.status, 0);
   t.false((JSON.parse(readFileSync(exitFile, 'utf8')) as { timedOut: boolean }).timedOut);

@@ -58,6 +58,19 @@ const rows: Row[] = [
   { title: 'fractional pids', input: { flags: { pids: '1.5' } }, field: 'resources.pids', bad: '1.5' },
   { title: 'zero pids in YAML', input: { yaml: 'image: busybox\nresources:\n  pids: 0\n' }, field: 'resources.pids', bad: '0' },
   { title: 'ioWeight out of range', input: spec({ resources: { ioWeight: 5000 } }), field: 'resources.ioWeight', bad: '5000' },
+  // the limits a judge sets
+  { title: 'CPU time below 10 ms', input: { flags: { cpuTime: '5ms' } }, field: 'resources.cpuTimeMs', bad: '5' },
+  { title: 'CPU time as a word', input: { flags: { cpuTime: 'forever' } }, field: '--cpu-time', bad: '"forever"' },
+  { title: 'fractional CPU time in a spec', input: spec({ resources: { cpuTimeMs: 1.5 } }), field: 'resources.cpuTimeMs', bad: '1.5' },
+  { title: 'zero file size', input: spec({ resources: { fileSizeBytes: 0 } }), field: 'resources.fileSizeBytes', bad: '0' },
+  { title: 'negative file size flag', input: { flags: { fileSize: '-1m' } }, field: '--file-size', bad: '"-1m"' },
+  { title: 'two open files', input: { flags: { openFiles: '2' } }, field: 'resources.openFiles', bad: '2' },
+  { title: 'open files above fs.nr_open', input: spec({ resources: { openFiles: 2_000_000 } }), field: 'resources.openFiles', bad: '2000000' },
+  { title: 'tmpfs size as a word', input: { flags: { tmpfsSize: 'lots' } }, field: '--tmpfs-size', bad: '"lots"' },
+  { title: 'zero tmpfs', input: spec({ resources: { tmpfsMiB: 0 } }), field: 'resources.tmpfsMiB', bad: '0' },
+  { title: 'zero output limit', input: { flags: { outputLimit: '0' } }, field: 'outputLimitBytes', bad: '0' },
+  { title: 'output limit as a string', input: spec({ outputLimitBytes: '1m' }), field: 'outputLimitBytes', bad: '"1m"' },
+  { title: 'readOnlyRoot as a string', input: { yaml: 'image: busybox\nreadOnlyRoot: "yes"\n' }, field: 'readOnlyRoot', bad: '"yes"' },
   { title: 'cpus above host', input: { flags: { cpus: '8' } }, field: 'resources.cpus', bad: '8' },
   { title: 'memory above host', input: { flags: { memory: '16g' } }, field: 'resources.memoryMiB', bad: '16384' },
   // disk and network limits
@@ -182,6 +195,12 @@ test('flags become a spec, with units converted', (t) => {
       startupBudget: '1.5s',
       timeout: '2m',
       ownKernel: true,
+      cpuTime: '1.5s',
+      fileSize: '10m',
+      openFiles: '256',
+      tmpfsSize: '64m',
+      readOnly: true,
+      outputLimit: '64k',
     },
     { image: 'alpine:3.20', command: ['sh', '-c', 'echo hi'] },
   );
@@ -192,7 +211,19 @@ test('flags become a spec, with units converted', (t) => {
     env: { LANG: 'C.UTF-8', EQ: 'a=b' },
     workdir: '/work',
     user: '1000:1000',
-    resources: { cpus: 0.5, memoryMiB: 1536, pids: 128, ioWeight: 500, deviceWriteBps: [{ path: '/dev/vda', rate: 10485760 }, { rate: 1536 }], deviceReadIops: [{ rate: 300 }], netRateKbit: 2500 },
+    resources: {
+      cpus: 0.5,
+      memoryMiB: 1536,
+      pids: 128,
+      ioWeight: 500,
+      deviceWriteBps: [{ path: '/dev/vda', rate: 10485760 }, { rate: 1536 }],
+      deviceReadIops: [{ rate: 300 }],
+      netRateKbit: 2500,
+      cpuTimeMs: 1500,
+      fileSizeBytes: 10485760,
+      openFiles: 256,
+      tmpfsMiB: 64,
+    },
     network: 'bridge',
     volumes: [
       { hostPath: '/srv/data', guestPath: '/data', readOnly: true },
@@ -202,6 +233,8 @@ test('flags become a spec, with units converted', (t) => {
     trust: 'untrusted',
     startupBudgetMs: 1500,
     timeoutMs: 120_000,
+    readOnlyRoot: true,
+    outputLimitBytes: 65536,
     kernel: { ownKernel: true },
   });
 });
@@ -253,6 +286,7 @@ test('defaults are filled in', (t) => {
     volumes: [],
     isolation: 'auto',
     trust: 'trusted',
+    readOnlyRoot: false,
     kernel: { ownKernel: false },
   });
 });

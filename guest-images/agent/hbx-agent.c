@@ -8,6 +8,12 @@
  *   hbx.ip=A.B.C.D/N  hbx.gw=A.B.C.D  hbx.hostname=NAME  hbx.vol=TAG:/guest/path:ro|rw (repeat)
  *   hbx.root=/dev/vda  hbx.rootrw=1  hbx.agent=/dev/ttyS1  hbx.modules=1
  *   hbx.pids=N  hbx.mem=BYTES   the workload cgroup's pids.max and memory.max (see setup_cgroup)
+ *   hbx.cputime=MS              the workload cgroup's CPU time limit: cgroup.kill once cpu.stat
+ *                               usage_usec reaches it (see watch_cpu)
+ *   hbx.fsize=BYTES  hbx.nofile=N   every session's RLIMIT_FSIZE and RLIMIT_NOFILE
+ *   hbx.tmpfs=MIB               the size of the /tmp and /dev/shm tmpfs mounts
+ *   hbx.rootro=1                the root remounted read-only once the guest is set up
+ *   hbx.untrusted=1             every session under the untrusted seccomp filter (see untrusted_filter)
  * Values are percent-encoded (%XX, any byte but NUL): the kernel splits its command line on
  * spaces (and byte 0xA0), and a `"` quotes everything after it. In hbx.vol the tag and the
  * path are decoded separately, after splitting on the `:` that the host never leaves raw.
@@ -41,8 +47,10 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <stddef.h>
 #include <sys/prctl.h>
 #include <sys/reboot.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -100,8 +108,8 @@ struct vol {
 static struct {
   const char *test_root, *port_path;
   char root_dev[128], agent_dev[128], hostname[65];
-  bool have_ip, have_gw, modules, root_rw;
-  long long pids_max, mem_max; /* 0: not set */
+  bool have_ip, have_gw, modules, root_rw, root_ro, untrusted;
+  long long pids_max, mem_max, cpu_ms, fsize, nofile, tmpfs_mib; /* 0: not set */
   bool cgroup; /* the workload cgroup exists: every session joins it */
   struct in_addr ip, mask, gw;
   struct vol vols[MAX_VOLS];
@@ -598,6 +606,77 @@ static unsigned long long oom_kills(void) {
   return kmsg_ooms;
 }
 
+/* A number at the start of a file (or after `key ` in it); -1 when there is none. */
+static long long read_keyed(const char *path, const char *key) {
+  char b[1024];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  ssize_t n = fd < 0 ? -1 : read(fd, b, sizeof b - 1);
+  if (fd >= 0) close(fd);
+  if (n <= 0) return -1;
+  b[n] = 0;
+  const char *p = b;
+  if (key) {
+    size_t kl = strlen(key);
+    for (p = b; p && (strncmp(p, key, kl) || p[kl] != ' '); p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+    }
+    if (!p) return -1;
+    p += kl + 1;
+  }
+  if (*p < '0' || *p > '9') return -1;
+  return strtoll(p, NULL, 10);
+}
+
+static long long read_number(const char *path) { return read_keyed(path, NULL); }
+
+/* The workload cgroup's CPU time, ms: every process of every session, as a container's
+ * cgroup counts it (cpu.stat is always there on cgroup2, with or without the cpu controller). */
+static long long cgroup_cpu_ms(void) {
+  long long us = read_keyed(WORK_CGROUP "/cpu.stat", "usage_usec");
+  return us < 0 ? -1 : us / 1000;
+}
+
+/* The agent killed the workload at its CPU time limit (hbx.cputime): every X says so. */
+static bool cpu_killed;
+static long long next_cpu_check;
+
+/* When to look at the CPU counter next (src/runtimes/limits.ts cpuCheckInMs paces the host
+ * side the same way): the group uses at most one ms per CPU per ms; 5 to 250 ms. */
+static long long cpu_check_in_ms(long long left_ms) {
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  long long in = left_ms / (cpus > 0 ? cpus : 1);
+  return in < 5 ? 5 : in > 250 ? 250 : in;
+}
+
+/* Every process in the workload cgroup, at once (cgroup.kill, Linux 5.14), else one by one
+ * until the cgroup is empty: its processes are forking, the agent is not. */
+static void kill_workload_cgroup(void) {
+  int fd = open(WORK_CGROUP "/cgroup.kill", O_WRONLY | O_CLOEXEC);
+  bool done = fd >= 0 && write(fd, "1", 1) == 1;
+  if (fd >= 0) close(fd);
+  for (int round = 0; !done && round < 100; round++) {
+    static char b[65536];
+    fd = open(WORK_CGROUP "/cgroup.procs", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, b, sizeof b - 1);
+    if (fd >= 0) close(fd);
+    if (n <= 0) break;
+    b[n] = 0;
+    for (char *t = strtok(b, "\n"); t; t = strtok(NULL, "\n")) kill(atoi(t), SIGKILL);
+  }
+}
+
+/* The CPU time limit, checked on the agent's own clock: at the limit the whole workload
+ * cgroup is killed, sessions end as SIGKILL, and their X frames say why. */
+static void watch_cpu(void) {
+  if (!cfg.cpu_ms || !cfg.cgroup || cpu_killed || now_ms() < next_cpu_check) return;
+  long long used = cgroup_cpu_ms();
+  if (used >= cfg.cpu_ms) {
+    cpu_killed = true;
+    kill_workload_cgroup();
+    return;
+  }
+  next_cpu_check = now_ms() + cpu_check_in_ms(cfg.cpu_ms - (used < 0 ? 0 : used));
+}
+
 static struct session *session_by_id(unsigned id) {
   for (int i = 0; i < MAX_SESSIONS; i++)
     if (sessions[i].used && sessions[i].id == id) return &sessions[i];
@@ -690,6 +769,101 @@ static _Noreturn void exec_search(char **argv, char **envp) {
   child_fail(err == ENOENT ? 127 : 126, "exec", file, err);
 }
 
+/* ---- the untrusted seccomp filter ---------------------------------------------------- */
+
+/*
+ * What src/runtimes/container/seccomp.ts adds for untrusted containers, for a guest kernel
+ * that has these interfaces (a distro kernel does; hybridbox's own has none of them): no
+ * io_uring, no kernel keyrings, no vsock sockets (the family answers EAFNOSUPPORT, as on a
+ * kernel without it). i386 calls are checked by their own numbers; its socketcall(2) hides
+ * the family in memory, so its socket(2) call is refused for every family, as libseccomp
+ * does for the container profile. x32 calls share the x86_64 numbers (plus bit 30).
+ */
+/* The kernel's ABI (linux/filter.h, linux/seccomp.h, linux/audit.h), which musl's headers do
+ * not carry. */
+struct sock_filter {
+  unsigned short code;
+  unsigned char jt, jf;
+  unsigned int k;
+};
+struct sock_fprog {
+  unsigned short len;
+  struct sock_filter *filter;
+};
+struct seccomp_data {
+  int nr;
+  unsigned int arch;
+  unsigned long long instruction_pointer, args[6];
+};
+#define BPF_LD 0x00
+#define BPF_W 0x00
+#define BPF_ABS 0x20
+#define BPF_ALU 0x04
+#define BPF_AND 0x50
+#define BPF_JMP 0x05
+#define BPF_JEQ 0x10
+#define BPF_K 0x00
+#define BPF_RET 0x06
+#define BPF_STMT(code, k) {(unsigned short)(code), 0, 0, k}
+#define BPF_JUMP(code, k, jt, jf) {(unsigned short)(code), jt, jf, k}
+#define SECCOMP_MODE_FILTER 2
+#define SECCOMP_RET_ALLOW 0x7fff0000U
+#define SECCOMP_RET_ERRNO 0x00050000U
+#define AUDIT_ARCH_X86_64 0xC000003EU
+#define AUDIT_ARCH_I386 0x40000003U
+
+#define FILTER_MAX 64
+static struct sock_filter filter[FILTER_MAX];
+static unsigned short nfilter;
+
+static void emit(struct sock_filter f) {
+  if (nfilter == FILTER_MAX) child_fail(126, "seccomp", "filter too long", E2BIG);
+  filter[nfilter++] = f;
+}
+
+#define DENY_EPERM (SECCOMP_RET_ERRNO | EPERM)
+#define DENY_NOFAMILY (SECCOMP_RET_ERRNO | EAFNOSUPPORT)
+
+/* The block for one ABI: entered with the arch in A; `deny` its numbers; `sock` the call
+ * whose first argument is a family (or socketcall's call number) refused when `sock_arg`. */
+static void abi_block(unsigned arch, bool x32_mask, const unsigned *deny, int ndeny, const unsigned (*sock)[2], int nsock) {
+  unsigned short at = nfilter;
+  emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, arch, 0, 0)); /* jf patched below */
+  emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)));
+  if (x32_mask) emit((struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, ~0x40000000u));
+  for (int i = 0; i < ndeny; i++) {
+    emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, deny[i], 0, 1));
+    emit((struct sock_filter)BPF_STMT(BPF_RET | BPF_K, DENY_EPERM));
+  }
+  for (int i = 0; i < nsock; i++) {
+    /* nr == sock[i][0] && args[0] == sock[i][1]: refused; nr matched, other argument: allowed. */
+    emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, sock[i][0], 0, 4));
+    emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])));
+    emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, sock[i][1], 0, 1));
+    emit((struct sock_filter)BPF_STMT(BPF_RET | BPF_K, DENY_NOFAMILY));
+    emit((struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+  }
+  emit((struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+  filter[at].jf = (unsigned char)(nfilter - at - 1);
+}
+
+static void untrusted_filter(void) {
+  /* io_uring_setup/enter/register, add_key, request_key, keyctl */
+  static const unsigned x64[] = {425, 426, 427, 248, 249, 250}, i386[] = {425, 426, 427, 286, 287, 288};
+  static const unsigned x64_sock[][2] = {{41 /* socket */, 40 /* AF_VSOCK */}};
+  static const unsigned i386_sock[][2] = {{359 /* socket */, 40}, {102 /* socketcall */, 1 /* SYS_SOCKET */}};
+  nfilter = 0;
+  emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)));
+  abi_block(AUDIT_ARCH_X86_64, true, x64, 6, x64_sock, 1);
+  abi_block(AUDIT_ARCH_I386, false, i386, 6, i386_sock, 2);
+  emit((struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+  struct sock_fprog prog = {nfilter, filter};
+  /* Without no_new_privs a process that is not root may not install a filter; with it, no
+   * set-uid program undoes the user switch either (a container has noNewPrivileges too). */
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) child_fail(126, "prctl", "no_new_privs", errno);
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) child_fail(126, "seccomp", "(hbx.untrusted needs a guest kernel with SECCOMP_FILTER)", errno);
+}
+
 /* Runs in the forked child: never returns. Errors go to the session's stderr. */
 static _Noreturn void child_exec(const struct spec *s, int in, int out, int err) {
   sigset_t none;
@@ -709,6 +883,13 @@ static _Noreturn void child_exec(const struct spec *s, int in, int out, int err)
    * starts next to a fork bomb. */
   if (cfg.cgroup && !write_file(WORK_CGROUP "/cgroup.procs", "0")) child_fail(126, "join cgroup", WORK_CGROUP, errno);
   (void)!write_file("/proc/self/oom_score_adj", "0");
+  /* Before setuid: raising a hard limit takes root. soft = hard, so the workload cannot raise it. */
+  struct rlimit rl;
+  if (cfg.fsize && (rl.rlim_cur = rl.rlim_max = cfg.fsize, setrlimit(RLIMIT_FSIZE, &rl))) child_fail(126, "setrlimit", "RLIMIT_FSIZE", errno);
+  if (cfg.nofile && (rl.rlim_cur = rl.rlim_max = cfg.nofile, setrlimit(RLIMIT_NOFILE, &rl))) child_fail(126, "setrlimit", "RLIMIT_NOFILE", errno);
+  /* A root session could raise them again (ulimit -f unlimited): without CAP_SYS_RESOURCE in
+   * its bounding set, the capabilities it gets at exec lack it, as a container's do. */
+  if ((cfg.fsize || cfg.nofile) && prctl(PR_CAPBSET_DROP, 24 /* CAP_SYS_RESOURCE */, 0, 0, 0)) child_fail(126, "prctl", "PR_CAPBSET_DROP", errno);
   const char *root = cfg.test_root ? cfg.test_root : NEWROOT;
   if (chroot(root) || chdir("/")) child_fail(126, "chroot", root, errno);
   if (chdir(s->workdir)) {
@@ -722,6 +903,7 @@ static _Noreturn void child_exec(const struct spec *s, int in, int out, int err)
     child_fail(126, "setgroups", "", errno);
   if (setgid(gid)) child_fail(126, "setgid", "", errno);
   if (setuid(s->uid)) child_fail(126, "setuid", "", errno);
+  if (cfg.untrusted) untrusted_filter();
   exec_search(s->argv, s->envp);
 }
 
@@ -795,7 +977,7 @@ static void finish_session(struct session *s, int status) {
     if (!n) break;
     got += n;
   }
-  char x[160], sig[32] = "null";
+  char x[360], sig[32] = "null";
   bool killed = WIFSIGNALED(status);
   if (killed) {
     int n = WTERMSIG(status);
@@ -805,9 +987,19 @@ static void finish_session(struct session *s, int status) {
   /* The OOM killer always uses SIGKILL; a rising global counter is the only trace it
    * leaves that this process can see. Concurrent sessions make it approximate. */
   bool oom = killed && WTERMSIG(status) == SIGKILL && oom_kills() > s->oom_before;
-  int n = WIFEXITED(status)
-              ? snprintf(x, sizeof x, "{\"exitCode\":%d,\"signal\":null,\"oomKilled\":false}", WEXITSTATUS(status))
-              : snprintf(x, sizeof x, "{\"exitCode\":null,\"signal\":%s,\"oomKilled\":%s}", sig, oom ? "true" : "false");
+  char code[16] = "null", usage[160] = "";
+  if (WIFEXITED(status)) snprintf(code, sizeof code, "%d", WEXITSTATUS(status));
+  else oom = oom && !cpu_killed; /* our own cgroup.kill is not the OOM killer */
+  if (cfg.cgroup) {
+    /* The whole workload cgroup's counters so far, as a container's cgroup reports them. */
+    long long cpu = cgroup_cpu_ms(), peak = read_number(WORK_CGROUP "/memory.peak");
+    char c[24] = "null", m[24] = "null";
+    if (cpu >= 0) snprintf(c, sizeof c, "%lld", cpu);
+    if (peak >= 0) snprintf(m, sizeof m, "%lld", peak);
+    snprintf(usage, sizeof usage, ",\"cpuTimeMs\":%s,\"peakMemoryBytes\":%s", c, m);
+  }
+  int n = snprintf(x, sizeof x, "{\"exitCode\":%s,\"signal\":%s,\"oomKilled\":%s,\"cpuTimeLimitExceeded\":%s%s}", code,
+                   killed ? sig : "null", oom ? "true" : "false", cpu_killed ? "true" : "false", usage);
   send_frame('X', s->id, x, n);
   bool main_done = s->id == 0;
   close_fd(&s->out_fd), close_fd(&s->err_fd), close_fd(&s->in_fd);
@@ -1010,6 +1202,7 @@ static void serve(void) {
      * R until the host has said something, so a late host still hears it. */
     if (!heard_host && !phase && (wake < 0 || next_ready < wake)) wake = next_ready;
     if (phase) wake = wake < 0 || phase_deadline < wake ? phase_deadline : wake;
+    if (cfg.cpu_ms && cfg.cgroup && !cpu_killed) wake = wake < 0 || next_cpu_check < wake ? next_cpu_check : wake;
     int timeout = wake < 0 ? -1 : wake <= t ? 0 : (int)(wake - t);
     int r = poll(fds, nf, timeout);
     if (r < 0 && errno != EINTR) fail("poll", "%s", strerror(errno));
@@ -1043,6 +1236,7 @@ static void serve(void) {
         break;
       }
     }
+    watch_cpu();
     /* Reaping after the pipes were read keeps a session's last output ahead of its X. */
     reap();
     if (!heard_host && !phase && now_ms() >= next_ready) {
@@ -1203,6 +1397,10 @@ static void apply_param(char *tok) {
     cfg.modules = !strcmp(v, "1");
   } else if (!strcmp(k, "rootrw")) {
     cfg.root_rw = !strcmp(v, "1");
+  } else if (!strcmp(k, "rootro")) {
+    cfg.root_ro = !strcmp(v, "1");
+  } else if (!strcmp(k, "untrusted")) {
+    cfg.untrusted = !strcmp(v, "1");
   } else if (!strcmp(k, "vol")) {
     if (cfg.nvols == MAX_VOLS) fail("cmdline", "more than %d hbx.vol", MAX_VOLS);
     struct vol *vo = &cfg.vols[cfg.nvols++];
@@ -1223,11 +1421,14 @@ static void apply_param(char *tok) {
         (len >= 3 && !strcmp(path + len - 3, "/..")))
       fail("cmdline", "hbx.vol=%s:%s: the guest path must be absolute, not /, without ..", v, path);
     strcpy(vo->path, path);
-  } else if (!strcmp(k, "pids") || !strcmp(k, "mem")) {
+  } else if (!strcmp(k, "pids") || !strcmp(k, "mem") || !strcmp(k, "cputime") || !strcmp(k, "fsize") || !strcmp(k, "nofile") ||
+             !strcmp(k, "tmpfs")) {
     char *end;
+    errno = 0;
     long long n = strtoll(v, &end, 10);
-    if (*end || n < 1) fail("cmdline", "hbx.%s=%s: expected a positive integer", k, v);
-    *(k[0] == 'p' ? &cfg.pids_max : &cfg.mem_max) = n;
+    if (*end || errno || n < 1) fail("cmdline", "hbx.%s=%s: expected a positive integer", k, v);
+    *(!strcmp(k, "pids") ? &cfg.pids_max : !strcmp(k, "mem") ? &cfg.mem_max : !strcmp(k, "cputime") ? &cfg.cpu_ms
+      : !strcmp(k, "fsize") ? &cfg.fsize : !strcmp(k, "nofile") ? &cfg.nofile : &cfg.tmpfs_mib) = n;
   } else {
     say("cmdline: ignoring unknown hbx.%s", k);
   }
@@ -1251,10 +1452,10 @@ static long long mem_total_bytes(void) {
  * unconfined, unless the host asked for a limit: then the VM does not start.
  */
 static void setup_cgroup(void) {
-  bool asked = cfg.pids_max || cfg.mem_max;
+  bool asked = cfg.pids_max || cfg.mem_max || cfg.cpu_ms;
   (void)!write_file("/proc/self/oom_score_adj", "-1000");
   if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL)) {
-    if (asked) fail("cgroup", "cgroup2 on /sys/fs/cgroup: %s (the spec's pids/memory limits need it)", strerror(errno));
+    if (asked) fail("cgroup", "cgroup2 on /sys/fs/cgroup: %s (the spec's pids/memory/CPU time limits need it)", strerror(errno));
     say("cgroup: no cgroup2 (%s): the workload runs without a guest cgroup", strerror(errno));
     return;
   }
@@ -1349,6 +1550,14 @@ static void write_root_file(const char *sub, const char *text) {
   if (fd >= 0) close(fd);
 }
 
+/* The private /tmp and /dev/shm: hbx.tmpfs's size, else tmpfs's own default (half the RAM). */
+static const char *tmpfs_options(void) {
+  static char o[64];
+  if (cfg.tmpfs_mib) snprintf(o, sizeof o, "mode=1777,size=%lldm", cfg.tmpfs_mib);
+  else snprintf(o, sizeof o, "mode=1777");
+  return o;
+}
+
 static void setup_dev(void) {
   char dev[256], p[300];
   root_path(dev, sizeof dev, "/dev");
@@ -1379,7 +1588,7 @@ static void setup_dev(void) {
   if (mkdir_p(p, 0755) || mount("devpts", p, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"))
     say("mount devpts: %s", strerror(errno));
   snprintf(p, sizeof p, "%s/shm", dev);
-  if (mkdir_p(p, 0755) || mount("shm", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"))
+  if (mkdir_p(p, 0755) || mount("shm", p, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs_options()))
     say("mount /dev/shm: %s", strerror(errno));
 }
 
@@ -1417,7 +1626,7 @@ static void setup_root(void) {
   setup_dev();
   root_path(p, sizeof p, "/tmp");
   xmkdir(p, 01777);
-  xmount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+  xmount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs_options());
   for (int i = 0; i < cfg.nvols; i++) {
     struct vol *v = &cfg.vols[i];
     root_path(p, sizeof p, v->path);
@@ -1510,6 +1719,10 @@ static void setup_vm(void) {
   setup_root();
   setup_network();
   setup_hostname();
+  /* Last, so that the agent's own writes (mount points, /etc/hosts) are done: from here on
+   * nothing of the workload's lands on the disk. Superblock-wide, so no other path writes. */
+  if (cfg.root_ro && mount(cfg.root_dev, NEWROOT, "ext4", MS_REMOUNT | MS_RDONLY, NULL))
+    fail("mount", "remount %s read-only: %s", NEWROOT, strerror(errno));
 }
 
 int main(void) {

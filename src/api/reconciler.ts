@@ -2,6 +2,8 @@ import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { SandboxNotFoundError } from '../errors.js';
 import type { ExitStatus } from '../runtimes/backend.js';
+import { withCpuVerdict } from '../runtimes/limits.js';
+import type { WorkloadSpec } from '../spec/index.js';
 import type { SandboxRecord } from '../store/index.js';
 import { isSameProcessAlive, pollUntil, sleep } from '../util/proc.js';
 import { backendOf, sandboxDir, thisProcessAsOwner, type Core } from './context.js';
@@ -40,7 +42,8 @@ export class Reconciler {
     return true;
   }
 
-  private async completeExit(rec: SandboxRecord, status: ExitStatus | null, failure?: string): Promise<void> {
+  private async completeExit(rec: SandboxRecord, given: ExitStatus | null, failure?: string): Promise<void> {
+    const status = given && withCpuVerdict(rec.spec as WorkloadSpec, given);
     // Resources first, so that a sandbox seen as ended holds nothing on the host any more.
     let teardownError: unknown;
     try {
@@ -56,7 +59,7 @@ export class Reconciler {
       signal: status?.signal ?? null,
       oomKilled: status?.oomKilled ?? false,
       timedOut: status?.timedOut ?? false,
-      stateReason: failure ?? status?.crash ?? (status?.oomKilled ? 'killed by the kernel: out of memory (memory limit reached)' : status?.timedOut ? 'stopped: its time limit ran out' : null),
+      stateReason: failure ?? status?.crash ?? (status ? endReason(status) : null),
       ownerPid: null,
       ownerStartTime: null,
     });
@@ -211,4 +214,13 @@ export class Reconciler {
     }
     return orphans;
   }
+}
+
+/** Why a workload that ended did so, when a limit ended it. */
+function endReason(status: ExitStatus): string | null {
+  if (status.oomKilled) return 'killed by the kernel: out of memory (memory limit reached)';
+  if (status.timedOut) return 'stopped: its time limit ran out';
+  if (status.cpuTimeLimitExceeded) return `killed: its CPU time limit ran out (${status.cpuTimeMs ?? '?'} ms used)`;
+  if (status.signal === 'SIGXFSZ') return 'killed by SIGXFSZ: a file reached its size limit';
+  return null;
 }

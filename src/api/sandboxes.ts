@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { AbortedError, NameConflictError, SandboxNotFoundError, SandboxStateError, SpecError } from '../errors.js';
 import { TIMEOUT_GRACE_MS, type ExitStatus, type SelfInvocation, type WorkloadSignal } from '../runtimes/backend.js';
 import { limitWarnings } from '../runtimes/descriptor.js';
+import { withCpuVerdict } from '../runtimes/limits.js';
 import type { Placement } from '../scheduler/index.js';
 import type { WorkloadSpec, WorkloadSpecInput } from '../spec/index.js';
 import type { SandboxRecord } from '../store/index.js';
@@ -86,6 +87,9 @@ export class SandboxService {
   private async createRecord(input: WorkloadSpecInput | unknown, attached = false): Promise<SandboxRecord> {
     const { store, images } = this.core;
     const spec = this.placement.validate(input);
+    if (!attached && spec.outputLimitBytes !== undefined) {
+      throw new SpecError('outputLimitBytes', spec.outputLimitBytes, "allowed only for foreground runs (run without -d): a detached sandbox's output goes to its logs, which nobody watches");
+    }
     const placement = this.placement.decide(spec);
     const id = newId();
     // From resolving the image until the record names it, `image prune` must not run.
@@ -154,7 +158,14 @@ export class SandboxService {
     const withTimeout = opts.timeoutMs !== undefined && input && typeof input === 'object' ? { ...(input as object), timeoutMs: opts.timeoutMs } : input;
     const rec = await this.createRecord(withTimeout, true);
     const backend = backendOf(this.core, rec);
-    const output = new OutputCapture(opts.maxBufferBytes, opts);
+    const outputLimitBytes = (rec.spec as WorkloadSpec).outputLimitBytes;
+    // One place for every backend: the cap is on what reaches this process, and passing it
+    // ends the whole sandbox at once (no grace: more output is what it would spend it on).
+    const output = new OutputCapture(
+      opts.maxBufferBytes,
+      opts,
+      outputLimitBytes === undefined ? undefined : { bytes: outputLimitBytes, onExceeded: () => void backend.signal(rec, 'KILL').catch(() => undefined) },
+    );
     // The backend keeps the time limit itself (from the workload's start); an abort is the caller's.
     const abort = stopOn(
       opts.signal,
@@ -168,7 +179,7 @@ export class SandboxService {
       const attached = await backend.runAttached(rec, { sink: output.sink, stdin: opts.stdin ?? null });
       // An abort while the workload was still being started found nothing to signal.
       if (abort.aborted()) void backend.signal(rec, 'TERM').catch(() => undefined);
-      status = await attached.exited;
+      status = withCpuVerdict(rec.spec as WorkloadSpec, await attached.exited);
     } catch (e) {
       if (opts.remove) await this.reconciler.remove(rec);
       else await this.reconciler.finish(rec, null, e instanceof Error ? e.message : String(e));
@@ -200,6 +211,10 @@ export class SandboxService {
       ...output.fields(),
       peakMemoryBytes: status.peakMemoryBytes,
       cpuTimeMs: status.cpuTimeMs,
+      cpuTimeLimitExceeded: status.cpuTimeLimitExceeded,
+      fileSizeLimitExceeded: status.signal === 'SIGXFSZ',
+      outputLimitExceeded: output.exceededBy !== null,
+      outputLimitStream: output.exceededBy,
       warnings: rec.warnings,
       limits: toInfo(rec).limits,
       crash: status.crash ?? null,

@@ -29,7 +29,8 @@ export interface RunOptions {
   /** The workload's standard input, passed through with its EOF. @default null (/dev/null) */
   stdin?: NodeJS.ReadableStream | null;
   /**
-   * How much of each stream the result keeps; the rest is counted, not kept.
+   * How much of each stream the result keeps; the rest is counted, not kept (the workload
+   * runs on: to stop it at a cap, set the spec's `outputLimitBytes`).
    * @default 1048576 (1 MiB)
    */
   maxBufferBytes?: number;
@@ -67,8 +68,18 @@ export interface RunResult {
   stderr: string;
   stdoutTruncated: boolean;
   stderrTruncated: boolean;
+  /** Peak memory of the whole sandbox: every process (its cgroup; a VM's guest workload cgroup). */
   peakMemoryBytes: number | null;
+  /** CPU time of the whole sandbox, every process, as cgroup accounting counts it (a VM's guest workload cgroup). */
   cpuTimeMs: number | null;
+  /** `resources.cpuTimeMs` ran out: the workload was killed (SIGKILL); `cpuTimeMs` says how far it got. */
+  cpuTimeLimitExceeded: boolean;
+  /** The workload died of SIGXFSZ: a write went past `resources.fileSizeBytes`. */
+  fileSizeLimitExceeded: boolean;
+  /** A stream passed the spec's `outputLimitBytes`: the sandbox was killed, the output up to the cap is kept. */
+  outputLimitExceeded: boolean;
+  /** Which stream passed it first, else null. */
+  outputLimitStream: 'stdout' | 'stderr' | null;
   /** Each limit and what enforced it (see SandboxInfo.limits). */
   limits: LimitEnforcement[];
   /** Parts of the spec this host could not honour. */

@@ -48,6 +48,12 @@ const RUN_FLAGS = [
   'deviceReadIops',
   'deviceWriteIops',
   'netRate',
+  'cpuTime',
+  'fileSize',
+  'openFiles',
+  'tmpfsSize',
+  'readOnly',
+  'outputLimit',
   'network',
   'volume',
   'isolation',
@@ -239,6 +245,9 @@ export const commands: Record<string, Handler> = {
         warn(r.warnings);
         if (r.oomKilled) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: out of memory (limit reached)\n`);
         if (r.timedOut) process.stderr.write(`hybridbox: sandbox ${r.name} was stopped: its time limit ran out (exit 124)\n`);
+        if (r.cpuTimeLimitExceeded) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: its CPU time limit ran out (${r.cpuTimeMs} ms used)\n`);
+        if (r.fileSizeLimitExceeded) process.stderr.write(`hybridbox: sandbox ${r.name} was killed by SIGXFSZ: a file reached its size limit\n`);
+        if (r.outputLimitStream) process.stderr.write(`hybridbox: sandbox ${r.name} was killed: its ${r.outputLimitStream} passed the output limit (what came before it is kept)\n`);
         if (r.crash) process.stderr.write(`hybridbox: sandbox ${r.name} crashed: ${r.crash}\n`);
       }
       // A crash has no workload exit code: report it as hybridbox's own failure.

@@ -29,8 +29,12 @@ export interface ExitStatus {
   exitCode: number | null;
   signal: string | null;
   oomKilled: boolean;
+  /** The whole sandbox's peak memory (its cgroup's, or the guest workload cgroup's). */
   peakMemoryBytes: number | null;
+  /** The whole sandbox's CPU time, as its cgroup accounts it (every process). */
   cpuTimeMs: number | null;
+  /** The spec's `resources.cpuTimeMs` ran out and the backend killed the workload (SIGKILL). */
+  cpuTimeLimitExceeded: boolean;
   /** The spec's time limit ran out and the backend stopped the workload (see TIMEOUT_EXIT_CODE). */
   timedOut: boolean;
   /** Set when the sandbox died without its workload ending (a guest kernel panic): why. */

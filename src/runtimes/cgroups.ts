@@ -144,24 +144,43 @@ export function readUsage(id: string, v1?: { killedBySigkill: boolean; limitByte
   const p = sandboxPath(id);
   if (isUnified()) {
     const dir = join('/sys/fs/cgroup', p);
-    const usec = readKeyed(join(dir, 'cpu.stat'), 'usage_usec');
     return {
       peakMemoryBytes: readNumber(join(dir, 'memory.peak')),
       oomKilled: (readKeyed(join(dir, 'memory.events'), 'oom_kill') ?? 0) > 0,
-      cpuTimeMs: usec === null ? null : Math.round(usec / 1000),
+      cpuTimeMs: readCpuTimeMs(id),
     };
   }
   const mem = controllerDir('memory');
-  const acct = controllerDir('cpuacct');
-  const ns = acct ? readNumber(join(acct, p, 'cpuacct.usage')) : null;
   const peak = mem ? readNumber(join(mem, p, 'memory.max_usage_in_bytes')) : null;
   const atLimit = peak !== null && v1?.limitBytes != null && peak >= v1.limitBytes - 256 * 1024;
   const hostOom = v1?.hostOomKillsAtStart != null && hostOomKills() > v1.hostOomKillsAtStart;
   return {
     peakMemoryBytes: peak,
     oomKilled: !!v1?.killedBySigkill && atLimit && hostOom,
-    cpuTimeMs: ns === null ? null : Math.round(ns / 1e6),
+    cpuTimeMs: readCpuTimeMs(id),
   };
+}
+
+/**
+ * The file that counts the whole sandbox's CPU time (hierarchical: every process, the leaf's
+ * included): v2 cpu.stat (`usage_usec`), v1 cpuacct.usage (ns). null: no such controller.
+ */
+export function cpuUsageFile(id: string): string | null {
+  if (isUnified()) return join('/sys/fs/cgroup', sandboxPath(id), 'cpu.stat');
+  const acct = controllerDir('cpuacct');
+  return acct ? join(acct, sandboxPath(id), 'cpuacct.usage') : null;
+}
+
+/** The sandbox's CPU time so far, ms (what cpuUsageFile counts); null when it cannot be read. */
+export function readCpuTimeMs(id: string): number | null {
+  const file = cpuUsageFile(id);
+  if (file === null) return null;
+  if (isUnified()) {
+    const usec = readKeyed(file, 'usage_usec');
+    return usec === null ? null : Math.round(usec / 1000);
+  }
+  const ns = readNumber(file);
+  return ns === null ? null : Math.round(ns / 1e6);
 }
 
 /** Pids in the sandbox's cgroup, read from one hierarchy that every runtime populates. */

@@ -1,5 +1,6 @@
 import { devNumbers, diskOfNode, type BlockDevice } from '../host/blockdev.js';
 import { DEVICE_LIMIT_FIELDS, type DeviceLimitField, type WorkloadSpec } from '../spec/schema.js';
+import type { ExitStatus } from './backend.js';
 import { formatBytes } from '../util/text.js';
 import type { LimitEnforcement } from './descriptor.js';
 
@@ -90,3 +91,39 @@ export const entryField = (e: DeviceLimitEntry): string => `resources.${e.field}
 
 /** The plain enforcement of a limit nobody can apply here. */
 export const notApplied = (field: string, value: string, note: string): LimitEnforcement => ({ field, value, mechanism: null, note });
+
+/**
+ * When to look at a sandbox's CPU counter next, with `leftMs` of its CPU time limit left:
+ * the group uses at most `cpus` ms per ms, so the limit cannot be reached sooner. At least
+ * 5 ms (what it may overshoot by, per CPU), at most 250 ms. hbx-shim and the guest agent
+ * pace their checks the same way.
+ */
+export function cpuCheckInMs(leftMs: number, cpus: number): number {
+  return Math.min(250, Math.max(5, Math.floor(leftMs / Math.max(cpus, 0.01))));
+}
+
+/**
+ * The spec's output cap, which the API layer holds the same way on every backend: on the
+ * output as it reaches the caller, with a SIGKILL of the whole sandbox past it.
+ */
+export function outputLimitEnforcement(spec: WorkloadSpec): LimitEnforcement[] {
+  if (spec.outputLimitBytes === undefined) return [];
+  return [
+    {
+      field: 'outputLimitBytes',
+      value: `${formatBytes(spec.outputLimitBytes)} per stream`,
+      mechanism: `hybridbox's output capture (foreground runs): the sandbox is killed once stdout or stderr passes ${spec.outputLimitBytes} bytes; what came before is kept`,
+    },
+  ];
+}
+
+/**
+ * The CPU time verdict as isolate gives it: the limit was reached when the backend killed
+ * the workload for it, and also when the workload used more than the limit and ended before
+ * the next look at its counter did.
+ */
+export function withCpuVerdict(spec: WorkloadSpec, status: ExitStatus): ExitStatus {
+  const limit = spec.resources.cpuTimeMs;
+  const over = limit !== undefined && status.cpuTimeMs !== null && status.cpuTimeMs > limit;
+  return over && !status.cpuTimeLimitExceeded ? { ...status, cpuTimeLimitExceeded: true } : status;
+}

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import { SpecError } from '../errors.js';
 import { parseKeyValue } from '../util/text.js';
 import type { WorkloadSpecInput } from './schema.js';
-import { parseCpus, parseDeviceLimit, parseDuration, parseNetRate, parseNumber, parseSize } from './units.js';
+import { parseBytes, parseCpus, parseDeviceLimit, parseDuration, parseNetRate, parseNumber, parseSize } from './units.js';
 
 /** `hybridbox run` options as commander hands them over: strings, repeatable ones as arrays. */
 export interface CliRunFlags {
@@ -23,6 +23,16 @@ export interface CliRunFlags {
   deviceWriteIops?: string[];
   /** `10mbit` */
   netRate?: string;
+  /** `2s`, `500ms`: CPU time of the whole sandbox */
+  cpuTime?: string;
+  /** `10m`: RLIMIT_FSIZE */
+  fileSize?: string;
+  openFiles?: string;
+  /** `64m`: each of /tmp and /dev/shm */
+  tmpfsSize?: string;
+  readOnly?: boolean;
+  /** `1m`: per stream, foreground runs */
+  outputLimit?: string;
   network?: string;
   /** `/host:/guest[:ro|rw]`, repeatable */
   volume?: string[];
@@ -58,6 +68,11 @@ export function specFromFlags(flags: CliRunFlags, positional: { image?: string; 
   set('network', flags.network);
   set('isolation', flags.isolation);
   set('trust', flags.trust);
+  set('readOnlyRoot', flags.readOnly);
+  set(
+    'outputLimitBytes',
+    parsed(flags.outputLimit, (t) => parseBytes(t, '--output-limit')),
+  );
   set(
     'startupBudgetMs',
     parsed(flags.startupBudget, (t) => parseDuration(t, '--startup-budget')),
@@ -77,6 +92,10 @@ export function specFromFlags(flags: CliRunFlags, positional: { image?: string; 
     deviceReadIops: flags.deviceReadIops?.map((t) => parseDeviceLimit(t, '--device-read-iops', 'ops')),
     deviceWriteIops: flags.deviceWriteIops?.map((t) => parseDeviceLimit(t, '--device-write-iops', 'ops')),
     netRateKbit: parsed(flags.netRate, (t) => parseNetRate(t, '--net-rate')),
+    cpuTimeMs: parsed(flags.cpuTime, (t) => parseDuration(t, '--cpu-time')),
+    fileSizeBytes: parsed(flags.fileSize, (t) => parseBytes(t, '--file-size')),
+    openFiles: parsed(flags.openFiles, (t) => parseNumber(t, '--open-files', 'a whole number of file descriptors such as 256')),
+    tmpfsMiB: parsed(flags.tmpfsSize, (t) => parseSize(t, '--tmpfs-size')),
   });
   if (Object.keys(resources).length > 0) spec.resources = merge(spec.resources, resources);
   if (flags.env?.length) spec.env = merge(spec.env, Object.fromEntries(flags.env.map((kv) => parseKeyValue(kv, '--env', '--env LANG=C.UTF-8'))));

@@ -16,4 +16,4 @@ export {
 } from './schema.js';
 export { validateSpec, validateForHost, type HostContext } from './validate.js';
 export { specFromFlags, parseSpecText, loadSpecFile, type CliRunFlags } from './cli.js';
-export { parseSize, parseDuration, parseCpus, parseNumber } from './units.js';
+export { parseBytes, parseSize, parseDuration, parseCpus, parseNumber } from './units.js';

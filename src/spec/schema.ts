@@ -73,6 +73,18 @@ export const ResourcesSchema = z.strictObject({
   deviceWriteIops: z.optional(deviceLimits('operations per second')),
   /** Network bandwidth of a bridged sandbox, in kilobits per second (1 kbit = 1000 bits), each direction. */
   netRateKbit: z.optional(z.number().check(z.int(), z.gte(8), z.lte(100_000_000))),
+  /**
+   * CPU time of the whole sandbox (every process, as cgroup accounting counts it, like
+   * isolate's --cg-timing), in ms: past it the workload is killed (RunResult.cpuTimeLimitExceeded).
+   * Not wall time: a sleeping workload uses none.
+   */
+  cpuTimeMs: z.optional(z.number().check(z.int(), z.gte(10), z.lte(7 * 24 * 3_600_000))),
+  /** Largest file a process may write (RLIMIT_FSIZE), bytes: a write past it gets SIGXFSZ (or EFBIG if that is caught). */
+  fileSizeBytes: z.optional(z.number().check(z.int(), z.gte(1), z.lte(2 ** 50))),
+  /** Open file descriptors per process (RLIMIT_NOFILE, soft = hard). Default: 1024 in a container, the guest kernel's in a VM. */
+  openFiles: z.optional(z.number().check(z.int(), z.gte(8), z.lte(1_048_576))),
+  /** Size of each of the private tmpfs mounts at /tmp and /dev/shm, MiB (their pages also count against memoryMiB). */
+  tmpfsMiB: z.optional(z.number().check(z.int(), z.gte(1), z.lte(1024 * 1024))),
 });
 
 export const KernelRequirementsSchema = z.strictObject({
@@ -116,6 +128,17 @@ export const WorkloadSpecSchema = z.strictObject({
   trust: z._default(z.enum(TRUST_LEVELS), 'trusted'),
   startupBudgetMs: z.optional(z.number().check(z.int(), z.positive(), z.lte(3_600_000))),
   timeoutMs: z.optional(z.number().check(z.int(), z.positive(), z.lte(7 * 24 * 3_600_000))),
+  /**
+   * The image's root file system read-only (writes get EROFS); /tmp and /dev/shm are private
+   * tmpfs mounts (nosuid, nodev), so nothing the workload writes outlives its run.
+   */
+  readOnlyRoot: z._default(z.boolean(), false),
+  /**
+   * Output cap per stream, bytes, for foreground runs (`run`): once stdout or stderr passes
+   * it the sandbox is killed, what came before the cap is kept (RunResult.outputLimitExceeded).
+   * A detached sandbox's output goes to its logs unwatched, so it is refused there.
+   */
+  outputLimitBytes: z.optional(z.number().check(z.int(), z.gte(1), z.lte(2 ** 40))),
   kernel: z._default(KernelRequirementsSchema, { ownKernel: false }),
 });
 

@@ -26,6 +26,12 @@ export function parseSize(text: string, field: string): number {
   return Math.ceil(bytes / 2 ** 20);
 }
 
+/** `10m`, `512k`, `1.5g`, `4096` → bytes, rounded up; a plain number is bytes; units are binary (k = 1024). */
+export function parseBytes(text: string, field: string): number {
+  const m = match(text, SIZE, field, 'a size such as 10m, 512k, 1g or a plain number of bytes');
+  return Math.ceil(Number(m[1]) * SIZE_BYTES[(m[2] ?? 'b').toLowerCase()]!);
+}
+
 /** `500ms`, `10s`, `2m`, `1h`, `1.5s` → milliseconds, rounded up; a plain number is ms. */
 export function parseDuration(text: string, field: string): number {
   const m = match(text, DURATION, field, 'a duration such as 500ms, 10s, 1.5m, 2h or a plain number of ms');

@@ -190,6 +190,11 @@ const UNITS: Record<string, string> = {
   startupBudgetMs: ' (ms)',
   timeoutMs: ' (ms)',
   cpus: ' (CPUs, e.g. 0.5 or 2)',
+  cpuTimeMs: ' (ms of CPU time)',
+  fileSizeBytes: ' (bytes)',
+  openFiles: ' (file descriptors per process)',
+  tmpfsMiB: ' (MiB)',
+  outputLimitBytes: ' (bytes per stream)',
 };
 
 /** The plain-words rule for one field, from its description or its type and checks. */

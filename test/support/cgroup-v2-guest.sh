@@ -51,6 +51,17 @@ case_ cpu hybridbox run --rm --json --cpus 0.5 busybox -- sh -c '
   timeout 3 sh -c "while :; do :; done"
   read t1 _ < /proc/uptime; u1=$(usage)
   echo "cpu.max=$(cat /sys/fs/cgroup/cpu.max) usage_usec=$((u1 - u0)) wall=$t0:$t1"'
+# CPU time of the whole group from the sandbox's cpu.stat: two spinners, foreground (the CLI
+# watches) and detached (hbx-shim watches, with nobody else).
+case_ cputime hybridbox run --rm --json --cpu-time 500ms busybox -- sh -c 'while :; do :; done & while :; do :; done'
+cputime_detached() {
+  id=$(hybridbox run -d --cpu-time 500ms busybox -- sh -c 'while :; do :; done & while :; do :; done') || return 1
+  i=0
+  while [ $i -lt 200 ] && ! hybridbox inspect "$id" | grep -q '"state": "exited"'; do sleep 0.1; i=$((i + 1)); done
+  hybridbox inspect "$id" | grep -e '"stateReason"' -e '"signal"'
+  hybridbox rm "$id" > /dev/null
+}
+case_ cputime-detached cputime_detached
 case_ io hybridbox run --rm --json --io-weight 500 busybox -- sh -c 'for f in io.max io.weight io.bfq.weight; do [ -e /sys/fs/cgroup/$f ] && echo "$f=$(cat /sys/fs/cgroup/$f)"; done; true'
 # Disk limits land in io.max (blk-throttling). An fsync is throttled on v1 too (the writer
 # submits); what only v2 holds is writeback that the kernel's flusher does for the sandbox,

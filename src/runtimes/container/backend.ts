@@ -1,6 +1,6 @@
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { HostCapabilityError, RuntimeError } from '../../errors.js';
+import { HostCapabilityError, RuntimeError, SpecError } from '../../errors.js';
 import type { HostInfo } from '../../host/types.js';
 import { imagePathExists } from '../../images/index.js';
 import type { WorkloadSpec } from '../../spec/index.js';
@@ -13,8 +13,9 @@ import { TIMEOUT_EXIT_CODE, TIMEOUT_GRACE_MS } from '../backend.js';
 import type { AttachOptions, AttachedRun, Backend, CreateContext, CreatedSandbox, ExecOptions, ExitStatus, SelfInvocation, WorkloadSignal } from '../backend.js';
 import { limitWarnings, type BackendDescriptor } from '../descriptor.js';
 import { diskBehind } from '../../host/blockdev.js';
-import { containerDiskLimits, containerLimits, ociThrottles } from './limits.js';
-import { cgroupCaps, ensureSandboxCgroup, hostOomKills, isUnified, leafPath, readUsage, removeCgroups, sandboxPids } from '../cgroups.js';
+import { containerDiskLimits, containerLimits, ociThrottles, openFilesCeiling } from './limits.js';
+import { cgroupCaps, cpuUsageFile, ensureSandboxCgroup, hostOomKills, isUnified, leafPath, readCpuTimeMs, readUsage, removeCgroups, sandboxPids } from '../cgroups.js';
+import { cpuCheckInMs } from '../limits.js';
 import { buildOciConfig } from './oci-config.js';
 
 export type OciRuntimeName = 'crun' | 'runc';
@@ -138,6 +139,12 @@ export class ContainerBackend implements Backend {
     let mountStubs: string[] = [];
     let netnsPath: string | null = null;
     let limits: CreatedSandbox['limits'] = [];
+    const { openFiles } = ctx.spec.resources;
+    if (openFiles !== undefined) {
+      const ceiling = openFilesCeiling();
+      // crun would fail the start with "setrlimit: Operation not permitted": refuse it now, in words.
+      if (openFiles > ceiling.max) throw new SpecError('resources.openFiles', openFiles, `allowed for container sandboxes on this host: at most ${ceiling.max} (${ceiling.why})`);
+    }
     try {
       const caps = cgroupCaps(ctx.spec.resources.ioWeight !== undefined ? ctx.id : undefined);
       const target = { id: ctx.id, disk: diskBehind(f.upper) };
@@ -195,7 +202,17 @@ export class ContainerBackend implements Backend {
     rmSync(f.exit, { force: true });
     writeFileSync(f.oomBase, String(hostOomKills()), { mode: 0o600 });
     ensureSandboxCgroup(rec.id);
-    return [...this.nsArgs(this.runtimeOf(rec).path), '--overlay', overlayLowerdir(rt.imageLayers), f.upper, f.work, f.rootfs];
+    const nofile = (rec.spec as WorkloadSpec).resources.openFiles;
+    return [
+      ...this.nsArgs(this.runtimeOf(rec).path),
+      '--overlay',
+      overlayLowerdir(rt.imageLayers),
+      f.upper,
+      f.work,
+      f.rootfs,
+      // The runtime can lower its own hard limit for the container, never raise it.
+      ...(nofile !== undefined ? ['--nofile', String(nofile)] : []),
+    ];
   }
 
   private runtimeRun(rec: SandboxRecord): string[] {
@@ -249,13 +266,35 @@ export class ContainerBackend implements Backend {
       };
       timers.push(setTimeout(onDeadline, timeoutMs));
     }
+    // The CPU time of the whole group, as isolate counts it: the sandbox's cgroup, every
+    // process (a per-process RLIMIT_CPU would let a workload spread its time over children).
+    let cpuExceeded = false;
+    let cpuTimer: NodeJS.Timeout | undefined;
+    const cpuLimitMs = (rec.spec as WorkloadSpec).resources.cpuTimeMs;
+    // No counter (a v1 host without cpuacct): the plan lists the limit as not applied.
+    if (cpuLimitMs !== undefined && cpuUsageFile(rec.id) !== null) {
+      const rate = (rec.spec as WorkloadSpec).resources.cpus ?? this.host.cpus;
+      const check = (): void => {
+        const used = readCpuTimeMs(rec.id) ?? 0;
+        if (used < cpuLimitMs) {
+          cpuTimer = setTimeout(check, cpuCheckInMs(cpuLimitMs - used, rate));
+          return;
+        }
+        cpuExceeded = true;
+        // SIGKILL to the init ends its pid namespace; the runtime, if it never started one.
+        if (this.initPid(rec) === null) child.kill('SIGKILL');
+        else void this.signal(rec, 'KILL');
+      };
+      cpuTimer = setTimeout(check, cpuCheckInMs(cpuLimitMs, rate));
+    }
     const exited = done
       .finally(() => {
         this.attachedHere.delete(rec.id);
         for (const t of timers) clearTimeout(t);
+        clearTimeout(cpuTimer);
       })
       .then(
-        (r) => this.finish(rec, r.code, r.signal, r.stderr, timedOut),
+        (r) => this.finish(rec, r.code, r.signal, r.stderr, timedOut, cpuExceeded),
         (e: Error) => {
           throw new RuntimeError(`cannot start ${this.shim}: ${e.message}`);
         },
@@ -267,10 +306,10 @@ export class ContainerBackend implements Backend {
    * Turns the runtime's exit into an ExitStatus, or an error when the container never started.
    * `code` and `signal` are the runtime's (a workload killed by signal N shows as code 128+N).
    */
-  private finish(rec: SandboxRecord, code: number | null, signal: string | null, stderr: string, timedOut: boolean): ExitStatus {
+  private finish(rec: SandboxRecord, code: number | null, signal: string | null, stderr: string, timedOut: boolean, cpuExceeded: boolean): ExitStatus {
     const f = files(this.rt(rec).dir);
     // A limit that ran out while the runtime was still setting up stopped it before the start.
-    if (!existsSync(f.pid) && !timedOut) {
+    if (!existsSync(f.pid) && !timedOut && !cpuExceeded) {
       const line = lastLine(stderr, `exit code ${code}`);
       throw new RuntimeError(`${this.runtimeOf(rec).name} could not start sandbox ${rec.id}: ${line}`, stderr);
     }
@@ -295,6 +334,7 @@ export class ContainerBackend implements Backend {
       oomKilled: usage.oomKilled,
       peakMemoryBytes: usage.peakMemoryBytes,
       cpuTimeMs: usage.cpuTimeMs,
+      cpuTimeLimitExceeded: cpuExceeded,
       timedOut,
     };
   }
@@ -318,6 +358,7 @@ export class ContainerBackend implements Backend {
       '--on-exit',
       onExitCommand,
       ...(spec.timeoutMs !== undefined ? ['--timeout-ms', String(spec.timeoutMs), '--grace-ms', String(TIMEOUT_GRACE_MS), '--pid-file', f.pid] : []),
+      ...this.cpuLimitArgs(rec),
       '--',
       ...this.runtimeRun(rec),
     ];
@@ -331,6 +372,15 @@ export class ContainerBackend implements Backend {
     if (existsSync(f.pid)) return { monitorPid: child.pid! };
     const err = existsSync(f.stderr) ? readFileSync(f.stderr, 'utf8') : '';
     throw new RuntimeError(`${this.runtimeOf(rec).name} could not start sandbox ${rec.id}: ${lastLine(err, 'no output')}`, err);
+  }
+
+  /** The shim's watch over the sandbox's CPU time, for a detached run nobody else watches. */
+  private cpuLimitArgs(rec: SandboxRecord): string[] {
+    const limit = (rec.spec as WorkloadSpec).resources.cpuTimeMs;
+    if (limit === undefined) return [];
+    const usage = cpuUsageFile(rec.id);
+    // No counter: the plan lists the limit as not applied (containerLimits).
+    return usage === null ? [] : ['--cpu-limit-ms', String(limit), '--cpu-usage', usage];
   }
 
   async exec(rec: SandboxRecord, argv: string[], opts: ExecOptions): Promise<number> {
@@ -406,7 +456,7 @@ export class ContainerBackend implements Backend {
 
   async collectExit(rec: SandboxRecord): Promise<ExitStatus | null> {
     const f = files(this.rt(rec).dir);
-    let raw: { exitCode: number | null; signal: string | null; timedOut?: boolean };
+    let raw: { exitCode: number | null; signal: string | null; timedOut?: boolean; cpuTimeLimitExceeded?: boolean };
     try {
       raw = JSON.parse(readFileSync(f.exit, 'utf8'));
     } catch {
@@ -414,7 +464,7 @@ export class ContainerBackend implements Backend {
     }
     if (!existsSync(f.pid)) return null;
     // The monitor has already turned a timed-out end into 124 and the signal that ended it.
-    return this.finish(rec, raw.exitCode, raw.signal, '', raw.timedOut === true);
+    return this.finish(rec, raw.exitCode, raw.signal, '', raw.timedOut === true, raw.cpuTimeLimitExceeded === true);
   }
 
   logPaths(rec: SandboxRecord): { stdout: string; stderr: string } {
@@ -541,7 +591,41 @@ function procStat(pid: number): { ppid: number; pgrp: number } | null {
   }
 }
 
-const SIGNALS = ['', 'HUP', 'INT', 'QUIT', 'ILL', 'TRAP', 'ABRT', 'BUS', 'FPE', 'KILL', 'USR1', 'SEGV', 'USR2', 'PIPE', 'ALRM', 'TERM'];
+// Linux x86 numbering, to 31: SIGXFSZ (25) is how a write past RLIMIT_FSIZE ends a workload.
+const SIGNALS = [
+  '',
+  'HUP',
+  'INT',
+  'QUIT',
+  'ILL',
+  'TRAP',
+  'ABRT',
+  'BUS',
+  'FPE',
+  'KILL',
+  'USR1',
+  'SEGV',
+  'USR2',
+  'PIPE',
+  'ALRM',
+  'TERM',
+  'STKFLT',
+  'CHLD',
+  'CONT',
+  'STOP',
+  'TSTP',
+  'TTIN',
+  'TTOU',
+  'URG',
+  'XCPU',
+  'XFSZ',
+  'VTALRM',
+  'PROF',
+  'WINCH',
+  'IO',
+  'PWR',
+  'SYS',
+];
 function signalName(n: number): string {
   return SIGNALS[n] ? `SIG${SIGNALS[n]}` : `SIG${n}`;
 }

@@ -1,5 +1,7 @@
+import { readFileSync } from 'node:fs';
 import type { HostInfo } from '../../host/types.js';
-import { netRateWords, diskWords, entryField, notApplied, rateWords, resolveDeviceLimits, shadowedNote, type LimitTarget } from '../limits.js';
+import { netRateWords, diskWords, entryField, notApplied, outputLimitEnforcement, rateWords, resolveDeviceLimits, shadowedNote, type LimitTarget } from '../limits.js';
+import { formatBytes } from '../../util/text.js';
 import { devNumbers } from '../../host/blockdev.js';
 import type { DeviceLimitField, WorkloadSpec } from '../../spec/schema.js';
 import type { LimitEnforcement } from '../descriptor.js';
@@ -106,7 +108,80 @@ export function containerLimits(
   if (r.netRateKbit !== undefined) {
     out.push({ field: 'resources.netRateKbit', value: `${netRateWords(r.netRateKbit)} each direction`, mechanism: describeShaping({ id: target.id, kind: 'veth', kbit: r.netRateKbit }) });
   }
+  out.push(...processLimits(spec, host, target));
   return out;
+}
+
+/** The limits on the workload's processes and file systems (not cgroup controllers). */
+function processLimits(spec: WorkloadSpec, host: HostInfo, target: LimitTarget): LimitEnforcement[] {
+  const r = spec.resources;
+  const out: LimitEnforcement[] = [];
+  if (r.cpuTimeMs !== undefined) {
+    const v2 = host.cgroup.layout === 'v2';
+    const dir = `hybridbox/${target.id ?? '<id>'}`;
+    const counter = v2 ? `cgroup v2 /sys/fs/cgroup/${dir}/cpu.stat usage_usec` : `cgroup v1 ${host.cgroup.v1.cpuacct}/${dir}/cpuacct.usage`;
+    if (!v2 && host.cgroup.v1.cpuacct === undefined) out.push(notApplied('resources.cpuTimeMs', `${r.cpuTimeMs} ms of CPU time`, 'this cgroup v1 host has no cpuacct controller to count it with'));
+    else
+      out.push({
+        field: 'resources.cpuTimeMs',
+        value: `${r.cpuTimeMs} ms of CPU time`,
+        mechanism: `${counter} (every process of the sandbox), watched by hybridbox (the foreground run, or hbx-shim for a detached one): SIGKILL at ${r.cpuTimeMs} ms`,
+      });
+  }
+  if (r.fileSizeBytes !== undefined) {
+    out.push({
+      field: 'resources.fileSizeBytes',
+      value: formatBytes(r.fileSizeBytes),
+      mechanism: `OCI process.rlimits RLIMIT_FSIZE = ${r.fileSizeBytes} (soft = hard), for every process: a write past it gets SIGXFSZ`,
+    });
+  }
+  if (r.openFiles !== undefined) {
+    const ceiling = openFilesCeiling();
+    out.push(
+      r.openFiles > ceiling.max
+        ? notApplied('resources.openFiles', `${r.openFiles} files`, ceiling.why)
+        : { field: 'resources.openFiles', value: `${r.openFiles} files`, mechanism: `OCI process.rlimits RLIMIT_NOFILE = ${r.openFiles} (soft = hard)` },
+    );
+  }
+  if (r.tmpfsMiB !== undefined) {
+    out.push({
+      field: 'resources.tmpfsMiB',
+      value: `${r.tmpfsMiB} MiB each`,
+      mechanism: `tmpfs /tmp (nosuid, nodev) and /dev/shm (nosuid, nodev, noexec), size=${r.tmpfsMiB * 1024}k each: a write past it gets ENOSPC (the pages count against the memory limit too)`,
+    });
+  }
+  if (spec.readOnlyRoot) {
+    out.push({
+      field: 'readOnlyRoot',
+      value: 'true',
+      mechanism: 'OCI root.readonly: the overlay root mounted read-only (writes get EROFS, its upper directory stays empty); /tmp and /dev/shm are private tmpfs',
+    });
+  }
+  out.push(...outputLimitEnforcement(spec));
+  return out;
+}
+
+const CAP_SYS_RESOURCE = 24;
+
+/**
+ * The most open files a container can be given: the runtime sets its limits once it has
+ * dropped its capabilities, so it can go no higher than the hard limit it starts with.
+ * hbx-shim raises that first (`--nofile`), as far as the kernel allows (fs.nr_open), when
+ * hybridbox holds CAP_SYS_RESOURCE; without it the limit hybridbox runs under is the ceiling.
+ */
+export function openFilesCeiling(): { max: number; why: string } {
+  try {
+    const caps = BigInt(`0x${/^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '0'}`);
+    if ((caps >> BigInt(CAP_SYS_RESOURCE)) & 1n) {
+      const max = Number(readFileSync('/proc/sys/fs/nr_open', 'utf8').trim());
+      return { max, why: `the kernel allows at most ${max} open files per process (fs.nr_open)` };
+    }
+    const hard = /^Max open files\s+\S+\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1];
+    const max = hard === undefined || hard === 'unlimited' ? Number.MAX_SAFE_INTEGER : Number(hard);
+    return { max, why: `hybridbox runs with a hard limit of ${max} open files and without CAP_SYS_RESOURCE to raise it (ulimit -Hn), and a container cannot go above it` };
+  } catch {
+    return { max: Number.MAX_SAFE_INTEGER, why: '' };
+  }
 }
 
 /** How the plan names a file in the sandbox's cgroup (`/hybridbox/<id>/ctr`) and the value written to it. */

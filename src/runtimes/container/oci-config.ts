@@ -75,6 +75,21 @@ const ALLOWED_DEVICES: [number, number][] = [
   [136, -1],
 ];
 
+/** The private tmpfs sizes when the spec sets none (resources.tmpfsMiB sets both). */
+export const DEFAULT_TMP_MIB = 256;
+export const DEFAULT_SHM_MIB = 64;
+/** RLIMIT_NOFILE when the spec sets none. */
+export const DEFAULT_OPEN_FILES = 1024;
+
+/** process.rlimits: soft = hard, so the workload cannot raise its own. */
+function rlimits(spec: WorkloadSpec): { type: string; hard: number; soft: number }[] {
+  const nofile = spec.resources.openFiles ?? DEFAULT_OPEN_FILES;
+  const out = [{ type: 'RLIMIT_NOFILE', hard: nofile, soft: nofile }];
+  const fsize = spec.resources.fileSizeBytes;
+  if (fsize !== undefined) out.push({ type: 'RLIMIT_FSIZE', hard: fsize, soft: fsize });
+  return out;
+}
+
 /** Builds an OCI runtime-spec config.json for one sandbox. Pure apart from reading the image's passwd. */
 export function buildOciConfig(i: OciInputs): Record<string, unknown> {
   const { spec, image } = i;
@@ -87,7 +102,7 @@ export function buildOciConfig(i: OciInputs): Record<string, unknown> {
     { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
     { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
     { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'] },
-    { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+    { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', `size=${(r.tmpfsMiB ?? DEFAULT_SHM_MIB) * 1024}k`] },
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
     // A fresh sysfs shows only the sandbox's own network devices. In a user namespace it can
     // be mounted only for a netns that namespace owns (network none: the runtime makes the
@@ -96,7 +111,7 @@ export function buildOciConfig(i: OciInputs): Record<string, unknown> {
       ? { destination: '/sys', type: 'none', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', 'ro'] }
       : { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
     { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
-    { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=1777', 'size=262144k'] },
+    { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=1777', `size=${(r.tmpfsMiB ?? DEFAULT_TMP_MIB) * 1024}k`] },
     { destination: INIT_PATH, type: 'bind', source: i.initBinary, options: ['bind', 'ro', 'nosuid', 'nodev'] },
     ...spec.volumes.map((v) => ({
       destination: v.guestPath,
@@ -142,9 +157,10 @@ export function buildOciConfig(i: OciInputs): Record<string, unknown> {
       cwd: proc.workdir,
       capabilities: { bounding: caps, effective: caps, permitted: caps },
       noNewPrivileges: true,
-      rlimits: [{ type: 'RLIMIT_NOFILE', hard: 1024, soft: 1024 }],
+      rlimits: rlimits(spec),
     },
-    root: { path: i.rootfs, readonly: false },
+    // The overlay stays mounted beneath: a read-only root leaves its upper directory empty.
+    root: { path: i.rootfs, readonly: spec.readOnlyRoot },
     hostname: i.hostname,
     mounts,
     linux: {

@@ -6,12 +6,15 @@ import type { Trust } from '../../spec/schema.js';
 
 const EPERM = 1;
 const ENOSYS = 38;
+const EAFNOSUPPORT = 97;
+/** The socket family that reaches a hypervisor's host side (virtio-vsock), were one attached. */
+const AF_VSOCK = 40;
 
 type Rule = {
   names: string[];
   action: 'SCMP_ACT_ERRNO';
   errnoRet: number;
-  args?: { index: number; value: number; valueTwo?: number; op: 'SCMP_CMP_MASKED_EQ' }[];
+  args?: { index: number; value: number; valueTwo?: number; op: 'SCMP_CMP_MASKED_EQ' | 'SCMP_CMP_EQ' }[];
 };
 
 /** Blocked for every sandbox: host-wide state, kernel code loading, and the new mount API. */
@@ -91,8 +94,17 @@ const UNTRUSTED_DENIED = [
 // clone(2) flags that create namespaces; denied one bit at a time (OCI ANDs the args of one rule).
 const CLONE_NS_FLAGS = [0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000];
 
+/**
+ * Untrusted code gets no vsock socket (the family answers as if the kernel had none).
+ * i386's socketcall(2) passes the family in memory that seccomp cannot read: libseccomp
+ * (2.5, under crun 1.8) turns this rule into a refusal of socketcall's socket(2) for every
+ * family, so 32-bit programs cannot make sockets that way (measured in test/run-limits).
+ */
+const UNTRUSTED_ARG_RULES: Rule[] = [{ names: ['socket'], action: 'SCMP_ACT_ERRNO', errnoRet: EAFNOSUPPORT, args: [{ index: 0, value: AF_VSOCK, op: 'SCMP_CMP_EQ' }] }];
+
 export function seccompProfile(trust: Trust): Record<string, unknown> {
-  const denied = trust === 'untrusted' ? [...new Set([...ALWAYS_DENIED, ...UNTRUSTED_DENIED])] : ALWAYS_DENIED;
+  const untrusted = trust === 'untrusted';
+  const denied = untrusted ? [...new Set([...ALWAYS_DENIED, ...UNTRUSTED_DENIED])] : ALWAYS_DENIED;
   const syscalls: Rule[] = [
     { names: denied, action: 'SCMP_ACT_ERRNO', errnoRet: EPERM },
     // clone3 passes its flags in memory that seccomp cannot inspect: answer ENOSYS so libc
@@ -106,6 +118,7 @@ export function seccompProfile(trust: Trust): Record<string, unknown> {
         args: [{ index: 0, value: flag, valueTwo: flag, op: 'SCMP_CMP_MASKED_EQ' }],
       }),
     ),
+    ...(untrusted ? UNTRUSTED_ARG_RULES : []),
   ];
   return {
     defaultAction: 'SCMP_ACT_ALLOW',

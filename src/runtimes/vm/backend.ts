@@ -23,7 +23,7 @@ import {
 import { limitWarnings, type BackendDescriptor } from '../descriptor.js';
 import { diskBehind } from '../../host/blockdev.js';
 import { removeCgroups } from '../cgroups.js';
-import { guestCgroupLimits, guestMemoryMiB, vmDiskThrottle, vmLimits } from './limits.js';
+import { guestLimits, guestMemoryMiB, vmDiskThrottle, vmLimits } from './limits.js';
 import { workloadProcess, type Process, resolveUser } from '../workload.js';
 import { decodeJsonPayload, encodeFrame, FrameDecoder, MAX_PAYLOAD } from './agent/index.js';
 import { requireGuestBoot } from './boot.js';
@@ -153,7 +153,7 @@ export class VmBackend implements Backend {
       agentPort: AGENT_PORT,
       loadModules: boot.flavour === 'debian',
       extra: this.launcher.kernelArgs?.(boot, useKvm) ?? [],
-      limits: guestCgroupLimits(spec),
+      limits: guestLimits(spec),
     });
     const reserve = this.launcher.cmdlineReserve?.({ boot, tap: bridged ? 'tap' : null, volumes }) ?? 0;
     // With the longest address the lease could give, so that the real line fits too.

@@ -1,5 +1,6 @@
 import { RuntimeError, SpecError } from '../../errors.js';
 import type { HostInfo } from '../../host/types.js';
+import type { GuestLimits } from './limits.js';
 
 export interface GuestParams {
   hostname: string;
@@ -13,8 +14,8 @@ export interface GuestParams {
   loadModules: boolean;
   /** Machine-specific extras (MachineLauncher.kernelArgs). */
   extra: string[];
-  /** The guest cgroup's limits, set by the agent before the workload starts (vm/limits.ts). */
-  limits?: { pids?: number | undefined; memoryBytes?: number | undefined };
+  /** What the agent applies inside the guest before the workload starts (vm/limits.ts). */
+  limits?: GuestLimits;
 }
 
 /**
@@ -50,8 +51,15 @@ function base(host: HostInfo, useKvm: boolean, p: GuestParams): string[] {
   args.push(`hbx.hostname=${encodeParamValue(p.hostname)}`, `hbx.agent=${encodeParamValue(p.agentPort)}`, 'hbx.rootrw=1');
   if (p.ip) args.push(`hbx.ip=${encodeParamValue(p.ip)}`);
   if (p.loadModules) args.push('hbx.modules=1');
-  if (p.limits?.pids !== undefined) args.push(`hbx.pids=${p.limits.pids}`);
-  if (p.limits?.memoryBytes !== undefined) args.push(`hbx.mem=${p.limits.memoryBytes}`);
+  const l = p.limits ?? {};
+  if (l.pids !== undefined) args.push(`hbx.pids=${l.pids}`);
+  if (l.memoryBytes !== undefined) args.push(`hbx.mem=${l.memoryBytes}`);
+  if (l.cpuTimeMs !== undefined) args.push(`hbx.cputime=${l.cpuTimeMs}`);
+  if (l.fileSizeBytes !== undefined) args.push(`hbx.fsize=${l.fileSizeBytes}`);
+  if (l.openFiles !== undefined) args.push(`hbx.nofile=${l.openFiles}`);
+  if (l.tmpfsMiB !== undefined) args.push(`hbx.tmpfs=${l.tmpfsMiB}`);
+  if (l.readOnlyRoot) args.push('hbx.rootro=1');
+  if (l.untrusted) args.push('hbx.untrusted=1');
   return args;
 }
 

@@ -1,7 +1,8 @@
 import type { HostInfo } from '../../host/types.js';
 import type { BackendKind, DeviceLimitField, WorkloadSpec } from '../../spec/schema.js';
 import { describeShaping } from '../../network/index.js';
-import { diskWords, entryField, netRateWords, notApplied, rateWords, resolveDeviceLimits, shadowedNote, type LimitTarget, type ResolvedDeviceLimit } from '../limits.js';
+import { diskWords, entryField, netRateWords, notApplied, outputLimitEnforcement, rateWords, resolveDeviceLimits, shadowedNote, type LimitTarget, type ResolvedDeviceLimit } from '../limits.js';
+import { formatBytes } from '../../util/text.js';
 import type { LimitEnforcement } from '../descriptor.js';
 
 /** Guest RAM when the spec sets no memory limit. */
@@ -32,11 +33,35 @@ export const LIBVIRT_IOTUNE: Record<DeviceLimitField, string> = {
   deviceWriteIops: 'write_iops_sec',
 };
 
-/** What the agent writes to the guest cgroup (kernel command line hbx.pids, hbx.mem). */
-export const guestCgroupLimits = (spec: WorkloadSpec): { pids?: number; memoryBytes?: number } => ({
-  ...(spec.resources.pids !== undefined ? { pids: spec.resources.pids } : {}),
-  ...(spec.resources.memoryMiB !== undefined ? { memoryBytes: spec.resources.memoryMiB * 1048576 } : {}),
-});
+/**
+ * What the agent applies inside the guest, from the kernel command line (kernel-cmdline.ts):
+ * the workload cgroup's pids.max and memory.max, its CPU time limit, every session's
+ * rlimits, the private tmpfs sizes, a read-only root and the untrusted seccomp filter.
+ */
+export interface GuestLimits {
+  pids?: number;
+  memoryBytes?: number;
+  cpuTimeMs?: number;
+  fileSizeBytes?: number;
+  openFiles?: number;
+  tmpfsMiB?: number;
+  readOnlyRoot?: boolean;
+  untrusted?: boolean;
+}
+
+export const guestLimits = (spec: WorkloadSpec): GuestLimits => {
+  const r = spec.resources;
+  const out: GuestLimits = {};
+  if (r.pids !== undefined) out.pids = r.pids;
+  if (r.memoryMiB !== undefined) out.memoryBytes = r.memoryMiB * 1048576;
+  if (r.cpuTimeMs !== undefined) out.cpuTimeMs = r.cpuTimeMs;
+  if (r.fileSizeBytes !== undefined) out.fileSizeBytes = r.fileSizeBytes;
+  if (r.openFiles !== undefined) out.openFiles = r.openFiles;
+  if (r.tmpfsMiB !== undefined) out.tmpfsMiB = r.tmpfsMiB;
+  if (spec.readOnlyRoot) out.readOnlyRoot = true;
+  if (spec.trust === 'untrusted') out.untrusted = true;
+  return out;
+};
 
 /** The guest cgroup the agent puts every session in, with the spec's limits on it; the agent stays outside (hbx-agent.c). */
 export const GUEST_CGROUP = '/sys/fs/cgroup/hbx';
@@ -91,6 +116,46 @@ export function vmLimits(kind: Extract<BackendKind, 'microvm' | 'vm'>, spec: Wor
   }
   if (r.netRateKbit !== undefined)
     out.push({ field: 'resources.netRateKbit', value: `${netRateWords(r.netRateKbit)} each direction`, mechanism: describeShaping({ id: target.id, kind: 'tap', kbit: r.netRateKbit }) });
+  out.push(...guestProcessLimits(spec));
+  return out;
+}
+
+/** The limits the agent holds on the workload's processes and file systems inside the guest. */
+function guestProcessLimits(spec: WorkloadSpec): LimitEnforcement[] {
+  const r = spec.resources;
+  const out: LimitEnforcement[] = [];
+  if (r.cpuTimeMs !== undefined) {
+    out.push({
+      field: 'resources.cpuTimeMs',
+      value: `${r.cpuTimeMs} ms of CPU time`,
+      mechanism: `guest cgroup ${GUEST_CGROUP}/cpu.stat usage_usec (every session's processes), watched by the agent (hbx.cputime): ${GUEST_CGROUP}/cgroup.kill at ${r.cpuTimeMs} ms`,
+    });
+  }
+  if (r.fileSizeBytes !== undefined) {
+    out.push({
+      field: 'resources.fileSizeBytes',
+      value: formatBytes(r.fileSizeBytes),
+      mechanism: `RLIMIT_FSIZE = ${r.fileSizeBytes} (soft = hard) on every session, set by the agent (hbx.fsize): a write past it gets SIGXFSZ`,
+    });
+  }
+  if (r.openFiles !== undefined) {
+    out.push({ field: 'resources.openFiles', value: `${r.openFiles} files`, mechanism: `RLIMIT_NOFILE = ${r.openFiles} (soft = hard) on every session, set by the agent (hbx.nofile)` });
+  }
+  if (r.tmpfsMiB !== undefined) {
+    out.push({
+      field: 'resources.tmpfsMiB',
+      value: `${r.tmpfsMiB} MiB each`,
+      mechanism: `tmpfs /tmp and /dev/shm (nosuid, nodev), size=${r.tmpfsMiB}m each, mounted by the agent (hbx.tmpfs): a write past it gets ENOSPC`,
+    });
+  }
+  if (spec.readOnlyRoot) {
+    out.push({
+      field: 'readOnlyRoot',
+      value: 'true',
+      mechanism: "the VM's root disk remounted read-only by the agent once it has set the guest up (hbx.rootro; writes get EROFS); /tmp and /dev/shm are private tmpfs",
+    });
+  }
+  out.push(...outputLimitEnforcement(spec));
   return out;
 }
 

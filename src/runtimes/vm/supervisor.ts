@@ -14,6 +14,10 @@ export interface VmExit {
   oomKilled: boolean;
   timedOut: boolean;
   crash: string | null;
+  /** From session 0's X: the guest workload cgroup's counters (absent in records of older versions). */
+  cpuTimeMs?: number | null;
+  peakMemoryBytes?: number | null;
+  cpuTimeLimitExceeded?: boolean;
   /** The guest never reported ready within the boot limit (`crash` says so too). */
   bootTimedOut?: boolean;
   readyAtMs: number | null;
@@ -168,8 +172,9 @@ export async function supervise(launcher: MachineLauncher, spec: MachineSpec, fi
     }
     // The agent powers the guest off after the workload; give it a moment, then make sure.
     await within(h.stopped, 10_000);
-    const { exitCode, signal, oomKilled } = outcome.x;
-    return end(timedOut ? { exitCode: TIMEOUT_EXIT_CODE, signal, oomKilled } : { exitCode, signal, oomKilled });
+    const { exitCode, signal, oomKilled, cpuTimeMs, peakMemoryBytes, cpuTimeLimitExceeded } = outcome.x;
+    const usage = { oomKilled, cpuTimeMs, peakMemoryBytes, cpuTimeLimitExceeded };
+    return end(timedOut ? { exitCode: TIMEOUT_EXIT_CODE, signal, ...usage } : { exitCode, signal, ...usage });
   } catch (e) {
     return end({ crash: `the virtual machine could not be run: ${(e as Error).message}` });
   } finally {
@@ -293,7 +298,8 @@ export function toExitStatus(x: VmExit): ExitStatus {
     oomKilled: x.oomKilled,
     timedOut: x.timedOut,
     crash: x.crash ?? undefined,
-    peakMemoryBytes: null,
-    cpuTimeMs: null,
+    peakMemoryBytes: x.peakMemoryBytes ?? null,
+    cpuTimeMs: x.cpuTimeMs ?? null,
+    cpuTimeLimitExceeded: x.cpuTimeLimitExceeded === true,
   };
 }

@@ -13,8 +13,12 @@
  *                                     thread it makes run in that cgroup from the first instruction
  *   --stdout FILE, --stderr FILE      append to FILE (created 0600)
  *   --stdin-null                      stdin from /dev/null
+ *   --nofile N                        raise the hard RLIMIT_NOFILE to at least N (the soft one
+ *                                     stays): the runtime sets the container's limits once
+ *                                     its capabilities are dropped, so it can only lower them
  * Monitor mode:
  *   --exit-file FILE [--on-exit SHELLCMD] [--timeout-ms N [--grace-ms M] [--pid-file PATH]]
+ *               [--cpu-limit-ms N --cpu-usage FILE]
  *
  * --timeout-ms: N ms after PROGRAM was started it gets SIGTERM, and SIGKILL M ms later
  * (default 2000; 0: SIGKILL at once) if it is still running. The exit file then says
@@ -26,6 +30,12 @@
  * runtime's own set-up (a runtime that never writes it is stopped 30 s after the deadline),
  * and the SIGTERM waits (up to 1 s) until the init can pass it on: an init that has not yet
  * blocked its signals, or whose workload has not yet made its process group, loses it.
+ *
+ * --cpu-limit-ms: once the CPU time in FILE reaches N ms, PROGRAM gets SIGKILL (as at the
+ * end of a timeout's grace: the runtime's death takes the container with it). FILE is a
+ * cgroup's CPU counter: cgroup v1 cpuacct.usage (ns) or cgroup v2 cpu.stat (usage_usec), of
+ * the whole sandbox, so every process counts. The exit file then says
+ * "cpuTimeLimitExceeded":true, with exit code 128+9 and "signal":"SIGKILL".
  *
  * Exit codes: PROGRAM's own status when it ran; 125 when hbx-shim failed before PROGRAM
  * ran (usage or setup error, one line on stderr); 127/126 when PROGRAM could not be
@@ -47,6 +57,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
@@ -69,7 +80,8 @@
 static const char USAGE[] =
     "usage: hbx-shim [--private-mounts] [--mask-dir PATH]... [--ro-self PATH]... "
     "[--overlay LOWER UPPER WORK TARGET] [--join-cgroup PROCS] [--pdeathsig SIG] [--stdout FILE] [--stderr FILE] "
-    "[--stdin-null] [--exit-file FILE [--on-exit SHELLCMD] [--timeout-ms N [--grace-ms M] [--pid-file PATH]]] -- PROGRAM [ARGS...]";
+    "[--stdin-null] [--nofile N] [--exit-file FILE [--on-exit SHELLCMD] [--timeout-ms N [--grace-ms M] [--pid-file PATH]] "
+    "[--cpu-limit-ms N --cpu-usage FILE]] -- PROGRAM [ARGS...]";
 
 struct options {
   bool private_mounts;
@@ -84,11 +96,14 @@ struct options {
   const char *stdout_path;
   const char *stderr_path;
   bool stdin_null;
+  long long nofile; /* 0: leave it */
   const char *exit_file;
   const char *on_exit;
   long long timeout_ms; /* 0: none; monitor mode only */
   long long grace_ms;   /* -1: not given */
   const char *pid_file;
+  long long cpu_limit_ms; /* 0: none; monitor mode only */
+  const char *cpu_usage;
   char **argv; /* PROGRAM and its arguments */
 };
 
@@ -208,6 +223,13 @@ static void parse(int argc, char **argv, struct options *o) {
       set_once(&o->stderr_path, argc, argv, &i);
     } else if (strcmp(a, "--stdin-null") == 0) {
       o->stdin_null = true;
+    } else if (strcmp(a, "--nofile") == 0) {
+      if (o->nofile) usage_error("repeated option", a);
+      const char *v = take(argc, argv, &i, a);
+      char *end;
+      errno = 0;
+      o->nofile = strtoll(v, &end, 10);
+      if (errno || *end || o->nofile < 1 || o->nofile > (1LL << 30)) usage_error("not a number of files", v);
     } else if (strcmp(a, "--exit-file") == 0) {
       set_once(&o->exit_file, argc, argv, &i);
     } else if (strcmp(a, "--on-exit") == 0) {
@@ -217,6 +239,11 @@ static void parse(int argc, char **argv, struct options *o) {
       o->timeout_ms = take_ms(argc, argv, &i, a, false);
     } else if (strcmp(a, "--pid-file") == 0) {
       set_once(&o->pid_file, argc, argv, &i);
+    } else if (strcmp(a, "--cpu-limit-ms") == 0) {
+      if (o->cpu_limit_ms) usage_error("repeated option", a);
+      o->cpu_limit_ms = take_ms(argc, argv, &i, a, false);
+    } else if (strcmp(a, "--cpu-usage") == 0) {
+      set_once(&o->cpu_usage, argc, argv, &i);
     } else if (strcmp(a, "--grace-ms") == 0) {
       if (o->grace_ms >= 0) usage_error("repeated option", a);
       o->grace_ms = take_ms(argc, argv, &i, a, true);
@@ -237,6 +264,9 @@ static void parse(int argc, char **argv, struct options *o) {
   if (o->timeout_ms && !o->exit_file) usage_error("--exit-file is required by", "--timeout-ms");
   if (o->grace_ms >= 0 && !o->timeout_ms) usage_error("--timeout-ms is required by", "--grace-ms");
   if (o->pid_file && !o->timeout_ms) usage_error("--timeout-ms is required by", "--pid-file");
+  if (o->cpu_limit_ms && !o->exit_file) usage_error("--exit-file is required by", "--cpu-limit-ms");
+  if (o->cpu_limit_ms && !o->cpu_usage) usage_error("--cpu-usage is required by", "--cpu-limit-ms");
+  if (o->cpu_usage && !o->cpu_limit_ms) usage_error("--cpu-limit-ms is required by", "--cpu-usage");
   if (o->grace_ms < 0) o->grace_ms = DEFAULT_GRACE_MS;
 }
 
@@ -360,6 +390,14 @@ static _Noreturn void setup_and_exec(const struct options *o, pid_t expected_par
   if (o->stdout_path) redirect(o->stdout_path, O_WRONLY | O_CREAT | O_APPEND, 0600, STDOUT_FILENO, "stdout");
   if (o->stderr_path) redirect(o->stderr_path, O_WRONLY | O_CREAT | O_APPEND, 0600, STDERR_FILENO, "stderr");
   if (o->stdin_null) redirect("/dev/null", O_RDONLY, 0, STDIN_FILENO, "stdin");
+  if (o->nofile) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) setup_failed("getrlimit", "RLIMIT_NOFILE");
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < (rlim_t)o->nofile) {
+      rl.rlim_max = (rlim_t)o->nofile;
+      if (setrlimit(RLIMIT_NOFILE, &rl) != 0) setup_failed("setrlimit", "RLIMIT_NOFILE (more than /proc/sys/fs/nr_open?)");
+    }
+  }
   for (int k = 0; k < o->n_join_cgroups; k++) {
     int fd = open(o->join_cgroups[k], O_WRONLY | O_CLOEXEC);
     if (fd < 0 || write(fd, "0", 1) != 1) setup_failed("join cgroup", o->join_cgroups[k]);
@@ -399,10 +437,15 @@ struct outcome {
   int exit_code; /* -1: none (killed by a signal) */
   int signal;    /* 0: none */
   bool timed_out;
+  bool cpu_exceeded;
 };
 
-static struct outcome outcome_of(int status, bool timed_out) {
-  struct outcome r = {WIFSIGNALED(status) ? -1 : WEXITSTATUS(status), WIFSIGNALED(status) ? WTERMSIG(status) : 0, timed_out};
+static struct outcome outcome_of(int status, bool timed_out, bool cpu_exceeded) {
+  struct outcome r = {WIFSIGNALED(status) ? -1 : WEXITSTATUS(status), WIFSIGNALED(status) ? WTERMSIG(status) : 0, timed_out, cpu_exceeded};
+  if (cpu_exceeded && !timed_out && r.signal) {
+    /* The runtime itself was killed: report the container's death as the runtime would have, 128+N. */
+    r.exit_code = 128 + r.signal;
+  }
   if (timed_out) {
     /* The code says "timed out"; the signal is all that is left of how the workload ended, and
      * a runtime reports its container's death by signal N as 128+N. */
@@ -414,7 +457,7 @@ static struct outcome outcome_of(int status, bool timed_out) {
 
 /* Readers either see no exit file or a complete one, also after a host crash: tmp + fsync + rename + fsync(dir). */
 static bool write_exit_file(const char *path, const struct outcome *out, long long finished_ms) {
-  char tmp[4096], line[192], code[16] = "null", sig[40] = "null";
+  char tmp[4096], line[256], code[16] = "null", sig[40] = "null";
   if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
     errno = ENAMETOOLONG;
     return false;
@@ -425,8 +468,8 @@ static bool write_exit_file(const char *path, const struct outcome *out, long lo
     signal_name(out->signal, name, sizeof name);
     snprintf(sig, sizeof sig, "\"%s\"", name);
   }
-  snprintf(line, sizeof line, "{\"exitCode\":%s,\"signal\":%s,\"finishedAtMs\":%lld,\"timedOut\":%s}\n", code, sig, finished_ms,
-           out->timed_out ? "true" : "false");
+  snprintf(line, sizeof line, "{\"exitCode\":%s,\"signal\":%s,\"finishedAtMs\":%lld,\"timedOut\":%s,\"cpuTimeLimitExceeded\":%s}\n", code, sig,
+           finished_ms, out->timed_out ? "true" : "false", out->cpu_exceeded ? "true" : "false");
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return false;
   if (!write_all(fd, line, strlen(line)) || fsync(fd) != 0) {
@@ -547,6 +590,38 @@ static long long not_due_yet_ms(const struct options *o, const struct timespec *
   return 0;
 }
 
+/* The sandbox's CPU time so far, ms, from a cgroup v1 cpuacct.usage (ns) or a v2 cpu.stat
+ * (usage_usec); -1 when it cannot be read. */
+static long long cpu_used_ms(const char *path) {
+  char buf[1024];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  char *k = strstr(buf, "usage_usec ");
+  if (k) return strtoll(k + 11, NULL, 10) / 1000;
+  return strtoll(buf, NULL, 10) / 1000000;
+}
+
+/* When to look at the CPU counter next: the group cannot use more than one ms per CPU per
+ * ms, so until then the limit cannot have been reached; never sooner than 5 ms (the most
+ * it overshoots by, per CPU), never later than 250 ms. */
+static long long cpu_check_in_ms(long long left_ms) {
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  long long in = left_ms / (cpus > 0 ? cpus : 1);
+  return in < 5 ? 5 : in > 250 ? 250 : in;
+}
+
+static long long ms_until(const struct timespec *t) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  /* Rounded up: waking before a deadline would take it as due. */
+  long long ns = (long long)(t->tv_sec - now.tv_sec) * 1000000000LL + (t->tv_nsec - now.tv_nsec);
+  return ns <= 0 ? 0 : (ns + 999999) / 1000000;
+}
+
 static _Noreturn void monitor(const struct options *o) {
   /* The child must start PROGRAM with exactly the signal state we were given, so keep it. */
   struct sigaction orig_hup, orig_pipe, orig_chld, ign, dfl;
@@ -585,13 +660,17 @@ static _Noreturn void monitor(const struct options *o) {
   /* The workload's time limit is kept here, not by the CLI, so it holds for detached sandboxes
    * that nobody watches. RUNNING → (deadline) TERM sent → (grace) KILL sent. */
   enum { RUNNING, TERM_SENT, KILL_SENT } phase = RUNNING;
-  bool timed_out = false;
-  struct timespec deadline = {0, 0}, forked = {0, 0};
+  bool timed_out = false, cpu_exceeded = false;
+  struct timespec deadline = {0, 0}, forked = {0, 0}, cpu_next = {0, 0};
   long long ready_waited = 0;
+  clock_gettime(CLOCK_MONOTONIC, &forked);
   if (o->timeout_ms) {
-    clock_gettime(CLOCK_MONOTONIC, &forked);
     deadline = forked;
     add_ms(&deadline, o->timeout_ms);
+  }
+  if (o->cpu_limit_ms) {
+    cpu_next = forked;
+    add_ms(&cpu_next, cpu_check_in_ms(o->cpu_limit_ms));
   }
   if (child < 0) {
     say("hbx-shim: fork %s: %s", o->argv[0], strerror(errno));
@@ -601,17 +680,27 @@ static _Noreturn void monitor(const struct options *o) {
     for (bool done = false; !done;) {
       siginfo_t si;
       int sig;
-      if (o->timeout_ms && phase != KILL_SENT) {
-        struct timespec now, left;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        left.tv_sec = deadline.tv_sec - now.tv_sec;
-        left.tv_nsec = deadline.tv_nsec - now.tv_nsec;
-        if (left.tv_nsec < 0) {
-          left.tv_sec--;
-          left.tv_nsec += 1000000000L;
-        }
-        if (left.tv_sec < 0) left.tv_sec = left.tv_nsec = 0;
+      bool timing = o->timeout_ms && phase != KILL_SENT;
+      bool cpu_watch = o->cpu_limit_ms && !cpu_exceeded && phase != KILL_SENT;
+      if (timing || cpu_watch) {
+        long long wait = timing ? ms_until(&deadline) : -1;
+        long long cpu_wait = cpu_watch ? ms_until(&cpu_next) : -1;
+        bool cpu_first = cpu_watch && (!timing || cpu_wait < wait);
+        if (cpu_first) wait = cpu_wait;
+        struct timespec left = {wait / 1000, (wait % 1000) * 1000000L};
         sig = sigtimedwait(&waitset, &si, &left);
+        if (sig < 0 && errno == EAGAIN && cpu_first) {
+          long long used = cpu_used_ms(o->cpu_usage);
+          if (used >= o->cpu_limit_ms) {
+            cpu_exceeded = true;
+            kill(child, SIGKILL);
+            phase = KILL_SENT;
+          } else {
+            clock_gettime(CLOCK_MONOTONIC, &cpu_next);
+            add_ms(&cpu_next, cpu_check_in_ms(o->cpu_limit_ms - (used < 0 ? 0 : used)));
+          }
+          continue;
+        }
         if (sig < 0 && errno == EAGAIN) {
           long long late = phase == RUNNING ? not_due_yet_ms(o, &forked, &ready_waited) : 0;
           if (late > 0) {
@@ -658,7 +747,7 @@ static _Noreturn void monitor(const struct options *o) {
   long long finished = now_ms();
 
   int rc = timed_out ? EXIT_TIMED_OUT : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
-  struct outcome out = outcome_of(status, timed_out);
+  struct outcome out = outcome_of(status, timed_out, cpu_exceeded);
   if (!write_exit_file(o->exit_file, &out, finished)) {
     say("hbx-shim: exit-file %s: %s", o->exit_file, strerror(errno));
     rc = EXIT_SHIM_FAILED;

@@ -35,7 +35,14 @@ export interface SessionExit {
   exitCode: number | null;
   signal: string | null;
   oomKilled: boolean;
+  /** The guest workload cgroup's totals when the session ended (all its sessions); null: not known. */
+  cpuTimeMs: number | null;
+  peakMemoryBytes: number | null;
+  /** The agent killed the workload cgroup at its CPU time limit (hbx.cputime). */
+  cpuTimeLimitExceeded: boolean;
 }
+
+const count = (v: unknown): number | null => (typeof v === 'number' && Number.isInteger(v) && v >= 0 ? v : null);
 
 /** An `F` frame: what the agent could not do. `request` is the failed frame's type, or "setup". */
 export interface AgentFailure {
@@ -246,7 +253,14 @@ export class AgentClient extends EventEmitter {
           s.reject(new AgentError(`session ${f.session}: malformed exit report from the guest agent: ${f.payload.toString('utf8').slice(0, 200)}`));
           return;
         }
-        s.resolve({ exitCode: exitCode as number | null, signal: signal as string | null, oomKilled: j.oomKilled === true });
+        s.resolve({
+          exitCode: exitCode as number | null,
+          signal: signal as string | null,
+          oomKilled: j.oomKilled === true,
+          cpuTimeMs: count(j.cpuTimeMs),
+          peakMemoryBytes: count(j.peakMemoryBytes),
+          cpuTimeLimitExceeded: j.cpuTimeLimitExceeded === true,
+        });
         return;
       }
       case 'F': {
