@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AuthError, Client, type RunRequest, NotFoundError, QuotaError, RateLimitError, ValidationError } from '../src/client/index.js';
 import { createKey, type Service, ServiceStore, startService } from '../src/service/index.js';
-import type { Hybridbox } from '../src/index.js';
+import { ensureRuntimeImages, type Hybridbox } from '../src/index.js';
 import { CLI, freshHybridbox, hostTraces } from './helpers.js';
 import { OpenApiChecker } from './support/openapi.js';
 
@@ -23,6 +23,7 @@ const sandboxIds = new Set<string>();
 
 test.before(async () => {
   ({ hb, root, cleanup } = await freshHybridbox('hbx-svc-'));
+  await ensureRuntimeImages(hb);
   const store = new ServiceStore(root);
   const mk = (name: string, scope: string, quota = {}) => createKey(store, { name, scope, quota }).secret;
   keys = {
@@ -545,3 +546,126 @@ test.serial('the CLI through the service: run streams and exits with the code; j
   t.is(bad.stderr.split('\n').length, 1);
   t.regex(bad.stderr, /API key is not valid/);
 });
+
+// One program per language that does, by its input, each thing a judge must tell apart.
+const PROGRAMS: Record<string, { runtime: string; file: string; source: string; compileError: string }> = {
+  c: {
+    runtime: 'c',
+    file: 'main.c',
+    compileError: 'int main( { return 0; }',
+    source: `#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(void) {
+  char c[16]; long a, b;
+  if (scanf("%15s", c) != 1) return 2;
+  if (!strcmp(c, "cpu")) for (volatile long i = 0;; i++);
+  if (!strcmp(c, "sleep")) { sleep(10); return 0; }
+  if (!strcmp(c, "mem")) { for (;;) { char *p = malloc(1 << 20); if (!p) return 9; memset(p, 1, 1 << 20); } }
+  if (!strcmp(c, "out")) for (;;) fputs("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\\n", stdout);
+  if (!strcmp(c, "file")) { FILE *f = fopen("/tmp/f", "w"); for (int i = 0; i < 4096; i++) fwrite(c, 1, 1024, f); fclose(f); return 0; }
+  if (!strcmp(c, "crash")) return 3;
+  if (!strcmp(c, "wrong")) { puts("0"); return 0; }
+  a = atol(c); if (scanf("%ld", &b) != 1) return 2;
+  printf("%ld\\n", a + b);
+  return 0;
+}
+`,
+  },
+  python: {
+    runtime: 'python',
+    file: 'main.py',
+    compileError: '',
+    // CPython ignores SIGXFSZ (a write past the limit is then an OSError); this program asks for the default.
+    source: `import sys, time, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+a = sys.stdin.readline().split()
+c = a[0]
+if c == 'cpu':
+    while True: pass
+elif c == 'sleep': time.sleep(10)
+elif c == 'mem':
+    x = []
+    while True: x.append(bytearray(1 << 20))
+elif c == 'out':
+    while True: sys.stdout.write('x' * 1000)
+elif c == 'file':
+    with open('/tmp/f', 'wb') as f: f.write(b'x' * (4 << 20))
+elif c == 'crash': sys.exit(3)
+elif c == 'wrong': print(0)
+else: print(int(a[0]) + int(a[1]))
+`,
+  },
+  shell: {
+    runtime: 'shell',
+    file: 'main.sh',
+    compileError: '',
+    source: `read c b
+case $c in
+  cpu) while :; do :; done ;;
+  sleep) sleep 10 ;;
+  mem) x=a; while :; do x="$x$x"; done ;;
+  out) while :; do echo xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; done ;;
+  file) head -c 4194304 /dev/zero > /tmp/f ;;
+  crash) exit 3 ;;
+  wrong) echo 0 ;;
+  *) echo $((c + b)) ;;
+esac
+`,
+  },
+};
+
+const VERDICT_TESTS = [
+  { stdin: '1 2\n', expected: '3\n', verdict: 'accepted' },
+  { stdin: 'wrong\n', expected: '3\n', verdict: 'wrong-answer' },
+  { stdin: 'crash\n', expected: '', verdict: 'runtime-error' },
+  { stdin: 'cpu\n', expected: '', verdict: 'time-limit', limits: { cpuTimeMs: 500, wallTimeMs: 15_000 } },
+  { stdin: 'sleep\n', expected: '', verdict: 'wall-time-limit', limits: { wallTimeMs: 1000, cpuTimeMs: 5000 } },
+  { stdin: 'mem\n', expected: '', verdict: 'memory-limit', limits: { memoryMiB: 48, wallTimeMs: 15_000 } },
+  { stdin: 'out\n', expected: '', verdict: 'output-limit', limits: { outputBytes: 10_000 } },
+  { stdin: 'file\n', expected: '', verdict: 'file-size-limit', limits: { fileSizeBytes: 1024 * 1024 } },
+];
+
+test.serial('GET /v1/runtimes lists the shipped runtimes with the versions their images hold', async (t) => {
+  const a = await call('GET', '/v1/runtimes');
+  const names = a.body.runtimes.map((r: { name: string }) => r.name);
+  for (const n of ['shell', 'c', 'cpp', 'python', 'node']) t.true(names.includes(n), n);
+  for (const r of a.body.runtimes) t.regex(r.version, /^\d+(\.\d+)+/);
+  const bad = await call('POST', '/v1/runs', { body: { runtime: 'cobol', files: [{ path: 'x', content: 'x' }] } });
+  t.is(bad.status, 400);
+  t.is(bad.body.field, 'runtime');
+  const noFile = await call('POST', '/v1/runs', { body: { runtime: 'c', files: [{ path: 'other.c', content: 'x' }] } });
+  t.is(noFile.body.field, 'files');
+});
+
+for (const backend of ['container', 'microvm'] as const) {
+  for (const lang of ['c', 'python', 'shell'] as const) {
+    test.serial(`every verdict from a ${lang} program on ${backend === 'container' ? 'a container' : 'a microVM'}`, async (t) => {
+      const p = PROGRAMS[lang]!;
+      const a = await call('POST', '/v1/judge?wait=60s', {
+        body: { runtime: p.runtime, isolation: backend, files: [{ path: p.file, content: p.source }], tests: VERDICT_TESTS.map(({ verdict: _v, ...x }) => x) },
+      });
+      t.is(a.status, 200, a.text);
+      const got = a.body.judge.tests.map((x: { verdict: string }) => x.verdict);
+      t.deepEqual(
+        got,
+        VERDICT_TESTS.map((x) => x.verdict),
+        JSON.stringify(a.body.judge.tests.map((x: Record<string, unknown>) => [x.verdict, x.message, x.exitCode, x.signal, x.cpuMs])),
+      );
+      t.is(a.body.placement.backend, backend);
+      const cpu = a.body.judge.tests[3];
+      t.true(cpu.cpuMs >= 500 && cpu.cpuMs < 2000, `cpu ${cpu.cpuMs}`);
+      for (const x of a.body.judge.tests.slice(0, 3)) t.true(x.peakMemoryBytes > 0 && x.cpuMs !== null, JSON.stringify(x));
+      t.log(`${lang} on ${backend}: ${a.body.judge.tests.map((x: { verdict: string; cpuMs: number; wallMs: number }) => `${x.verdict} ${x.cpuMs}/${x.wallMs} ms`).join(', ')}`);
+      if (p.compileError) {
+        const ce = await call('POST', '/v1/judge?wait=60s', {
+          body: { runtime: p.runtime, isolation: backend, files: [{ path: p.file, content: p.compileError }], tests: [{ stdin: '', expected: '' }] },
+        });
+        t.is(ce.body.judge.verdict, 'compile-error');
+        t.regex(ce.body.judge.compile.stderr, /error/);
+      }
+      t.deepEqual(hostTraces([...a.body.judge.tests.map((x: { sandboxId: string }) => x.sandboxId)]), []);
+    });
+  }
+}

@@ -53,7 +53,7 @@ export interface Service {
 }
 
 export async function startService(o: ServiceOptions): Promise<Service> {
-  const runtimes = o.runtimes ?? (await serviceRuntimes());
+  const runtimes = o.runtimes ?? (await serviceRuntimes(o.hb));
   const root = o.hb.root;
   const store = new ServiceStore(root);
   const cpus = o.hb.host.cpus || hostCpus().length;

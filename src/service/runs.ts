@@ -234,7 +234,9 @@ export class RunManager {
 async function oneRun(ctx: RequestContext, req: RunRequest): Promise<Step> {
   const rt = req.runtime ? ctx.runtime(req.runtime) : null;
   const box = req.files.length || rt ? join(ctx.workDir, 'box') : null;
-  if (box) writeBox(box, req.files);
+  // The runtime's commands name its file (main.c); an entrypoint of another name is copied to it.
+  const entry = rt && req.entrypoint && req.entrypoint !== rt.fileName ? req.files.find((f) => f.path === req.entrypoint) : undefined;
+  if (box) writeBox(box, entry ? [...req.files.filter((f) => f.path !== rt!.fileName), { ...entry, path: rt!.fileName }] : req.files);
   const first = firstStep('run', req, () => rt!);
   if (rt?.compile && !req.command) {
     const c = await ctx.step('compile', { ...first, name: ctx.stepName('compile'), command: rt.compile, stdin: '', box: { hostDir: box!, writable: true } });
@@ -249,6 +251,15 @@ function firstStep(kind: RunKind, req: RunRequest | JudgeRequest, runtimes: (nam
   if (req.image && req.runtime) throw new SpecError('runtime', req.runtime, 'give an image or a runtime, not both');
   const rt = req.runtime ? runtimes(req.runtime) : null;
   const image = req.image ?? rt!.image;
+  if (rt && req.files.length) {
+    const entry = (kind === 'run' ? (req as RunRequest).entrypoint : undefined) ?? rt.fileName;
+    if (!req.files.some((f) => f.path === entry))
+      throw new SpecError(
+        kind === 'run' && (req as RunRequest).entrypoint ? 'entrypoint' : 'files',
+        entry,
+        `the ${rt.name} runtime compiles and runs ${rt.fileName}: give a file of that path, or name yours with entrypoint`,
+      );
+  }
   let command: string[] | undefined;
   if (kind === 'run') {
     const r = req as RunRequest;

@@ -1,7 +1,10 @@
-// The language runtimes the service offers (languages/), in the shape it uses.
-import { SpecError } from '../errors.js';
-import type { LanguageRuntime } from './steps.js';
+// The language runtimes the service offers (languages/), in the shape it uses. The list is
+// read once at start (it reads each image's dpkg database); an image built later shows after
+// a restart, while resolving a name needs no image at all.
+import type { Hybridbox } from '../api/index.js';
+import { listRuntimes, resolveRuntime, runtimeImageRef } from '../languages/index.js';
 import type { RuntimeSchema } from './schemas.js';
+import type { LanguageRuntime } from './steps.js';
 import type * as z from 'zod/mini';
 
 export interface RuntimeProvider {
@@ -9,11 +12,14 @@ export interface RuntimeProvider {
   resolve(name: string): LanguageRuntime;
 }
 
-export async function serviceRuntimes(): Promise<RuntimeProvider> {
+export async function serviceRuntimes(hb: Hybridbox): Promise<RuntimeProvider> {
+  const infos = (await listRuntimes(hb)).filter((r) => r.version !== null);
+  const listed = infos.map((r) => ({ name: r.name, version: r.version!, aliases: r.aliases, image: r.image, compile: r.compile, run: r.run, fileName: r.fileName }));
   return {
-    list: () => [],
+    list: () => listed,
     resolve: (name) => {
-      throw new SpecError('runtime', name, 'no language runtimes are installed');
+      const def = resolveRuntime(name);
+      return { name: def.name, image: runtimeImageRef(def), fileName: def.fileName, compile: def.compile ?? null, run: def.run };
     },
   };
 }

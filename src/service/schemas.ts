@@ -14,13 +14,13 @@ export const LimitsSchema = z.strictObject({
   /** Wall-clock time of the workload. */
   wallTimeMs: z.optional(int(1, 3_600_000)),
   /** CPU time of the whole group (all its processes). */
-  cpuTimeMs: z.optional(int(1, 3_600_000)),
+  cpuTimeMs: z.optional(int(10, 3_600_000)),
   /** Grace past cpuTimeMs before the workload is stopped (it is still judged against cpuTimeMs). */
   extraTimeMs: z.optional(int(0, 60_000)),
   memoryMiB: z.optional(int(6, 65_536)),
   pids: z.optional(int(1, 65_536)),
   cpus: z.optional(z.number().check(z.positive(), z.lte(64))),
-  fileSizeBytes: z.optional(int(0, 2 ** 40)),
+  fileSizeBytes: z.optional(int(1, 2 ** 40)),
   tmpfsMiB: z.optional(int(1, 65_536)),
   openFiles: z.optional(int(8, 1_048_576)),
   /** Bytes kept and streamed per output stream; past it the workload is stopped (output-limit). */

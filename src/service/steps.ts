@@ -70,7 +70,20 @@ export function stepSpec(s: StepInput): WorkloadSpecInput {
     isolation: s.isolation,
     trust: s.trust,
     timeoutMs: l.wallTimeMs,
-    resources: { memoryMiB: l.memoryMiB, pids: l.pids, cpus: l.cpus },
+    // Untrusted steps get a read-only image root (with private /tmp and /dev/shm): nothing a
+    // step writes outside /box outlives it, and nothing of one request reaches the next.
+    readOnlyRoot: s.trust !== 'trusted',
+    outputLimitBytes: l.outputBytes,
+    resources: {
+      memoryMiB: l.memoryMiB,
+      pids: l.pids,
+      cpus: l.cpus,
+      // The extra time lets a step run past its CPU limit before it is stopped; it is still judged by cpuTimeMs.
+      ...(l.cpuTimeMs !== undefined ? { cpuTimeMs: l.cpuTimeMs + (l.extraTimeMs ?? 0) } : {}),
+      ...(l.fileSizeBytes !== undefined ? { fileSizeBytes: l.fileSizeBytes } : {}),
+      ...(l.openFiles !== undefined ? { openFiles: l.openFiles } : {}),
+      ...(l.tmpfsMiB !== undefined ? { tmpfsMiB: l.tmpfsMiB } : {}),
+    },
     volumes: [
       ...(s.box ? [{ hostPath: s.box.hostDir, guestPath: BOX, readOnly: !s.box.writable }] : []),
       ...(s.mounts ?? []).map((m) => ({ hostPath: m.hostDir, guestPath: m.guestPath, readOnly: true })),
@@ -122,17 +135,16 @@ export async function runStep(hb: Hybridbox, s: StepInput, ev: StepEvents = {}):
  * that stopped the workload explains its signal, so limits come before runtime-error.
  */
 export function verdictOf(r: RunResult, l: EffectiveLimits): { verdict: Verdict; message: string | null } {
-  const flags = r as RunResult & { cpuTimeLimitExceeded?: boolean; outputLimitExceeded?: boolean | string | null; fileSizeLimitExceeded?: boolean };
   if (r.crash) return { verdict: 'internal-error', message: r.crash };
   if (r.oomKilled) return { verdict: 'memory-limit', message: `killed by the kernel at the memory limit (${l.memoryMiB} MiB)` };
-  if (flags.cpuTimeLimitExceeded || (l.cpuTimeMs !== undefined && r.cpuTimeMs !== null && r.cpuTimeMs > l.cpuTimeMs)) {
-    return { verdict: 'time-limit', message: `used ${r.cpuTimeMs ?? '?'} ms of CPU time, the limit is ${l.cpuTimeMs} ms` };
+  if (r.cpuTimeLimitExceeded || (l.cpuTimeMs !== undefined && r.cpuTimeMs !== null && r.cpuTimeMs > l.cpuTimeMs)) {
+    return { verdict: 'time-limit', message: `used ${r.cpuTimeMs ?? 'more than the limit of'} ms of CPU time, the limit is ${l.cpuTimeMs} ms` };
   }
+  if (r.outputLimitExceeded) return { verdict: 'output-limit', message: `wrote more than ${l.outputBytes} bytes to ${r.outputLimitStream ?? 'its output'}` };
   if (r.timedOut) return { verdict: 'wall-time-limit', message: `still running after ${l.wallTimeMs} ms of wall time` };
-  if (flags.outputLimitExceeded || r.stdoutTruncated || r.stderrTruncated) {
-    return { verdict: 'output-limit', message: `wrote more than ${l.outputBytes} bytes to ${r.stdoutTruncated ? 'stdout' : 'stderr'}` };
-  }
-  if (flags.fileSizeLimitExceeded || r.signal === 'SIGXFSZ') return { verdict: 'file-size-limit', message: `wrote a file past ${l.fileSizeBytes ?? 'the'} bytes limit` };
+  // 153 = 128 + SIGXFSZ: how a shell reports a child that the file size limit killed.
+  if (r.fileSizeLimitExceeded || r.signal === 'SIGXFSZ' || (l.fileSizeBytes !== undefined && r.exitCode === 153))
+    return { verdict: 'file-size-limit', message: `wrote a file past the limit of ${l.fileSizeBytes ?? '?'} bytes` };
   if (r.signal) return { verdict: 'runtime-error', message: `killed by ${r.signal}` };
   if (r.exitCode !== 0) return { verdict: 'runtime-error', message: `exited with code ${r.exitCode}` };
   return { verdict: 'accepted', message: null };
