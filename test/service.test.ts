@@ -138,7 +138,7 @@ test.serial('judge (shell): accepted, wrong-answer, runtime-error, wall-time-lim
     body: {
       image: 'busybox',
       isolation: 'container',
-      run: ['sh', '-c', 'read a b; case $a in s) sleep 5;; m) head -c 200m /dev/zero | tail > /dev/null;; e) exit 7;; esac; echo $((a+b))'],
+      run: ['sh', '-c', 'read a b; case $a in s) sleep 5;; m) x=a; while :; do x="$x$x"; done;; e) exit 7;; esac; echo $((a+b))'],
       tests: [
         { stdin: '1 2\n', expected: '3\n' },
         { stdin: '2 2\n', expected: '5\n' },
@@ -232,7 +232,18 @@ test.serial('quotas: a limit over the key maximum is a 400 naming it; a second c
   t.is(ra.headers['ratelimit-remaining'], '0');
 });
 
+/** Until the service has nothing queued or running (earlier tests leave runs finishing). */
+async function idle(): Promise<void> {
+  for (let i = 0; i < 300; i++) {
+    const h = (await call('GET', '/v1/health', { key: null })).body;
+    if (h.queued === 0 && h.running === 0 && h.capacity.cpuSlotsUsed === 0) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('the service did not become idle');
+}
+
 test.serial('bad input: a JSON error naming the field (400), 413, 415, malformed JSON; nothing is created', async (t) => {
+  await idle();
   const before = (await hb.sandboxes.list({ all: true })).length;
   const cases: [unknown, string][] = [
     [{ image: 'busybox' }, 'command'],
