@@ -11,6 +11,7 @@ import { createKey, type Service, ServiceStore, startService } from '../src/serv
 import { ensureRuntimeImages, type Hybridbox } from '../src/index.js';
 import { CLI, freshHybridbox, hostTraces } from './helpers.js';
 import { OpenApiChecker } from './support/openapi.js';
+import { readMountinfo } from '../src/util/mountinfo.js';
 
 let hb: Hybridbox;
 let root: string;
@@ -485,7 +486,14 @@ test.serial('kill -9 of the service with runs queued and running: after a restar
       [],
     );
   } finally {
-    s.child.kill('SIGKILL');
+    // A graceful stop unmounts the work tmpfs that the killed one left (and the restart reused).
+    const exited = new Promise((r) => s.child.once('exit', r));
+    s.child.kill('SIGTERM');
+    await exited;
+    t.false(
+      readMountinfo().some((m) => m.mountPoint.startsWith(root3)),
+      'no mount left under the state root',
+    );
     await c3();
   }
 });

@@ -7,6 +7,8 @@ import { dirname, join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Hybridbox } from '../api/index.js';
 import { HostCapabilityError } from '../errors.js';
+import { run } from '../util/exec.js';
+import { readMountinfo } from '../util/mountinfo.js';
 import { Admission } from './admission.js';
 import { Callbacks } from './callbacks.js';
 import { ServiceStore } from './db.js';
@@ -36,6 +38,11 @@ export interface ServiceOptions {
   cpuOvercommit?: number;
   /** Share of host memory runs may hold, overheads included. @default 0.75 */
   memoryFraction?: number;
+  /**
+   * Size of the tmpfs that holds every request's /box while it runs: a compile step that
+   * fills its box fills this, never the host's disk. @default 1024
+   */
+  workTmpfsMiB?: number;
   /** host or host:port entries that callbacks may go to. @default none */
   callbackAllow?: string[];
   /** The language runtimes requests may name. @default the installed ones (languages/) */
@@ -59,12 +66,14 @@ export async function startService(o: ServiceOptions): Promise<Service> {
   const cpus = o.hb.host.cpus || hostCpus().length;
   const admission = new Admission({ cpuSlots: cpus * (o.cpuOvercommit ?? 2), memoryMiB: Math.floor((o.hb.host.memTotalBytes / 1048576) * (o.memoryFraction ?? 0.75)) }, o.maxQueued ?? 256);
   let callbacks: Callbacks | null = null;
+  const workRoot = join(root, 'service', 'work');
+  await mountWorkTmpfs(workRoot, o.workTmpfsMiB ?? 1024);
   const runs = new RunManager({
     hb: o.hb,
     store,
     admission,
     runtimes: (name) => runtimes.resolve(name),
-    workRoot: join(root, 'service', 'work'),
+    workRoot,
     onFinished: (run) => callbacks?.deliver(run.id),
   });
   callbacks = new Callbacks(store, { allow: o.callbackAllow ?? [], secret: callbackSecret(root) }, (id) => {
@@ -113,8 +122,17 @@ export async function startService(o: ServiceOptions): Promise<Service> {
       if (opts.drain !== false) await runs.drain();
       store.close();
       if (unix) rmSync(listen, { force: true });
+      await run('umount', [workRoot]);
     },
   };
+}
+
+/** A size-bounded tmpfs at `dir` (kept if a previous service left it mounted: it is emptied at recovery). */
+async function mountWorkTmpfs(dir: string, sizeMiB: number): Promise<void> {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (readMountinfo().some((m) => m.mountPoint === dir)) return;
+  const r = await run('mount', ['-t', 'tmpfs', '-o', `size=${sizeMiB}m,nr_inodes=65536,mode=0700,nosuid,nodev`, 'hbx-service-work', dir]);
+  if (r.exitCode !== 0) throw new HostCapabilityError(`cannot mount the service's work tmpfs at ${dir}: ${r.stderr.trim()}`);
 }
 
 /** The key callbacks are signed with: made once per state root, private to root. */

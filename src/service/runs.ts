@@ -2,7 +2,7 @@
 // terminal state. A run waits for capacity (admission.ts), runs its steps, and records its
 // outcome and its events; on start, what a dead service left is settled: queued runs run,
 // runs that were in flight end as internal-error, and their sandboxes are removed.
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { Hybridbox } from '../api/index.js';
@@ -106,8 +106,8 @@ export class RunManager {
     for (const s of await hb.sandboxes.list({ all: true })) {
       if (s.name.startsWith(SANDBOX_PREFIX)) await hb.sandboxes.remove(s.id, { force: true }).catch(() => undefined);
     }
-    rmSync(this.o.workRoot, { recursive: true, force: true });
-    mkdirSync(this.o.workRoot, { recursive: true, mode: 0o700 });
+    // Emptied, not removed: the work root may be the service's tmpfs mount point.
+    for (const d of readdirSync(this.o.workRoot)) rmSync(join(this.o.workRoot, d), { recursive: true, force: true });
     const queued = store.runsWithStatus('queued');
     for (const r of queued) this.start(r, null);
     return { requeued: queued.length, failed: running.length };
