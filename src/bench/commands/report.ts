@@ -1,7 +1,7 @@
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { Hybridbox } from '../../api/index.js';
-import { densityCharts, isolationCharts, renderCharts, startupCharts } from '../report/charts.js';
+import { densityCharts, isolationCharts, renderCharts, serviceCharts, startupCharts } from '../report/charts.js';
 import { loadReportData } from '../report/data.js';
 import { fmtBytes } from '../report/format.js';
 import { renderHtml, type ReportCharts } from '../report/html.js';
@@ -30,8 +30,9 @@ export async function report(hb: Hybridbox, opts: Record<string, unknown>): Prom
     startup: data.startup ? startupCharts(data.startup) : [],
     isolation: data.isolation ? isolationCharts(data.isolation) : [],
     density: data.density ? densityCharts(data.density) : [],
+    service: data.service ? serviceCharts(data.service) : [],
   };
-  const svgs = await renderCharts([...charts.startup, ...charts.isolation, ...charts.density]);
+  const svgs = await renderCharts([...charts.startup, ...charts.isolation, ...charts.density, ...charts.service]);
   const html = renderHtml(data, charts, svgs);
   const out = resolve(typeof opts.out === 'string' ? opts.out : 'hybridbox-report.html');
   writeAtomic(out, html);

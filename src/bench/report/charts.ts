@@ -2,7 +2,7 @@
 // (vega's headless renderer), so the HTML file needs no script and no network to show them.
 import type { TopLevelSpec } from 'vega-lite';
 import { processLabel } from '../density/summary.js';
-import type { DensityResult, IsolationResult, StartupResult } from '../../measurements/index.js';
+import type { DensityResult, IsolationResult, ServiceBenchResult, StartupResult } from '../../measurements/index.js';
 
 export interface Chart {
   /** Stable name: the figure's data-chart attribute (the test looks charts up by it). */
@@ -185,6 +185,31 @@ export function densityCharts(r: DensityResult): Chart[] {
       'host used, MiB above start',
     ),
     line('density-ramp-time', 'Sandboxes started over time', 'Started one after another; the slope is the start rate.', 'seconds', 'seconds since the first start', 'count', 'sandboxes running'),
+  ];
+}
+
+export function serviceCharts(r: ServiceBenchResult): Chart[] {
+  if (!r.throughput.length) return [];
+  const order = [...new Set(r.throughput.map((t) => t.backend))];
+  const values = r.throughput.map((t) => ({ backend: t.backend, concurrency: String(t.concurrency), rps: Math.round(t.runsPerSecond * 100) / 100, label: t.runsPerSecond.toFixed(1) }));
+  return [
+    chart(
+      'service-throughput',
+      'Runs per second through `hybridbox serve`',
+      'Trivial runs (echo ok) submitted by that many concurrent clients; each run is a fresh sandbox, removed at its end. The service admits runs by CPU slots, so more clients past the slots wait rather than thrash.',
+      {
+        width: WIDTH / 2,
+        height: 220,
+        data: { values },
+        encoding: {
+          x: { field: 'concurrency', type: 'nominal', title: 'concurrent clients', sort: null },
+          xOffset: { field: 'backend', sort: order },
+          y: { field: 'rps', type: 'quantitative', title: 'runs per second' },
+          color: { field: 'backend', type: 'nominal', scale: backendScale(order), title: 'backend' },
+        },
+        layer: [{ mark: { type: 'bar' } }, { mark: { type: 'text', dy: -6, fontSize: 10 }, encoding: { text: { field: 'label' } } }],
+      },
+    ),
   ];
 }
 

@@ -1,6 +1,6 @@
 import type { Hybridbox } from '../../api/index.js';
 import { describeHost } from '../host.js';
-import type { BenchKind, DensityResult, HostDescription, IsolationResult, StartupResult } from '../../measurements/index.js';
+import type { BenchKind, DensityResult, HostDescription, IsolationResult, ServiceBenchResult, StartupResult } from '../../measurements/index.js';
 import { headline } from './summary.js';
 
 /** Everything the report shows: what `report --json` prints. */
@@ -11,6 +11,7 @@ export interface ReportData {
   startup: StartupResult | null;
   isolation: IsolationResult | null;
   density: DensityResult | null;
+  service: ServiceBenchResult | null;
   /** Plain-language findings across all results, for the top of the report. */
   summary: string[];
 }
@@ -26,6 +27,7 @@ export async function loadReportData(hb: Hybridbox): Promise<ReportData> {
     startup: latest('startup'),
     isolation: latest('isolation'),
     density: latest('density'),
+    service: latest('service'),
     summary: [],
   };
   data.summary = headline(data);

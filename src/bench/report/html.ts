@@ -2,7 +2,7 @@
 // nothing fetched, so it opens offline and can be mailed or archived as one file.
 import type { BackendKind } from '../../spec/schema.js';
 import { median } from '../stats.js';
-import type { BenchResult, DensityResult, HostDescription, IsolationResult, StartupResult } from '../../measurements/index.js';
+import type { BenchResult, DensityResult, HostDescription, IsolationResult, ServiceBenchResult, StartupResult } from '../../measurements/index.js';
 import { BACKEND_COLOURS, type Chart } from './charts.js';
 import { BENCH_COMMAND, type ReportData } from './data.js';
 import { BACKEND_NOUN, fmtBytes, fmtDate, fmtMs, fmtPct, list } from './format.js';
@@ -209,10 +209,20 @@ ${table(['backend', 'started', 'memory each', 'start rate', 'one start (median)'
 <p class="note">Idle sandboxes (<code>sleep 3600</code>) started one after another per backend until a budget of ${esc(fmtBytes(r.memoryBudgetBytes))} of host used memory, a count or a start failure. Overhead = resident memory of the processes a sandbox adds on the host (monitor, shim, runtime, QEMU) + what its own cgroup is charged beyond the workload's private memory. "Host used rise" is MemTotal − MemAvailable over the ramp per sandbox; it counts shared pages once and includes anything else the host did meanwhile.</p></section>`;
 }
 
+function serviceSection(r: ServiceBenchResult | null, charts: Chart[], svgs: Map<string, string>, here: HostDescription): string {
+  if (!r) return `<section id="service"><h2>The service</h2>${missing('service')}</section>`;
+  const rows = r.throughput.map((t) => [backendCell(t.backend), num(String(t.concurrency)), num(String(t.runs)), num(`${t.runsPerSecond.toFixed(2)}/s`), num(fmtMs(t.p50Ms)), num(fmtMs(t.p99Ms))]);
+  return `<section id="service"><h2>The service</h2>${provenance(r, here)}${findings(r)}
+${charts.map((c) => figure(c, svgs)).join('')}
+${table(['backend', 'concurrent clients', 'runs', 'throughput', 'latency p50', 'latency p99'], rows)}
+<p class="note">Overhead: a trivial container run through the API against the same run through the library in one process, interleaved (${esc(fmtMs(r.overhead.apiMs.medianMs))} against ${esc(fmtMs(r.overhead.libraryMs.medianMs))} at the median).</p></section>`;
+}
+
 export interface ReportCharts {
   startup: Chart[];
   isolation: Chart[];
   density: Chart[];
+  service: Chart[];
 }
 
 export function renderHtml(d: ReportData, charts: ReportCharts, svgs: Map<string, string>): string {
@@ -230,6 +240,7 @@ ${hostSection(d.host)}
 ${startupSection(d.startup, charts.startup, svgs, d.host)}
 ${isolationSection(d.isolation, charts.isolation, svgs, d.host)}
 ${densitySection(d.density, charts.density, svgs, d.host)}
+${serviceSection(d.service, charts.service, svgs, d.host)}
 <footer>Made by <code>hybridbox report</code>. Timings on a shared machine are noisy: compare ratios measured in one run rather than absolute numbers across runs.</footer>
 </main></body></html>
 `;

@@ -83,5 +83,10 @@ export function terminalReport(d: ReportData): string {
   out.push(heading('density', d.density, here));
   if (!d.density) out.push(`not measured yet: run \`${BENCH_COMMAND.density}\``);
   else out.push(densityTable(d.density.backends));
+  out.push('');
+
+  out.push(heading('service', d.service, here));
+  if (!d.service) out.push(`not measured yet: run \`${BENCH_COMMAND.service}\``);
+  else out.push(...d.service.summary);
   return out.join('\n');
 }
