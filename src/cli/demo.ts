@@ -149,7 +149,10 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     step(9, 'An image from a Sandboxfile: built once, run as a container and a microVM, pushed to S3');
     await imagesTour(hb, kinds.includes('microvm'));
 
-    step(10, 'Measured on this host: start-up, isolation, and a report');
+    step(10, 'Untrusted code as a service: a judge over HTTP, with verdicts');
+    await serviceTour(hb);
+
+    step(11, 'Measured on this host: start-up, isolation, and a report');
     say('   A short run (a few iterations each; `hybridbox bench startup` does 30), interleaved:');
     const { benchStartup } = await import('../bench/commands/startup.js');
     await benchStartup(hb, { runs: '8', warmup: '1', vmRuns: '3' });
@@ -166,6 +169,54 @@ export async function runDemo(ociRuntime: 'crun' | 'runc' = 'crun'): Promise<voi
     hb.close();
   }
   say(`\n${bold('Done.')} Every sandbox of this tour has been removed.`);
+}
+
+const SUBMISSION = `#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(void) {
+  long a, b;
+  if (scanf("%ld %ld", &a, &b) != 2) return 1;
+  if (a < 0) for (;;) memset(malloc(1 << 20), 1, 1 << 20); /* a bug the memory limit catches */
+  if (a == 0) for (;;);                           /* one the CPU time limit catches */
+  printf("%ld\\n", a + b);
+  return 0;
+}
+`;
+
+/** `hybridbox serve` on a private socket, a C submission judged against four tests, through the typed client. */
+async function serviceTour(hb: Hybridbox): Promise<void> {
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { startService } = await import('../service/index.js');
+  const { Client } = await import('../client/index.js');
+  const { ensureRuntimeImages } = await import('../languages/index.js');
+  await ensureRuntimeImages(hb, ['c']);
+  const dir = mkdtempSync(join(tmpdir(), 'hbx-demo-serve-'));
+  const svc = await startService({ hb, listen: join(dir, 'api.sock'), version: 'demo' });
+  try {
+    say(`   hybridbox serve listens on ${svc.address} (root-only socket: no key needed; TCP callers use API keys)`);
+    const client = new Client({ host: `unix://${svc.address}` });
+    const tests = [
+      { stdin: '1 2\n', expected: '3\n' },
+      { stdin: '20 22\n', expected: '43\n' },
+      { stdin: '0 5\n', expected: '5\n', limits: { cpuTimeMs: 500 } },
+      { stdin: '-1 5\n', expected: '4\n', limits: { memoryMiB: 32 } },
+    ];
+    say('   POST /v1/judge: a C program (gcc), compiled once, then four tests, untrusted (the default), isolation auto:');
+    const r = await client.judge({ runtime: 'c', files: [{ path: 'main.c', content: SUBMISSION }], tests }, { waitMs: 120_000 });
+    const j = r.status === 'completed' ? r : await client.runs.get(r.id, { waitMs: 120_000 });
+    say(`   placed on ${j.placement?.backend}: ${j.placement?.reasons[0] ?? ''}`);
+    for (const t of j.judge?.tests ?? [])
+      say(
+        `   test ${t.index + 1}: ${t.verdict.padEnd(14)} cpu ${String(t.cpuMs ?? '-').padStart(4)} ms, wall ${String(t.wallMs).padStart(5)} ms, peak ${mib(t.peakMemoryBytes)}${t.message ? `  (${t.message})` : ''}`,
+      );
+    say(`   -> overall: ${j.judge?.verdict ?? j.status}${j.reason ? ` (${j.reason})` : ''}`);
+  } finally {
+    await svc.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 const SANDBOXFILE = `FROM debian:bookworm
