@@ -192,6 +192,36 @@ test.serial('judge: compile-error stops before the tests; stopOnFirstFailure; th
   t.is(built.body.judge.verdict, 'accepted', built.text);
 });
 
+test.serial('judge: a custom checker runs sandboxed, reads input, expected and actual, and decides', async (t) => {
+  // Accepts any output whose number is within 1 of the expected one (a checker a built-in one cannot express).
+  const checker = 'read e < /judge/expected; read a < /judge/actual; d=$((a - e)); [ "$d" -ge -1 ] && [ "$d" -le 1 ] && exit 0; echo "off by $d"; exit 1\n';
+  const a = await call('POST', '/v1/judge?wait=60s', {
+    body: {
+      image: 'busybox',
+      isolation: 'container',
+      run: ['sh', '-c', 'read x; echo $((x + 1))'],
+      checker: { kind: 'custom', runtime: 'shell', source: checker },
+      tests: [
+        { stdin: '5\n', expected: '5' },
+        { stdin: '9\n', expected: '5' },
+      ],
+    },
+  });
+  t.is(a.status, 200, a.text);
+  t.deepEqual(
+    a.body.judge.tests.map((x: { verdict: string; message: string | null }) => [x.verdict, x.message]),
+    [
+      ['accepted', null],
+      ['wrong-answer', 'off by 5'],
+    ],
+  );
+  const broken = await call('POST', '/v1/judge?wait=60s', {
+    body: { image: 'busybox', isolation: 'container', run: ['echo', '1'], checker: { kind: 'custom', runtime: 'shell', source: 'exit 3' }, tests: [{ expected: '1' }] },
+  });
+  t.is(broken.body.status, 'internal-error');
+  t.regex(broken.body.reason, /custom checker failed/);
+});
+
 test.serial('auth: no key 401, a bad key 401, the wrong scope 403, another key sees 404; every request is audited', async (t) => {
   t.is((await call('POST', '/v1/runs', { key: null, body: sh('true') })).status, 401);
   t.is((await call('POST', '/v1/runs', { key: 'hbx_nope', body: sh('true') })).status, 401);
@@ -286,6 +316,9 @@ test.serial('idempotency: a retried POST with the same key returns the same run 
   t.is(b.headers['idempotent-replayed'], 'true');
   const other = await call('POST', '/v1/runs', { key: keys.other, body, headers: { 'idempotency-key': 'retry-1' } });
   t.not(other.body.id, a.body.id, "one key's idempotency keys are its own");
+  const conflict = await call('POST', '/v1/runs', { body: sh('echo another'), headers: { 'idempotency-key': 'retry-1' } });
+  t.is(conflict.status, 409);
+  t.is(conflict.body.field, 'Idempotency-Key');
 });
 
 test.serial('events: SSE in order, resumed with Last-Event-ID; the client streams with an async iterator and callbacks', async (t) => {
@@ -373,6 +406,7 @@ test.serial('capacity: runs beyond the CPU slots wait, with their queue position
   t.is(waiting.body.status, 'queued');
   t.is(waiting.body.queuePosition, 2);
   t.regex(waiting.body.reason, /waiting for capacity/);
+  t.regex(waiting.body.placement.reasons.join(' '), /It waits: .*waiting for capacity/);
   const health = await call('GET', '/v1/health', { key: null });
   t.is(health.body.capacity.cpuSlotsUsed, slots);
   for (const id of ids) t.is((await call('GET', `/v1/runs/${id}?wait=60s`)).body.status, 'completed');

@@ -15,6 +15,9 @@ import { CheckerError, judge } from './judge.js';
 import type { JudgeRequest, Run, RunRequest, Step } from './schemas.js';
 import { type LanguageRuntime, runStep, type StepInput, stepSpec, withDefaults, writeBox } from './steps.js';
 
+/** An idempotency key reused with a different request (HTTP 409). */
+export class IdempotencyConflictError extends Error {}
+
 /** Every sandbox the service makes is named so: what a restart finds with this prefix is a leftover. */
 export const SANDBOX_PREFIX = 'svc-';
 
@@ -90,7 +93,13 @@ export class RunManager {
     const { placement, cost } = this.plan(kind, req);
     const id = newRunId();
     const row = this.o.store.insertRun({ id, kind, keyId, request: { kind, body: req, cost }, createdAtMs: Date.now() }, idempotencyKey ? { keyId: keyId ?? 'local', key: idempotencyKey } : undefined);
-    if (row.id !== id) return { row, created: false };
+    if (row.id !== id) {
+      const prior = row.request as { kind: RunKind; body: unknown };
+      if (prior.kind !== kind || JSON.stringify(prior.body) !== JSON.stringify(req)) {
+        throw new IdempotencyConflictError(`Idempotency-Key ${idempotencyKey} was used for run ${row.id} with another request; use a new key for a new request`);
+      }
+      return { row, created: false };
+    }
     this.start(row, placement);
     return { row, created: true };
   }
@@ -137,7 +146,12 @@ export class RunManager {
       status: row.status,
       queuePosition: row.status === 'queued' ? this.o.admission.position(row.id) : null,
       reason: row.status === 'queued' ? (this.o.admission.why(row.id) ?? row.reason) : row.reason,
-      placement: placement && { backend: placement.backend, reasons: placement.reasons, rejected: placement.rejected },
+      // A waiting run's placement says why it waits, after why it goes where it will.
+      placement: placement && {
+        backend: placement.backend,
+        reasons: [...placement.reasons, ...(row.status === 'queued' && this.o.admission.why(row.id) ? [`It waits: ${this.o.admission.why(row.id)}.`] : [])],
+        rejected: placement.rejected,
+      },
       createdAtMs: row.createdAtMs,
       startedAtMs: row.startedAtMs,
       finishedAtMs: row.finishedAtMs,

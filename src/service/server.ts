@@ -10,7 +10,7 @@ import { QueueFullError } from './admission.js';
 import { allows, type Caller, LOCAL_ROOT, lookupKey, RateLimiter, type Scope } from './auth.js';
 import { checkCallbackUrl } from './callbacks.js';
 import type { RunKind, ServiceStore } from './db.js';
-import type { RunManager } from './runs.js';
+import { IdempotencyConflictError, type RunManager } from './runs.js';
 import { ErrorSchema, HealthSchema, type JudgeRequest, JudgeRequestSchema, type Run, type RunRequest, RunRequestSchema, RunSchema, RuntimeSchema } from './schemas.js';
 import type { Admission } from './admission.js';
 import { parseDuration } from '../spec/units.js';
@@ -133,6 +133,7 @@ export async function buildApp(o: AppOptions, server?: { https: { cert: Buffer; 
     if (e instanceof ImageNotFoundError)
       return reply.code(400).send({ error: e.message, field: 'image', value: e.image, allowed: "an image in the service's store, or a runtime from GET /v1/runtimes" });
     if (e instanceof PlacementError) return reply.code(400).send({ error: e.message, field: 'isolation' });
+    if (e instanceof IdempotencyConflictError) return reply.code(409).send({ error: e.message, field: 'Idempotency-Key' });
     if (e instanceof QueueFullError)
       return reply
         .code(503)
@@ -205,7 +206,7 @@ export async function buildApp(o: AppOptions, server?: { https: { cert: Buffer; 
     return run;
   };
 
-  const runResponses = { 200: RunSchema, 202: RunSchema, ...errors, 413: ErrorSchema, 415: ErrorSchema };
+  const runResponses = { 200: RunSchema, 202: RunSchema, ...errors, 409: ErrorSchema, 413: ErrorSchema, 415: ErrorSchema };
   app.post('/v1/runs', { config: { scope: 'run', action: 'runs.create' }, schema: { body: RunRequestSchema, querystring: WaitQuery, response: runResponses } }, async (req, reply) =>
     submit('run', req, reply, req.body),
   );
