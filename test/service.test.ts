@@ -237,6 +237,11 @@ test.serial('auth: no key 401, a bad key 401, the wrong scope 403, another key s
   t.true(audit.body.entries.some((e: { action: string; outcome: number }) => e.action === 'runs.create' && e.outcome === 401));
   t.true(audit.body.entries.some((e: { action: string; target: string }) => e.action === 'runs.create' && e.target === mine.body.id));
   t.is((await call('GET', '/v1/audit', { key: keys.run })).status, 403);
+  // An event stream is audited too, once it ends.
+  await new Client({ host: base, apiKey: keys.run }).runs.events(mine.body.id)[Symbol.asyncIterator]().next();
+  await new Promise((r) => setTimeout(r, 200));
+  const again = await call('GET', '/v1/audit?limit=20', { key: keys.admin });
+  t.true(again.body.entries.some((e: { action: string; target: string }) => e.action === 'runs.events' && e.target === mine.body.id));
 });
 
 test.serial('quotas: a limit over the key maximum is a 400 naming it; a second concurrent run and the rate are 429 with Retry-After', async (t) => {

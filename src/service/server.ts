@@ -111,12 +111,7 @@ export async function buildApp(o: AppOptions, server?: { https: { cert: Buffer; 
     req.caller = caller;
   });
 
-  app.addHook('onResponse', async (req, reply) => {
-    const action = req.routeOptions.config.action;
-    if (!action) return;
-    const target = (req.params as { id?: string } | undefined)?.id ?? (reply.getHeader('x-run-id') as string | undefined) ?? null;
-    o.store.audit({ keyId: req.caller?.keyId ?? null, action, target, outcome: reply.statusCode, durationMs: Math.round((performance.now() - req.startedAt) * 10) / 10 });
-  });
+  app.addHook('onResponse', async (req, reply) => audit(o, req, reply.statusCode, (reply.getHeader('x-run-id') as string | undefined) ?? null));
 
   app.setErrorHandler(async (err: unknown, req, reply) => {
     const e = err as Error & { statusCode?: number; code?: string; validation?: { instancePath: string; message: string }[] };
@@ -196,7 +191,7 @@ export async function buildApp(o: AppOptions, server?: { https: { cert: Buffer; 
     if (!created) reply.header('idempotent-replayed', 'true');
     // Accept: text/event-stream: the POST answers with the run's event stream, in one round trip.
     if (String(req.headers.accept ?? '').includes('text/event-stream')) {
-      streamEvents(o, reply, row.id, 0, { 'x-run-id': row.id });
+      streamEvents(o, req, reply, row.id, 0, { 'x-run-id': row.id });
       return undefined as unknown as Run;
     }
     const wait = (req.query as { wait?: string }).wait;
@@ -256,7 +251,7 @@ export async function buildApp(o: AppOptions, server?: { https: { cert: Buffer; 
       const row = ownRun(req, req.params.id);
       const lastId = Number(req.headers['last-event-id'] ?? req.query.after ?? 0);
       if (!Number.isInteger(lastId) || lastId < 0) throw new HttpError(400, 'Last-Event-ID: give the id of the last event received', { field: 'Last-Event-ID', value: req.headers['last-event-id'] });
-      streamEvents(o, reply, row.id, lastId);
+      streamEvents(o, req, reply, row.id, lastId);
     },
   );
 
@@ -280,11 +275,19 @@ export async function buildApp(o: AppOptions, server?: { https: { cert: Buffer; 
   return app;
 }
 
+/** One line of the audit table. A hijacked answer (an event stream) writes its own at its end: fastify's hooks no longer run for it. */
+function audit(o: AppOptions, req: FastifyRequest, status: number, runId: string | null): void {
+  const action = req.routeOptions.config.action;
+  if (!action) return;
+  const target = (req.params as { id?: string } | undefined)?.id ?? runId;
+  o.store.audit({ keyId: req.caller?.keyId ?? null, action, target, outcome: status, durationMs: Math.round((performance.now() - req.startedAt) * 10) / 10 });
+}
+
 /**
  * A run's events as server-sent events, from after `lastId` to its end. Subscribed before
  * the replay, so an event that arrives in between is sent once (deduplicated by its id).
  */
-function streamEvents(o: AppOptions, reply: FastifyReply, runId: string, lastId: number, headers: Record<string, string> = {}): void {
+function streamEvents(o: AppOptions, req: FastifyRequest, reply: FastifyReply, runId: string, lastId: number, headers: Record<string, string> = {}): void {
   reply.hijack();
   const res = reply.raw;
   res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no', ...headers });
@@ -313,6 +316,7 @@ function streamEvents(o: AppOptions, reply: FastifyReply, runId: string, lastId:
   res.on('close', () => {
     clearInterval(beat);
     unsubscribe?.();
+    audit(o, req, 200, runId);
   });
 }
 
