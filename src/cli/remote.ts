@@ -140,7 +140,7 @@ async function judge(client: Client, args: string[]): Promise<number> {
 }
 
 export async function remote(host: string, argv: string[]): Promise<void> {
-  const client = new Client({ host });
+  const client = new Client({ host, keepAlive: false });
   const [verb, ...args] = argv;
   try {
     process.exitCode = verb === 'judge' ? await judge(client, args) : await run(client, args);

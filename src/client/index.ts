@@ -22,6 +22,11 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** Extra CA certificates (PEM) for https. */
   ca?: string | Buffer;
+  /**
+   * Reuse connections between requests. A one-shot caller (the CLI) turns it off, so that
+   * its process does not wait on an idle pooled socket before it can exit. @default true
+   */
+  keepAlive?: boolean;
 }
 
 /** Anything the service answered with an error. */
@@ -81,12 +86,14 @@ export class Client {
   private readonly apiKey: string | undefined;
   private readonly timeoutMs: number;
   private readonly ca: string | Buffer | undefined;
+  private readonly keepAlive: boolean;
 
   constructor(o: ClientOptions = {}) {
     this.host = o.host ?? process.env.HYBRIDBOX_HOST ?? 'unix:///run/hybridbox/api.sock';
     this.apiKey = o.apiKey ?? process.env.HYBRIDBOX_API_KEY;
     this.timeoutMs = o.timeoutMs ?? 120_000;
     this.ca = o.ca;
+    this.keepAlive = o.keepAlive ?? true;
     if (!/^(unix:\/\/\/|https?:\/\/)/.test(this.host)) throw new TypeError(`host: ${this.host} is not unix:///PATH, http://HOST:PORT or https://HOST:PORT`);
   }
 
@@ -161,7 +168,7 @@ export class Client {
       const opts = unix
         ? { socketPath: this.host.slice('unix://'.length), path, method, headers: h }
         : { hostname: url!.hostname.replace(/^\[|\]$/g, ''), port: url!.port, path: url!.pathname + url!.search, method, headers: h, ...(this.ca ? { ca: this.ca } : {}) };
-      const req = (https ? https.request : httpRequest)({ ...opts, ...(signal ? { signal } : {}) }, resolve);
+      const req = (https ? https.request : httpRequest)({ ...opts, ...(signal ? { signal } : {}), ...(this.keepAlive ? {} : { agent: false }) }, resolve);
       if (timeoutMs) req.setTimeout(timeoutMs, () => req.destroy(new ConnectionError(`no answer from ${this.host} within ${timeoutMs} ms`)));
       req.on('error', (e: NodeJS.ErrnoException) =>
         reject(e instanceof ConnectionError || e.name === 'AbortError' ? e : new ConnectionError(`cannot reach the service at ${this.host}: ${e.code ?? e.message}`)),
