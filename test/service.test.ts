@@ -249,6 +249,12 @@ test.serial('quotas: a limit over the key maximum is a 400 naming it; a second c
   t.is(over.status, 400);
   t.is(over.body.field, 'limits.memoryMiB');
   t.regex(over.body.error, /at most 128 MiB/);
+  const sneaky = await call('POST', '/v1/judge', {
+    key: keys.limited,
+    body: { image: 'busybox', run: ['true'], limits: { memoryMiB: 64, cpuTimeMs: 1000 }, tests: [{ expected: '', limits: { memoryMiB: 4096 } }] },
+  });
+  t.is(sneaky.status, 400, 'a test cannot lift its memory past the key maximum');
+  t.is(sneaky.body.field, 'tests.0.limits.memoryMiB');
   const first = await call('POST', '/v1/runs', { key: keys.limited, body: sh('sleep 2', { limits: { memoryMiB: 64, cpuTimeMs: 1000 } }) });
   t.is(first.status, 202, first.text);
   const second = await call('POST', '/v1/runs', { key: keys.limited, body: sh('true', { limits: { memoryMiB: 64, cpuTimeMs: 1000 } }) });
@@ -289,6 +295,28 @@ test.serial('bad input: a JSON error naming the field (400), 413, 415, malformed
     [{ image: 'busybox', command: ['x'], files: [{ path: '../etc/passwd', content: 'x' }] }, 'files.0.path'],
     [{ image: 'busybox', command: ['x'], files: [{ path: '/abs', content: 'x' }] }, 'files.0.path'],
     [{ image: 'busybox', command: ['x'], isolation: 'teleport' }, 'isolation'],
+    [
+      {
+        image: 'busybox',
+        command: ['x'],
+        files: [
+          { path: 'a', content: '' },
+          { path: 'a', content: '' },
+        ],
+      },
+      'files.1.path',
+    ],
+    [
+      {
+        image: 'busybox',
+        command: ['x'],
+        files: [
+          { path: 'a', content: '' },
+          { path: 'a/b', content: '' },
+        ],
+      },
+      'files.1.path',
+    ],
     [{ image: 'busybox', command: ['x'], callbackUrl: 'http://10.1.2.3/hook' }, 'callbackUrl'],
     [{ image: 'busybox', command: ['x'], surprise: 1 }, 'body'],
     [{ image: 'busybox', command: ['x'], env: { 'BAD NAME': 'x' } }, 'env.BAD NAME'],
@@ -458,6 +486,12 @@ test.serial('load: 300 runs from 30 concurrent clients, containers and microVMs,
   t.true(p99 < 1000, `health p99 ${p99} ms`);
   t.deepEqual(hostTraces(sandboxIds), []);
   t.deepEqual(await hb.sandboxes.list({ all: true }), []);
+});
+
+test.serial('one service per state root: a second one is refused while the first lives', async (t) => {
+  const err = await t.throwsAsync(startService({ hb, listen: '127.0.0.1:0', version: 'test' }));
+  t.regex(err!.message, /another hybridbox serve \(pid \d+\) uses the state root/);
+  t.is((await call('GET', '/v1/health', { key: null })).status, 200, 'the first one is untouched');
 });
 
 test.serial('over the unix socket: mode 0660, a local root caller needs no key', async (t) => {

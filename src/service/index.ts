@@ -9,6 +9,7 @@ import type { Hybridbox } from '../api/index.js';
 import { HostCapabilityError } from '../errors.js';
 import { run } from '../util/exec.js';
 import { readMountinfo } from '../util/mountinfo.js';
+import { isSameProcessAlive, processStartTime } from '../util/proc.js';
 import { Admission } from './admission.js';
 import { Callbacks } from './callbacks.js';
 import { ServiceStore } from './db.js';
@@ -60,6 +61,17 @@ export interface Service {
 }
 
 export async function startService(o: ServiceOptions): Promise<Service> {
+  // One service per state root: a second would settle the first one's runs as its leftovers.
+  const releaseRoot = claimRoot(o.hb.root);
+  try {
+    return await start(o, releaseRoot);
+  } catch (e) {
+    releaseRoot();
+    throw e;
+  }
+}
+
+async function start(o: ServiceOptions, releaseRoot: () => void): Promise<Service> {
   const runtimes = o.runtimes ?? (await serviceRuntimes(o.hb));
   const root = o.hb.root;
   const store = new ServiceStore(root);
@@ -123,8 +135,29 @@ export async function startService(o: ServiceOptions): Promise<Service> {
       store.close();
       if (unix) rmSync(listen, { force: true });
       await run('umount', [workRoot]);
+      releaseRoot();
     },
   };
+}
+
+/** `<root>/service.pid` names the live service of a root; a dead one's file is taken over. */
+function claimRoot(root: string): () => void {
+  const f = join(root, 'service.pid');
+  const me = `${process.pid} ${processStartTime(process.pid) ?? ''}`;
+  for (let i = 0; i < 2; i++) {
+    try {
+      writeFileSync(f, me, { flag: 'wx', mode: 0o600 });
+      return () => {
+        if (existsSync(f) && readFileSync(f, 'utf8') === me) rmSync(f, { force: true });
+      };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const [pid, st] = readFileSync(f, 'utf8').split(' ');
+      if (pid && isSameProcessAlive(Number(pid), st ? Number(st) : null)) throw new HostCapabilityError(`another hybridbox serve (pid ${pid}) uses the state root ${root}; stop it first`);
+      rmSync(f, { force: true });
+    }
+  }
+  throw new HostCapabilityError(`cannot claim the state root ${root} for the service`);
 }
 
 /** A size-bounded tmpfs at `dir` (kept if a previous service left it mounted: it is emptied at recovery). */

@@ -263,6 +263,16 @@ async function oneRun(ctx: RequestContext, req: RunRequest): Promise<Step> {
 function firstStep(kind: RunKind, req: RunRequest | JudgeRequest, runtimes: (name: string) => LanguageRuntime): StepInput {
   if (!req.image && !req.runtime) throw new SpecError('image', undefined, 'give an image or a runtime (GET /v1/runtimes lists them)');
   if (req.image && req.runtime) throw new SpecError('runtime', req.runtime, 'give an image or a runtime, not both');
+  const paths = new Set(req.files.map((f) => f.path));
+  for (const [i, f] of req.files.entries()) {
+    const clash = paths.size < req.files.length && req.files.findIndex((g) => g.path === f.path) !== i;
+    const parent = f.path
+      .split('/')
+      .slice(0, -1)
+      .map((_, k, parts) => parts.slice(0, k + 1).join('/'))
+      .find((d) => paths.has(d));
+    if (clash || parent) throw new SpecError(`files.${i}.path`, f.path, clash ? 'each file once' : `${parent} is a file of this request, so it cannot be a directory too`);
+  }
   const rt = req.runtime ? runtimes(req.runtime) : null;
   const image = req.image ?? rt!.image;
   if (rt && req.files.length) {

@@ -9,9 +9,10 @@ import { HybridboxError, ImageNotFoundError, PlacementError, SpecError } from '.
 import { QueueFullError } from './admission.js';
 import { allows, type Caller, LOCAL_ROOT, lookupKey, RateLimiter, type Scope } from './auth.js';
 import { checkCallbackUrl } from './callbacks.js';
+import { DEFAULT_LIMITS } from './steps.js';
 import type { RunKind, ServiceStore } from './db.js';
 import { IdempotencyConflictError, type RunManager } from './runs.js';
-import { ErrorSchema, HealthSchema, type JudgeRequest, JudgeRequestSchema, type Run, type RunRequest, RunRequestSchema, RunSchema, RuntimeSchema } from './schemas.js';
+import { ErrorSchema, HealthSchema, type JudgeRequest, type Limits, JudgeRequestSchema, type Run, type RunRequest, RunRequestSchema, RunSchema, RuntimeSchema } from './schemas.js';
 import type { Admission } from './admission.js';
 import { parseDuration } from '../spec/units.js';
 
@@ -55,6 +56,8 @@ class HttpError extends Error {
     super(message);
   }
 }
+
+const definedOnly = (l: Limits): Limits => Object.fromEntries(Object.entries(l).filter(([, v]) => v !== undefined)) as Limits;
 
 /** A limit beyond what the caller's key allows: a 400 that names the limit and the maximum. */
 function quotaError(field: string, value: unknown, allowed: string): HttpError {
@@ -161,12 +164,19 @@ export async function buildApp(o: AppOptions, server?: { https: { cert: Buffer; 
 
   const submit = async (kind: RunKind, req: FastifyRequest, reply: FastifyReply, body: RunRequest | JudgeRequest): Promise<Run> => {
     const caller = req.caller!;
-    const l = body.limits;
-    if (caller.quota.maxMemoryMiB !== undefined && (l.memoryMiB ?? 256) > caller.quota.maxMemoryMiB) {
-      throw quotaError('limits.memoryMiB', l.memoryMiB ?? 256, `this key allows at most ${caller.quota.maxMemoryMiB} MiB`);
-    }
-    if (caller.quota.maxCpuTimeMs !== undefined && (l.cpuTimeMs === undefined || l.cpuTimeMs > caller.quota.maxCpuTimeMs)) {
-      throw quotaError('limits.cpuTimeMs', l.cpuTimeMs ?? null, `this key allows at most ${caller.quota.maxCpuTimeMs} ms of CPU time; set limits.cpuTimeMs`);
+    // Every step's effective limits: a judge test's own limits must not lift it past the key's maxima.
+    const perStep: [string, Limits][] = [
+      ['limits', body.limits],
+      ...('tests' in body ? body.tests.map((t, i): [string, Limits] => [`tests.${i}.limits`, { ...body.limits, ...definedOnly(t.limits) }]) : []),
+    ];
+    for (const [where, l] of perStep) {
+      const memory = l.memoryMiB ?? DEFAULT_LIMITS.memoryMiB;
+      if (caller.quota.maxMemoryMiB !== undefined && memory > caller.quota.maxMemoryMiB) {
+        throw quotaError(`${where}.memoryMiB`, memory, `this key allows at most ${caller.quota.maxMemoryMiB} MiB`);
+      }
+      if (caller.quota.maxCpuTimeMs !== undefined && (l.cpuTimeMs === undefined || l.cpuTimeMs + (l.extraTimeMs ?? 0) > caller.quota.maxCpuTimeMs)) {
+        throw quotaError(`${where}.cpuTimeMs`, l.cpuTimeMs ?? null, `this key allows at most ${caller.quota.maxCpuTimeMs} ms of CPU time (extra time included); set limits.cpuTimeMs`);
+      }
     }
     if (body.callbackUrl) checkCallbackUrl(body.callbackUrl, o.callbackAllow);
     if (caller.keyId && caller.quota.ratePerMin) {
