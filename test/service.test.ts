@@ -255,8 +255,11 @@ test.serial('quotas: a limit over the key maximum is a 400 naming it; a second c
   });
   t.is(sneaky.status, 400, 'a test cannot lift its memory past the key maximum');
   t.is(sneaky.body.field, 'tests.0.limits.memoryMiB');
-  const first = await call('POST', '/v1/runs', { key: keys.limited, body: sh('sleep 2', { limits: { memoryMiB: 64, cpuTimeMs: 1000 } }) });
+  const first = await call('POST', '/v1/runs', { key: keys.limited, body: sh('sleep 2', { limits: { memoryMiB: 64, cpuTimeMs: 1000 } }), headers: { 'idempotency-key': 'q-1' } });
   t.is(first.status, 202, first.text);
+  const retried = await call('POST', '/v1/runs', { key: keys.limited, body: sh('sleep 2', { limits: { memoryMiB: 64, cpuTimeMs: 1000 } }), headers: { 'idempotency-key': 'q-1' } });
+  t.is(retried.status, 200, 'a retry of the running request is answered, not refused by the concurrency quota');
+  t.is(retried.body.id, first.body.id);
   const second = await call('POST', '/v1/runs', { key: keys.limited, body: sh('true', { limits: { memoryMiB: 64, cpuTimeMs: 1000 } }) });
   t.is(second.status, 429);
   t.truthy(second.headers['retry-after']);

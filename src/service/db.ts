@@ -152,16 +152,19 @@ export class ServiceStore {
   insertRun(r: { id: string; kind: RunKind; keyId: string | null; request: unknown; createdAtMs: number }, idem?: { keyId: string; key: string }): RunRow {
     return this.db
       .transaction(() => {
-        if (idem) {
-          const prior = this.db.prepare('SELECT run_id FROM idempotency WHERE key_id = ? AND idem_key = ?').get(idem.keyId, idem.key) as { run_id: string } | undefined;
-          const existing = prior && this.getRun(prior.run_id);
-          if (existing) return existing;
-        }
+        const existing = idem && this.idempotentRun(idem.keyId, idem.key);
+        if (existing) return existing;
         this.db.prepare("INSERT INTO runs (id, kind, key_id, status, request, created_at_ms) VALUES (?, ?, ?, 'queued', ?, ?)").run(r.id, r.kind, r.keyId, JSON.stringify(r.request), r.createdAtMs);
         if (idem) this.db.prepare('INSERT INTO idempotency (key_id, idem_key, run_id) VALUES (?, ?, ?)').run(idem.keyId, idem.key, r.id);
         return this.getRun(r.id)!;
       })
       .immediate();
+  }
+
+  /** The run an idempotency key of a key already made, if any. */
+  idempotentRun(keyId: string, idemKey: string): RunRow | undefined {
+    const r = this.db.prepare('SELECT run_id FROM idempotency WHERE key_id = ? AND idem_key = ?').get(keyId, idemKey) as { run_id: string } | undefined;
+    return r && this.getRun(r.run_id);
   }
 
   getRun(id: string): RunRow | undefined {

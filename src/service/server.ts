@@ -179,22 +179,24 @@ export async function buildApp(o: AppOptions, server?: { https: { cert: Buffer; 
       }
     }
     if (body.callbackUrl) checkCallbackUrl(body.callbackUrl, o.callbackAllow);
-    if (caller.keyId && caller.quota.ratePerMin) {
+    const idem = req.headers['idempotency-key'];
+    if (idem !== undefined && (typeof idem !== 'string' || !/^[\x21-\x7e]{1,200}$/.test(idem)))
+      throw new HttpError(400, 'Idempotency-Key: use 1-200 printable characters', { field: 'Idempotency-Key' });
+    // A retry of a request already accepted is answered before the quotas: it starts nothing new.
+    const replay = idem !== undefined && o.store.idempotentRun(caller.keyId ?? 'local', idem) !== undefined;
+    if (!replay && caller.keyId && caller.quota.ratePerMin) {
       const r = limiter.take(caller.keyId, caller.quota.ratePerMin);
       reply.header('ratelimit-limit', String(caller.quota.ratePerMin));
       reply.header('ratelimit-remaining', String(r.remaining));
       reply.header('ratelimit-reset', String(Math.ceil(r.resetMs / 1000)));
       if (!r.ok) throw new HttpError(429, `this key may start ${caller.quota.ratePerMin} requests a minute`, { code: 'rate-limit' }, { 'retry-after': String(Math.ceil(r.resetMs / 1000)) });
     }
-    if (caller.keyId && caller.quota.maxConcurrent) {
+    if (!replay && caller.keyId && caller.quota.maxConcurrent) {
       const active = o.store.activeRuns(caller.keyId);
       if (active >= caller.quota.maxConcurrent)
         throw new HttpError(429, `this key may have ${caller.quota.maxConcurrent} runs queued or running; ${active} are`, { code: 'quota' }, { 'retry-after': '1' });
     }
-    if (o.admission.queued >= o.admission.maxQueued) throw new QueueFullError(`the queue is full (${o.admission.maxQueued} runs waiting)`);
-    const idem = req.headers['idempotency-key'];
-    if (idem !== undefined && (typeof idem !== 'string' || !/^[\x21-\x7e]{1,200}$/.test(idem)))
-      throw new HttpError(400, 'Idempotency-Key: use 1-200 printable characters', { field: 'Idempotency-Key' });
+    if (!replay && o.admission.queued >= o.admission.maxQueued) throw new QueueFullError(`the queue is full (${o.admission.maxQueued} runs waiting)`);
     const { row, created } = o.runs.submit(kind, body, caller.keyId, idem);
     if (body.callbackUrl && created) o.store.addCallback(row.id, body.callbackUrl);
     reply.header('x-run-id', row.id);
