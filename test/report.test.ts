@@ -1,3 +1,4 @@
+import { summarizeService } from '../src/bench/service/index.js';
 import test from 'ava';
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
@@ -7,7 +8,7 @@ import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
 import { summarize } from '../src/bench/stats.js';
-import type { DensityResult, HostDescription, IsolationResult, StartupResult, StartupScenario } from '../src/measurements/index.js';
+import type { DensityResult, HostDescription, IsolationResult, ServiceBenchResult, StartupResult, StartupScenario } from '../src/measurements/index.js';
 import { CLI, freshHybridbox } from './helpers.js';
 
 // Density starts real containers, so this needs root. Start-up and isolation results are
@@ -16,7 +17,7 @@ const isRoot = process.getuid?.() === 0;
 const rootTest = isRoot ? test : test.skip;
 const run = promisify(execFile);
 const CHROMIUM = '/usr/bin/chromium';
-const EXPECTED_CHARTS = ['startup-distribution', 'startup-phases', 'isolation-degradation', 'density-overhead', 'density-ramp-memory', 'density-ramp-time'];
+const EXPECTED_CHARTS = ['startup-distribution', 'startup-phases', 'isolation-degradation', 'density-overhead', 'density-ramp-memory', 'density-ramp-time', 'service-throughput'];
 
 /** Deterministic samples around a median, with a tail. */
 function samples(medianMs: number, n: number, seed: number): number[] {
@@ -114,6 +115,27 @@ function isolationResult(host: HostDescription): IsolationResult {
   };
 }
 
+function serviceResult(host: DensityResult['host']): ServiceBenchResult {
+  const st = (m: number, seed: number) => summarize(samples(m, 20, seed));
+  const r: ServiceBenchResult = {
+    kind: 'service',
+    startedAtMs: Date.now(),
+    durationMs: 20_000,
+    host,
+    options: { runs: 20, image: 'busybox' },
+    overhead: { apiMs: st(19, 7), libraryMs: st(15, 8), medianOverheadMs: 4 },
+    throughput: [
+      { backend: 'container', concurrency: 1, runs: 40, runsPerSecond: 50, p50Ms: 18, p99Ms: 39 },
+      { backend: 'container', concurrency: 4, runs: 40, runsPerSecond: 77, p50Ms: 51, p99Ms: 75 },
+      { backend: 'microvm', concurrency: 1, runs: 8, runsPerSecond: 1.4, p50Ms: 689, p99Ms: 830 },
+    ],
+    cli: { throughServiceMs: st(106, 9), nodeMs: st(52, 10), crunRawMs: st(21, 11), ratioToFloor: 1.45, crunSkipped: null },
+    summary: [],
+  };
+  r.summary = summarizeService(r);
+  return r;
+}
+
 rootTest('bench density measures and cleans up; report renders every section as one self-contained page', async (t) => {
   t.timeout(120_000);
   if (!existsSync(CHROMIUM)) return t.fail(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)`);
@@ -149,6 +171,7 @@ rootTest('bench density measures and cleans up; report renders every section as 
   // 2. Synthetic start-up and isolation results, so every section has something to show.
   results.save(startupResult(density.host));
   results.save(isolationResult(density.host));
+  results.save(serviceResult(density.host));
 
   // 3. The report.
   const dir = mkdtempSync(join(tmpdir(), 'hbx-report-'));
@@ -157,7 +180,8 @@ rootTest('bench density measures and cleans up; report renders every section as 
   t.regex(r.stdout, /== start-up/);
   t.regex(r.stdout, /== isolation/);
   t.regex(r.stdout, /== density/);
-  t.regex(r.stdout, new RegExp(`wrote ${file} .*6 charts`));
+  t.regex(r.stdout, /== service/);
+  t.regex(r.stdout, new RegExp(`wrote ${file} .*7 charts`));
   const html = readFileSync(file, 'utf8');
   t.notRegex(html, /<script|(?:src|href)="(?!data:|#)/i, 'nothing to load: no script, no external reference');
   t.notRegex(html, /not measured yet/i, 'every section has results');

@@ -1,5 +1,3 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { writeResultFile } from './output.js';
 import type { Hybridbox } from '../../api/index.js';
 import { SpecError } from '../../errors.js';
