@@ -32,8 +32,9 @@ export async function freshHybridbox(prefix = 'hbx-test-'): Promise<{ hb: Hybrid
     cleanup: async () => {
       for (const s of await hb.sandboxes.list({ all: true })) await hb.sandboxes.remove(s.id, { force: true }).catch(() => undefined);
       hb.close();
-      // A monitor's last step (`internal reap`) may still be closing its database files here.
-      rmSync(root, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+      // A monitor's last step (`internal reap`) may still be closing its database files here;
+      // on a loaded CI host that took over a second (ENOTEMPTY after 10 tries of 100 ms).
+      rmSync(root, { recursive: true, force: true, maxRetries: 50, retryDelay: 100 });
     },
   };
 }
