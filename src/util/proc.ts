@@ -72,8 +72,11 @@ export function withDeadline<T>(p: Promise<T>, ms: number, onTimeout: () => Erro
 export async function pollUntil(cond: () => boolean | Promise<boolean>, { timeoutMs, intervalMs = 10 }: { timeoutMs: number; intervalMs?: number }): Promise<boolean> {
   const end = performance.now() + timeoutMs;
   for (;;) {
+    // Taken before the look: the look that ends the wait starts at or after the deadline,
+    // even when the condition itself is slow (a loaded host).
+    const late = performance.now() >= end;
     if (await cond()) return true;
-    if (performance.now() >= end) return false;
+    if (late) return false;
     await sleep(intervalMs);
   }
 }
