@@ -9,7 +9,7 @@ import { HybridboxError, ImageNotFoundError, PlacementError, SpecError } from '.
 import { QueueFullError } from './admission.js';
 import { allows, type Caller, LOCAL_ROOT, lookupKey, RateLimiter, type Scope } from './auth.js';
 import { checkCallbackUrl } from './callbacks.js';
-import { DEFAULT_LIMITS } from './steps.js';
+import { DEFAULT_LIMITS, definedOnly } from './steps.js';
 import type { RunKind, ServiceStore } from './db.js';
 import { IdempotencyConflictError, type RunManager } from './runs.js';
 import { ErrorSchema, HealthSchema, type JudgeRequest, type Limits, JudgeRequestSchema, type Run, type RunRequest, RunRequestSchema, RunSchema, RuntimeSchema } from './schemas.js';
@@ -56,8 +56,6 @@ class HttpError extends Error {
     super(message);
   }
 }
-
-const definedOnly = (l: Limits): Limits => Object.fromEntries(Object.entries(l).filter(([, v]) => v !== undefined)) as Limits;
 
 /** A limit beyond what the caller's key allows: a 400 that names the limit and the maximum. */
 function quotaError(field: string, value: unknown, allowed: string): HttpError {

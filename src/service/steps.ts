@@ -25,8 +25,11 @@ export const DEFAULT_LIMITS = { wallTimeMs: 10_000, memoryMiB: 256, pids: 128, c
 
 export type EffectiveLimits = Limits & typeof DEFAULT_LIMITS;
 
+/** A limits object without its unset fields, so that laying it over another keeps the other's values. */
+export const definedOnly = (l: Limits): Limits => Object.fromEntries(Object.entries(l).filter(([, v]) => v !== undefined)) as Limits;
+
 export function withDefaults(...layers: Limits[]): EffectiveLimits {
-  return Object.assign({}, DEFAULT_LIMITS, ...layers.map((l) => Object.fromEntries(Object.entries(l).filter(([, v]) => v !== undefined))));
+  return Object.assign({}, DEFAULT_LIMITS, ...layers.map(definedOnly));
 }
 
 /** Writes a request's files into its box directory (a fresh directory the service owns). */
