@@ -368,8 +368,11 @@ export class ContainerBackend implements Backend {
     if (!(await pollUntil(() => existsSync(f.pid) || existsSync(f.exit), { timeoutMs: START_LIMIT_MS, intervalMs: 2 }))) {
       throw new RuntimeError(`sandbox ${rec.id} did not start within 30 s`);
     }
-    // The monitor keeps its pid through the exit hook (sh, then `exec` of the reap).
-    if (existsSync(f.pid)) return { monitorPid: child.pid! };
+    // The monitor keeps its pid through the exit hook (sh, then `exec` of the reap). A limit
+    // that ran out during the runtime's set-up (CPU time counts the whole group, the runtime's
+    // work in it too: a slow, emulated host can spend it there) ends the run, as in the
+    // foreground; it is not a failure to start.
+    if (existsSync(f.pid) || endedByLimit(readExitFile(f.exit))) return { monitorPid: child.pid! };
     const err = existsSync(f.stderr) ? readFileSync(f.stderr, 'utf8') : '';
     throw new RuntimeError(`${this.runtimeOf(rec).name} could not start sandbox ${rec.id}: ${lastLine(err, 'no output')}`, err);
   }
@@ -456,13 +459,8 @@ export class ContainerBackend implements Backend {
 
   async collectExit(rec: SandboxRecord): Promise<ExitStatus | null> {
     const f = files(this.rt(rec).dir);
-    let raw: { exitCode: number | null; signal: string | null; timedOut?: boolean; cpuTimeLimitExceeded?: boolean };
-    try {
-      raw = JSON.parse(readFileSync(f.exit, 'utf8'));
-    } catch {
-      return null;
-    }
-    if (!existsSync(f.pid)) return null;
+    const raw = readExitFile(f.exit);
+    if (raw === null || (!existsSync(f.pid) && !endedByLimit(raw))) return null;
     // The monitor has already turned a timed-out end into 124 and the signal that ended it.
     return this.finish(rec, raw.exitCode, raw.signal, '', raw.timedOut === true, raw.cpuTimeLimitExceeded === true);
   }
@@ -633,3 +631,21 @@ function signalNumber(sig: string): number {
   const i = SIGNALS.indexOf(sig.replace(/^SIG/, ''));
   return Math.max(i, 0);
 }
+
+/** What hbx-shim's monitor wrote at the end; null while it is not there (or not whole). */
+interface ShimExit {
+  exitCode: number | null;
+  signal: string | null;
+  timedOut?: boolean;
+  cpuTimeLimitExceeded?: boolean;
+}
+
+function readExitFile(path: string): ShimExit | null {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as ShimExit;
+  } catch {
+    return null;
+  }
+}
+
+const endedByLimit = (e: ShimExit | null): boolean => e !== null && (e.timedOut === true || e.cpuTimeLimitExceeded === true);
