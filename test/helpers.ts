@@ -1,7 +1,7 @@
 import type { TestFn } from 'ava';
 import { execa } from 'execa';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Hybridbox } from '../src/index.js';
@@ -32,11 +32,28 @@ export async function freshHybridbox(prefix = 'hbx-test-'): Promise<{ hb: Hybrid
     cleanup: async () => {
       for (const s of await hb.sandboxes.list({ all: true })) await hb.sandboxes.remove(s.id, { force: true }).catch(() => undefined);
       hb.close();
-      // A monitor's last step (`internal reap`) may still be closing its database files here;
-      // on a loaded CI host that took over a second (ENOTEMPTY after 10 tries of 100 ms).
+      // A monitor's last step (`internal reap`) may still be writing under the root: on a
+      // loaded CI host it outlasted 5 s of rm retries (ENOTEMPTY). Wait for every process
+      // that works on this root to end first.
+      await pollUntil(() => processesOnRoot(root).length === 0, { timeoutMs: 60_000, intervalMs: 100 });
       rmSync(root, { recursive: true, force: true, maxRetries: 50, retryDelay: 100 });
     },
   };
+}
+
+/** Pids of the processes whose environment names `root` as their state root (monitors, reaps). */
+export function processesOnRoot(root: string): number[] {
+  const mark = Buffer.from(`\0HYBRIDBOX_ROOT=${root}\0`);
+  const pids: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      if (Buffer.concat([Buffer.from([0]), readFileSync(`/proc/${e}/environ`)]).includes(mark)) pids.push(Number(e));
+    } catch {
+      // Gone already, or a kernel thread.
+    }
+  }
+  return pids;
 }
 
 /** Host resources that still carry a sandbox id: what a leak check looks for. */
