@@ -8,16 +8,18 @@ import { Client } from '../src/client/index.js';
 import type { Hybridbox } from '../src/index.js';
 import { type Service, startService } from '../src/service/index.js';
 import { freshHybridbox, hostTraces } from './helpers.js';
+import { watchAnswers } from './support/answers.js';
 
 let hb: Hybridbox;
 let cleanup: () => Promise<void>;
 let svc: Service;
 let client: Client;
 const ids = new Set<string>();
+const answers = watchAnswers();
 
 test.before(async () => {
   ({ hb, cleanup } = await freshHybridbox('hbx-attack-'));
-  svc = await startService({ hb, listen: '127.0.0.1:0', workTmpfsMiB: 64, version: 'test' });
+  svc = await startService({ hb, listen: '127.0.0.1:0', workTmpfsMiB: 64, version: 'test', extend: answers.extend });
   const { ServiceStore, createKey } = await import('../src/service/index.js');
   const store = new ServiceStore(hb.root);
   const key = createKey(store, { name: 'attacker', scope: 'run', quota: {} }).secret;
@@ -28,6 +30,10 @@ test.before(async () => {
 test.after.always(async () => {
   await svc?.close();
   await cleanup?.();
+});
+
+test.after('every answer the service sent matched its OpenAPI document', () => {
+  answers.assertClean();
 });
 
 async function run(script: string, extra: Record<string, unknown> = {}) {

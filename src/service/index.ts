@@ -48,6 +48,11 @@ export interface ServiceOptions {
   callbackAllow?: string[];
   /** The language runtimes requests may name. @default the installed ones (languages/) */
   runtimes?: RuntimeProvider;
+  /**
+   * Registers the embedder's own hooks or plugins (metrics, logging, response checks) on the
+   * HTTP app, after the service's hooks and before it listens. @default none
+   */
+  extend?: (app: FastifyInstance) => void | Promise<void>;
   version: string;
 }
 
@@ -106,6 +111,7 @@ async function start(o: ServiceOptions, releaseRoot: () => void): Promise<Servic
     },
     o.tls ? { https: { cert: readFileSync(o.tls.certFile), key: readFileSync(o.tls.keyFile) } } : undefined,
   );
+  await o.extend?.(app);
   // Settle the last process's runs before anyone can ask about them.
   const recovered = await runs.recover();
   callbacks.resume();
