@@ -1,7 +1,7 @@
 import test from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Hybridbox } from '../src/index.js';
 import { readMountinfo } from '../src/util/mountinfo.js';
@@ -113,11 +113,27 @@ test.serial('fork bomb is contained by the pids limit while the host stays respo
   t.deepEqual(hostTraces([d.id]), []);
 });
 
+/** CPU time the whole host has spent so far, ms (user, nice, system, irq, softirq, steal of /proc/stat). */
+function hostBusyMs(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const hz = 100;
+  return ((f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!) * 1000) / hz;
+}
+
 test.serial('CPU quota 0.5 holds within 20%', async (t) => {
+  const busy0 = hostBusyMs();
+  const t0 = performance.now();
   const r = await hb.sandboxes.run({ image: 'busybox', command: ['timeout', '3', 'sh', '-c', 'while :; do :; done'], resources: { cpus: 0.5 } }, { remove: true });
+  const wall = performance.now() - t0;
   t.truthy(r.cpuTimeMs);
   const cpus = r.cpuTimeMs! / 3000;
-  t.true(cpus > 0.4 && cpus < 0.6, `used ${cpus.toFixed(3)} CPUs`);
+  t.true(cpus < 0.6, `used ${cpus.toFixed(3)} CPUs`);
+  // The floor holds only when the host had the time to give: beside other tests (VMs under
+  // TCG) the others' CPU use may leave the sandbox less than its quota.
+  const othersCpus = (hostBusyMs() - busy0 - r.cpuTimeMs!) / wall;
+  const spare = availableParallelism() - othersCpus;
+  t.log(`used ${cpus.toFixed(3)} CPUs; the rest of the host used ${othersCpus.toFixed(2)} of ${availableParallelism()}`);
+  if (spare >= 0.8) t.true(cpus > 0.4, `used ${cpus.toFixed(3)} CPUs with ${spare.toFixed(2)} CPUs to spare`);
 });
 
 test('private hostname, PID 1 is the init, and network none has only loopback', async (t) => {
