@@ -239,3 +239,40 @@ test('exec with stdin (`exec -i`): piped input reaches the command, with its EOF
   await hb.sandboxes.remove(d.id, { force: true });
   t.deepEqual(hostTraces([d.id]), []);
 });
+
+test('onEnded hands over the result before a remove tears the sandbox down; a throwing callback still leaves nothing', async (t) => {
+  let seen: { result: RunResult; listed: boolean; dirThere: boolean } | null = null;
+  const r = await hb.sandboxes.run(
+    { image: 'busybox', command: ['sh', '-c', 'echo hi; exit 3'] },
+    {
+      remove: true,
+      onEnded: (result) => {
+        // Synchronously, before the teardown: the record and its directory are still there.
+        seen = { result, listed: Boolean(store.get(result.id)), dirThere: existsSync(join(root, 'sandboxes', result.id)) };
+      },
+    },
+  );
+  t.truthy(seen);
+  t.like(seen!.result, { exitCode: 3, stdout: 'hi\n', id: r.id });
+  t.true(seen!.listed && seen!.dirThere);
+  t.false(existsSync(join(root, 'sandboxes', r.id)));
+  t.deepEqual(hostTraces([r.id]), []);
+
+  let id = '';
+  await t.throwsAsync(
+    hb.sandboxes.run(
+      { image: 'busybox', command: ['true'] },
+      {
+        remove: true,
+        onEnded: (result) => {
+          id = result.id;
+          throw new Error('the caller failed');
+        },
+      },
+    ),
+    { message: 'the caller failed' },
+  );
+  t.truthy(id);
+  t.false(existsSync(join(root, 'sandboxes', id)));
+  t.deepEqual(hostTraces([id]), []);
+});

@@ -187,15 +187,6 @@ export class SandboxService {
     } finally {
       abort.dispose();
     }
-    // With `remove`, recording the end would be undone at once: tear down and delete instead.
-    if (opts.remove) await this.reconciler.remove(rec);
-    else {
-      // `logs` of a foreground run shows what the run showed (the bounded copy kept here).
-      const logs = backend.logPaths(rec);
-      writeFileSync(logs.stdout, output.stdout.bytes(), { mode: 0o600 });
-      writeFileSync(logs.stderr, output.stderr.bytes(), { mode: 0o600 });
-      await this.reconciler.finish(rec, status);
-    }
     const result: RunResult = {
       id: rec.id,
       name: rec.name,
@@ -219,6 +210,23 @@ export class SandboxService {
       limits: toInfo(rec).limits,
       crash: status.crash ?? null,
     };
+    // The caller's callback failing must not skip the teardown; its error is thrown after it.
+    let ended: { error: unknown } | null = null;
+    try {
+      if (!result.aborted) opts.onEnded?.(result);
+    } catch (error) {
+      ended = { error };
+    }
+    // With `remove`, recording the end would be undone at once: tear down and delete instead.
+    if (opts.remove) await this.reconciler.remove(rec);
+    else {
+      // `logs` of a foreground run shows what the run showed (the bounded copy kept here).
+      const logs = backend.logPaths(rec);
+      writeFileSync(logs.stdout, output.stdout.bytes(), { mode: 0o600 });
+      writeFileSync(logs.stderr, output.stderr.bytes(), { mode: 0o600 });
+      await this.reconciler.finish(rec, status);
+    }
+    if (ended) throw ended.error;
     if (result.aborted) throw new AbortedError(`sandbox ${rec.name} was stopped: the caller aborted the run`, result);
     return result;
   }

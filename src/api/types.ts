@@ -37,6 +37,12 @@ export interface RunOptions {
   /** Remove the sandbox once it has ended (like `--rm`). @default false */
   remove?: boolean;
   /**
+   * Called with the result as soon as the workload has ended, before the sandbox is removed
+   * or its end recorded: a caller can answer its own caller while the teardown goes on. The
+   * call itself still resolves only once that is done. Not called for an aborted run.
+   */
+  onEnded?: (result: RunResult) => void;
+  /**
    * Stops the workload when aborted (SIGTERM, then SIGKILL after the grace period); the call
    * then rejects with an AbortedError whose `result` is the RunResult.
    */
@@ -60,7 +66,7 @@ export interface RunResult {
   oomKilled: boolean;
   /** The caller's AbortSignal stopped it. */
   aborted: boolean;
-  /** From the call until the result was ready. */
+  /** From the call until the result was ready (the workload's end known; a `remove` teardown comes after). */
   durationMs: number;
   /** From the call until the sandbox's first process existed. */
   startupMs: number | null;
