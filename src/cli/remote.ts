@@ -71,9 +71,13 @@ async function run(client: Client, args: string[]): Promise<number> {
     if (e.type === 'stdout') process.stdout.write(String(e.data.text));
     else if (e.type === 'stderr') process.stderr.write(String(e.data.text));
     else if (e.type === 'exit' && e.data.phase === 'run') exit = typeof e.data.exitCode === 'number' ? e.data.exitCode : 125;
-    else if (e.type === 'verdict' && e.data.verdict !== 'accepted' && e.data.verdict !== 'runtime-error') {
-      process.stderr.write(`hybridbox: ${e.data.verdict}${e.data.message ? `: ${e.data.message}` : ''}\n`);
-      if (e.data.verdict === 'internal-error' || e.data.verdict === 'compile-error') exit = 125;
+    else if (e.type === 'verdict') {
+      if (e.data.verdict !== 'accepted' && e.data.verdict !== 'runtime-error') {
+        process.stderr.write(`hybridbox: ${e.data.verdict}${e.data.message ? `: ${e.data.message}` : ''}\n`);
+        if (e.data.verdict === 'internal-error' || e.data.verdict === 'compile-error') exit = 125;
+      }
+      // Everything the CLI reports is known: it need not wait for the sandbox's teardown.
+      break;
     }
   }
   return exit;

@@ -188,6 +188,7 @@ export class RunManager {
     const emit = (type: string, data: unknown) => this.emit(live, type, data);
     emit('status', { status: 'queued' });
     let admitted = false;
+    let verdictSent = false;
     let outcome: { status: 'completed' | 'internal-error'; result: unknown; reason: string | null };
     const workDir = join(this.o.workRoot, row.id);
     try {
@@ -206,13 +207,22 @@ export class RunManager {
         step: async (phase, s) => {
           const out = new StringDecoder('utf8');
           const err = new StringDecoder('utf8');
+          // The exit (and a one-shot run's verdict) goes out as soon as the workload has ended;
+          // the sandbox's teardown follows, and the run's status changes only after it.
+          const ended = (step: Step) => {
+            emit('exit', { phase, exitCode: step.exitCode, signal: step.signal, verdict: step.verdict });
+            if (kind === 'run' && phase === 'run') {
+              verdictSent = true;
+              emit('verdict', { verdict: step.verdict, message: step.message });
+            }
+          };
           const { step, result } = await runStep(this.o.hb, s, {
             onStdout: (c) => emit('stdout', { phase, text: out.write(c) }),
             onStderr: (c) => emit('stderr', { phase, text: err.write(c) }),
             onStarted: (sandboxId, backend) => emit('step', { phase, sandboxId, backend }),
+            onEnded: ended,
           });
           live.placement ??= result.placement;
-          emit('exit', { phase, exitCode: step.exitCode, signal: step.signal, verdict: step.verdict });
           return step;
         },
       };
@@ -222,7 +232,7 @@ export class RunManager {
         outcome = { status: 'completed', result: { placement: live.placement, judge: j }, reason: null };
       } else {
         const step = await oneRun(ctx, body as RunRequest);
-        emit('verdict', { verdict: step.verdict, message: step.message });
+        if (!verdictSent) emit('verdict', { verdict: step.verdict, message: step.message });
         outcome = { status: 'completed', result: { placement: live.placement, step }, reason: null };
       }
     } catch (e) {

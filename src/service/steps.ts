@@ -98,24 +98,16 @@ export interface StepEvents {
   onStdout?: (chunk: Buffer) => void;
   onStderr?: (chunk: Buffer) => void;
   onStarted?: (sandboxId: string, backend: string) => void;
+  /** The step's end, judged, as soon as the workload has ended (its sandbox is removed after). */
+  onEnded?: (step: Step) => void;
 }
 
 /** Runs one step to its end and judges how it ended. Never throws for the workload's own failures. */
 export async function runStep(hb: Hybridbox, s: StepInput, ev: StepEvents = {}): Promise<{ step: Step; result: RunResult }> {
   const t0 = performance.now();
-  const result = await hb.sandboxes.run(stepSpec(s), {
-    // No input is /dev/null, which spares the backend a pipe to feed and close.
-    stdin: s.stdin ? Readable.from([Buffer.from(s.stdin)]) : null,
-    maxBufferBytes: s.limits.outputBytes,
-    remove: true,
-    ...(ev.onStdout ? { onStdout: ev.onStdout } : {}),
-    ...(ev.onStderr ? { onStderr: ev.onStderr } : {}),
-    onCreated: (sb) => ev.onStarted?.(sb.id, sb.backend),
-  });
-  const { verdict, message } = verdictOf(result, s.limits);
-  return {
-    result,
-    step: {
+  const judged = (result: RunResult): Step => {
+    const { verdict, message } = verdictOf(result, s.limits);
+    return {
       verdict,
       message,
       exitCode: result.exitCode,
@@ -129,8 +121,23 @@ export async function runStep(hb: Hybridbox, s: StepInput, ev: StepEvents = {}):
       stderrTruncated: result.stderrTruncated,
       backend: result.backend,
       sandboxId: result.id,
-    },
+    };
   };
+  let step = null as Step | null;
+  const result = await hb.sandboxes.run(stepSpec(s), {
+    // No input is /dev/null, which spares the backend a pipe to feed and close.
+    stdin: s.stdin ? Readable.from([Buffer.from(s.stdin)]) : null,
+    maxBufferBytes: s.limits.outputBytes,
+    remove: true,
+    ...(ev.onStdout ? { onStdout: ev.onStdout } : {}),
+    ...(ev.onStderr ? { onStderr: ev.onStderr } : {}),
+    onCreated: (sb) => ev.onStarted?.(sb.id, sb.backend),
+    onEnded: (r) => {
+      step = judged(r);
+      ev.onEnded?.(step);
+    },
+  });
+  return { result, step: step ?? judged(result) };
 }
 
 /**
