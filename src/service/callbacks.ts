@@ -47,7 +47,7 @@ export class Callbacks {
 
   /** Sends a finished run's callback, if it asked for one. */
   deliver(runId: string, attempt = 0): void {
-    const cb = this.store.pendingCallbacks().find((c) => c.runId === runId);
+    const cb = this.store.pendingCallback(runId);
     const run = this.view(runId);
     if (!cb || !run || this.stopped) return;
     const body = JSON.stringify(run);

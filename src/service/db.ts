@@ -7,6 +7,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { StateStoreError } from '../errors.js';
 import { ensurePrivateFile } from '../store/private.js';
+import { Statements } from '../store/statements.js';
 
 const SCHEMA_VERSION = 1;
 
@@ -127,12 +128,18 @@ const fromRaw = (r: RawRun): RunRow => ({
 
 export class ServiceStore {
   readonly db: Database.Database;
+  private readonly statements: Statements;
+  /** Each statement is prepared once (store/statements.ts). */
+  private sql(text: string): Database.Statement {
+    return this.statements.get(text);
+  }
 
   constructor(root: string) {
     mkdirSync(root, { recursive: true, mode: 0o700 });
     const file = join(root, 'service.db');
     ensurePrivateFile(file);
     this.db = new Database(file, { nativeBinding: nativeBinding() });
+    this.statements = new Statements(this.db);
     this.db.pragma('busy_timeout = 10000');
     this.db.pragma('journal_mode = WAL');
     // WAL with NORMAL: a committed row survives the service's own crash (kill -9, OOM), which
@@ -154,8 +161,8 @@ export class ServiceStore {
       .transaction(() => {
         const existing = idem && this.idempotentRun(idem.keyId, idem.key);
         if (existing) return existing;
-        this.db.prepare("INSERT INTO runs (id, kind, key_id, status, request, created_at_ms) VALUES (?, ?, ?, 'queued', ?, ?)").run(r.id, r.kind, r.keyId, JSON.stringify(r.request), r.createdAtMs);
-        if (idem) this.db.prepare('INSERT INTO idempotency (key_id, idem_key, run_id) VALUES (?, ?, ?)').run(idem.keyId, idem.key, r.id);
+        this.sql("INSERT INTO runs (id, kind, key_id, status, request, created_at_ms) VALUES (?, ?, ?, 'queued', ?, ?)").run(r.id, r.kind, r.keyId, JSON.stringify(r.request), r.createdAtMs);
+        if (idem) this.sql('INSERT INTO idempotency (key_id, idem_key, run_id) VALUES (?, ?, ?)').run(idem.keyId, idem.key, r.id);
         return this.getRun(r.id)!;
       })
       .immediate();
@@ -163,52 +170,50 @@ export class ServiceStore {
 
   /** The run an idempotency key of a key already made, if any. */
   idempotentRun(keyId: string, idemKey: string): RunRow | undefined {
-    const r = this.db.prepare('SELECT run_id FROM idempotency WHERE key_id = ? AND idem_key = ?').get(keyId, idemKey) as { run_id: string } | undefined;
+    const r = this.sql('SELECT run_id FROM idempotency WHERE key_id = ? AND idem_key = ?').get(keyId, idemKey) as { run_id: string } | undefined;
     return r && this.getRun(r.run_id);
   }
 
   getRun(id: string): RunRow | undefined {
-    const r = this.db.prepare('SELECT * FROM runs WHERE id = ?').get(id) as RawRun | undefined;
+    const r = this.sql('SELECT * FROM runs WHERE id = ?').get(id) as RawRun | undefined;
     return r && fromRaw(r);
   }
 
   runsWithStatus(status: RunStatus): RunRow[] {
-    return (this.db.prepare('SELECT * FROM runs WHERE status = ? ORDER BY created_at_ms, id').all(status) as RawRun[]).map(fromRaw);
+    return (this.sql('SELECT * FROM runs WHERE status = ? ORDER BY created_at_ms, id').all(status) as RawRun[]).map(fromRaw);
   }
 
   listRuns(opts: { keyId?: string | null; limit: number }): RunRow[] {
     const rows =
       opts.keyId === undefined
-        ? this.db.prepare('SELECT * FROM runs ORDER BY created_at_ms DESC LIMIT ?').all(opts.limit)
-        : this.db.prepare('SELECT * FROM runs WHERE key_id IS ? ORDER BY created_at_ms DESC LIMIT ?').all(opts.keyId, opts.limit);
+        ? this.sql('SELECT * FROM runs ORDER BY created_at_ms DESC LIMIT ?').all(opts.limit)
+        : this.sql('SELECT * FROM runs WHERE key_id IS ? ORDER BY created_at_ms DESC LIMIT ?').all(opts.keyId, opts.limit);
     return (rows as RawRun[]).map(fromRaw);
   }
 
   /** Runs of a key that are queued or running. */
   activeRuns(keyId: string): number {
-    return (this.db.prepare("SELECT count(*) AS n FROM runs WHERE key_id = ? AND status IN ('queued', 'running')").get(keyId) as { n: number }).n;
+    return (this.sql("SELECT count(*) AS n FROM runs WHERE key_id = ? AND status IN ('queued', 'running')").get(keyId) as { n: number }).n;
   }
 
   /** Compare-and-set on a run's status; false when it was not in `from`. */
   transitionRun(id: string, from: RunStatus, patch: { status: RunStatus; result?: unknown; reason?: string | null; startedAtMs?: number; finishedAtMs?: number }): boolean {
-    const r = this.db
-      .prepare(
-        'UPDATE runs SET status = ?, result = COALESCE(?, result), reason = ?, started_at_ms = COALESCE(?, started_at_ms), finished_at_ms = COALESCE(?, finished_at_ms) WHERE id = ? AND status = ?',
-      )
-      .run(patch.status, patch.result === undefined ? null : JSON.stringify(patch.result), patch.reason ?? null, patch.startedAtMs ?? null, patch.finishedAtMs ?? null, id, from);
+    const r = this.sql(
+      'UPDATE runs SET status = ?, result = COALESCE(?, result), reason = ?, started_at_ms = COALESCE(?, started_at_ms), finished_at_ms = COALESCE(?, finished_at_ms) WHERE id = ? AND status = ?',
+    ).run(patch.status, patch.result === undefined ? null : JSON.stringify(patch.result), patch.reason ?? null, patch.startedAtMs ?? null, patch.finishedAtMs ?? null, id, from);
     return r.changes === 1;
   }
 
   /** A finished run's events, written once at its end (a live run's stay in memory). */
   saveEvents(runId: string, events: StoredEvent[]): void {
-    const ins = this.db.prepare('INSERT OR IGNORE INTO run_events (run_id, seq, type, data) VALUES (?, ?, ?, ?)');
+    const ins = this.sql('INSERT OR IGNORE INTO run_events (run_id, seq, type, data) VALUES (?, ?, ?, ?)');
     this.db.transaction(() => {
       for (const e of events) ins.run(runId, e.seq, e.type, JSON.stringify(e.data));
     })();
   }
 
   eventsAfter(runId: string, seq: number): StoredEvent[] {
-    return (this.db.prepare('SELECT seq, type, data FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq').all(runId, seq) as { seq: number; type: string; data: string }[]).map((e) => ({
+    return (this.sql('SELECT seq, type, data FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq').all(runId, seq) as { seq: number; type: string; data: string }[]).map((e) => ({
       seq: e.seq,
       type: e.type,
       data: JSON.parse(e.data),
@@ -216,16 +221,16 @@ export class ServiceStore {
   }
 
   insertKey(k: KeyRow): void {
-    this.db.prepare('INSERT INTO api_keys (id, name, hash, scope, quota, created_at_ms) VALUES (?, ?, ?, ?, ?, ?)').run(k.id, k.name, k.hash, k.scope, JSON.stringify(k.quota), k.createdAtMs);
+    this.sql('INSERT INTO api_keys (id, name, hash, scope, quota, created_at_ms) VALUES (?, ?, ?, ?, ?, ?)').run(k.id, k.name, k.hash, k.scope, JSON.stringify(k.quota), k.createdAtMs);
   }
 
   keyByHash(hash: string): KeyRow | undefined {
-    const r = this.db.prepare('SELECT * FROM api_keys WHERE hash = ?').get(hash) as (Omit<KeyRow, 'quota' | 'createdAtMs'> & { quota: string; created_at_ms: number }) | undefined;
+    const r = this.sql('SELECT * FROM api_keys WHERE hash = ?').get(hash) as (Omit<KeyRow, 'quota' | 'createdAtMs'> & { quota: string; created_at_ms: number }) | undefined;
     return r && { id: r.id, name: r.name, hash: r.hash, scope: r.scope, quota: JSON.parse(r.quota), createdAtMs: r.created_at_ms };
   }
 
   listKeys(): KeyRow[] {
-    return (this.db.prepare('SELECT * FROM api_keys ORDER BY created_at_ms').all() as (Omit<KeyRow, 'quota' | 'createdAtMs'> & { quota: string; created_at_ms: number })[]).map((r) => ({
+    return (this.sql('SELECT * FROM api_keys ORDER BY created_at_ms').all() as (Omit<KeyRow, 'quota' | 'createdAtMs'> & { quota: string; created_at_ms: number })[]).map((r) => ({
       id: r.id,
       name: r.name,
       hash: r.hash,
@@ -237,21 +242,29 @@ export class ServiceStore {
 
   /** Removes a key by id or name; false when there is none. */
   deleteKey(ref: string): boolean {
-    return this.db.prepare('DELETE FROM api_keys WHERE id = ? OR name = ?').run(ref, ref).changes > 0;
+    return this.sql('DELETE FROM api_keys WHERE id = ? OR name = ?').run(ref, ref).changes > 0;
   }
 
   addCallback(runId: string, url: string): void {
-    this.db.prepare('INSERT OR IGNORE INTO callbacks (run_id, url) VALUES (?, ?)').run(runId, url);
+    this.sql('INSERT OR IGNORE INTO callbacks (run_id, url) VALUES (?, ?)').run(runId, url);
   }
 
   callbackAttempt(runId: string, delivered: boolean, error: string | null): void {
-    this.db.prepare('UPDATE callbacks SET attempts = attempts + 1, delivered_at_ms = ?, last_error = ? WHERE run_id = ?').run(delivered ? Date.now() : null, error, runId);
+    this.sql('UPDATE callbacks SET attempts = attempts + 1, delivered_at_ms = ?, last_error = ? WHERE run_id = ?').run(delivered ? Date.now() : null, error, runId);
+  }
+
+  /** A finished run's callback, while it is not yet delivered. */
+  pendingCallback(runId: string): { runId: string; url: string; attempts: number } | undefined {
+    const c = this.sql(
+      "SELECT c.run_id, c.url, c.attempts FROM callbacks c JOIN runs r ON r.id = c.run_id WHERE c.run_id = ? AND c.delivered_at_ms IS NULL AND r.status IN ('completed', 'internal-error')",
+    ).get(runId) as { run_id: string; url: string; attempts: number } | undefined;
+    return c && { runId: c.run_id, url: c.url, attempts: c.attempts };
   }
 
   /** Callbacks of finished runs not yet delivered (a restart resumes them). */
   pendingCallbacks(): { runId: string; url: string; attempts: number }[] {
     return (
-      this.db.prepare("SELECT c.run_id, c.url, c.attempts FROM callbacks c JOIN runs r ON r.id = c.run_id WHERE c.delivered_at_ms IS NULL AND r.status IN ('completed', 'internal-error')").all() as {
+      this.sql("SELECT c.run_id, c.url, c.attempts FROM callbacks c JOIN runs r ON r.id = c.run_id WHERE c.delivered_at_ms IS NULL AND r.status IN ('completed', 'internal-error')").all() as {
         run_id: string;
         url: string;
         attempts: number;
@@ -260,19 +273,19 @@ export class ServiceStore {
   }
 
   callbackState(runId: string): { attempts: number; deliveredAtMs: number | null; lastError: string | null } | undefined {
-    const r = this.db.prepare('SELECT attempts, delivered_at_ms, last_error FROM callbacks WHERE run_id = ?').get(runId) as
+    const r = this.sql('SELECT attempts, delivered_at_ms, last_error FROM callbacks WHERE run_id = ?').get(runId) as
       | { attempts: number; delivered_at_ms: number | null; last_error: string | null }
       | undefined;
     return r && { attempts: r.attempts, deliveredAtMs: r.delivered_at_ms, lastError: r.last_error };
   }
 
   audit(e: { keyId: string | null; action: string; target: string | null; outcome: number; durationMs: number }): void {
-    this.db.prepare('INSERT INTO audit (at_ms, key_id, action, target, outcome, duration_ms) VALUES (?, ?, ?, ?, ?, ?)').run(Date.now(), e.keyId, e.action, e.target, e.outcome, e.durationMs);
+    this.sql('INSERT INTO audit (at_ms, key_id, action, target, outcome, duration_ms) VALUES (?, ?, ?, ?, ?, ?)').run(Date.now(), e.keyId, e.action, e.target, e.outcome, e.durationMs);
   }
 
   auditLog(limit: number): { atMs: number; keyId: string | null; action: string; target: string | null; outcome: number; durationMs: number }[] {
     return (
-      this.db.prepare('SELECT * FROM audit ORDER BY seq DESC LIMIT ?').all(limit) as {
+      this.sql('SELECT * FROM audit ORDER BY seq DESC LIMIT ?').all(limit) as {
         at_ms: number;
         key_id: string | null;
         action: string;

@@ -4,6 +4,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { AmbiguousReferenceError, StateStoreError } from '../errors.js';
 import { ensurePrivateFile } from './private.js';
+import { Statements } from './statements.js';
 import type { BackendKind } from '../spec/schema.js';
 
 /**
@@ -170,17 +171,24 @@ function toColumnValue(key: keyof typeof COLUMN, v: unknown): unknown {
  */
 export class StateStore {
   readonly db: Database.Database;
+  private readonly statements: Statements;
+
+  /** Each statement is prepared once (statements.ts). */
+  private sql(text: string): Database.Statement {
+    return this.statements.get(text);
+  }
 
   constructor(readonly root: string) {
     mkdirSync(root, { recursive: true, mode: 0o700 });
     // SQLite would make the file 0644 (less the umask), and its -wal and -shm take the file's mode.
     ensurePrivateFile(join(root, 'state.db'));
     this.db = new Database(join(root, 'state.db'), { nativeBinding: nativeBinding() });
+    this.statements = new Statements(this.db);
     this.db.pragma('busy_timeout = 10000');
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
     const version = this.db.pragma('user_version', { simple: true }) as number;
-    const fresh = (this.db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'sandboxes'").get() as { n: number }).n === 0;
+    const fresh = (this.sql("SELECT count(*) AS n FROM sqlite_master WHERE name = 'sandboxes'").get() as { n: number }).n === 0;
     // Version 1 lacked the image digest that `image prune` needs to spare images in use.
     if (!fresh && version === 1) {
       this.db.exec("ALTER TABLE sandboxes ADD COLUMN image_digest TEXT NOT NULL DEFAULT ''");
@@ -202,17 +210,17 @@ export class StateStore {
   insert(rec: SandboxRecord): void {
     const keys = Object.keys(COLUMN) as (keyof typeof COLUMN)[];
     const cols = ['id', ...keys.map((k) => COLUMN[k])];
-    this.db.prepare(`INSERT INTO sandboxes (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`).run(rec.id, ...keys.map((k) => toColumnValue(k, rec[k])));
+    this.sql(`INSERT INTO sandboxes (${cols.join(',')}) VALUES (${cols.map(() => '?').join(',')})`).run(rec.id, ...keys.map((k) => toColumnValue(k, rec[k])));
   }
 
   update(id: string, patch: Partial<Omit<SandboxRecord, 'id'>>): void {
     const keys = Object.keys(patch) as (keyof typeof COLUMN)[];
     if (keys.length === 0) return;
-    this.db.prepare(`UPDATE sandboxes SET ${keys.map((k) => `${COLUMN[k]} = ?`).join(', ')} WHERE id = ?`).run(...keys.map((k) => toColumnValue(k, patch[k])), id);
+    this.sql(`UPDATE sandboxes SET ${keys.map((k) => `${COLUMN[k]} = ?`).join(', ')} WHERE id = ?`).run(...keys.map((k) => toColumnValue(k, patch[k])), id);
   }
 
   get(id: string): SandboxRecord | undefined {
-    const r = this.db.prepare('SELECT * FROM sandboxes WHERE id = ?').get(id) as Row | undefined;
+    const r = this.sql('SELECT * FROM sandboxes WHERE id = ?').get(id) as Row | undefined;
     return r && fromRow(r);
   }
 
@@ -230,9 +238,12 @@ export class StateStore {
     const states = typeof from === 'string' ? [from] : [...from];
     const keys = Object.keys(patch) as (keyof typeof COLUMN)[];
     const ownerClause = expectOwnerPid === undefined ? '' : expectOwnerPid === null ? ' AND owner_pid IS NULL' : ' AND owner_pid = ?';
-    const r = this.db
-      .prepare(`UPDATE sandboxes SET ${keys.map((k) => `${COLUMN[k]} = ?`).join(', ')} WHERE id = ? AND state IN (${states.map(() => '?').join(',')})${ownerClause}`)
-      .run(...keys.map((k) => toColumnValue(k, patch[k])), id, ...states, ...(typeof expectOwnerPid === 'number' ? [expectOwnerPid] : []));
+    const r = this.sql(`UPDATE sandboxes SET ${keys.map((k) => `${COLUMN[k]} = ?`).join(', ')} WHERE id = ? AND state IN (${states.map(() => '?').join(',')})${ownerClause}`).run(
+      ...keys.map((k) => toColumnValue(k, patch[k])),
+      id,
+      ...states,
+      ...(typeof expectOwnerPid === 'number' ? [expectOwnerPid] : []),
+    );
     return r.changes === 1;
   }
 
@@ -242,9 +253,9 @@ export class StateStore {
    */
   find(ref: string): SandboxRecord | undefined {
     if (!ref) return undefined;
-    const exact = this.db.prepare('SELECT * FROM sandboxes WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1').get(ref, ref, ref) as Row | undefined;
+    const exact = this.sql('SELECT * FROM sandboxes WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1').get(ref, ref, ref) as Row | undefined;
     if (exact) return fromRow(exact);
-    const rows = this.db.prepare('SELECT * FROM sandboxes WHERE substr(id, 1, length(?)) = ? ORDER BY id LIMIT 6').all(ref, ref) as Row[];
+    const rows = this.sql('SELECT * FROM sandboxes WHERE substr(id, 1, length(?)) = ? ORDER BY id LIMIT 6').all(ref, ref) as Row[];
     if (rows.length > 1)
       throw new AmbiguousReferenceError(
         ref,
@@ -254,22 +265,22 @@ export class StateStore {
   }
 
   nameTaken(name: string): string | null {
-    const r = this.db.prepare('SELECT id FROM sandboxes WHERE name = ?').get(name) as { id: string } | undefined;
+    const r = this.sql('SELECT id FROM sandboxes WHERE name = ?').get(name) as { id: string } | undefined;
     return r?.id ?? null;
   }
 
   /** All records, or only those in `states` (placement reads the running ones on every start). */
   list(...states: SandboxState[]): SandboxRecord[] {
     const rows = states.length
-      ? this.db.prepare(`SELECT * FROM sandboxes WHERE state IN (${states.map(() => '?').join(',')}) ORDER BY created_at_ms`).all(...states)
-      : this.db.prepare('SELECT * FROM sandboxes ORDER BY created_at_ms').all();
+      ? this.sql(`SELECT * FROM sandboxes WHERE state IN (${states.map(() => '?').join(',')}) ORDER BY created_at_ms`).all(...states)
+      : this.sql('SELECT * FROM sandboxes ORDER BY created_at_ms').all();
     return (rows as Row[]).map(fromRow);
   }
 
   delete(id: string): void {
     this.tx(() => {
-      this.db.prepare('DELETE FROM leases WHERE sandbox_id = ?').run(id);
-      this.db.prepare('DELETE FROM sandboxes WHERE id = ?').run(id);
+      this.sql('DELETE FROM leases WHERE sandbox_id = ?').run(id);
+      this.sql('DELETE FROM sandboxes WHERE id = ?').run(id);
     });
   }
 
@@ -278,10 +289,10 @@ export class StateStore {
    * tx() so that the read of taken values and the insert are one atomic step.
    */
   lease(kind: string, sandboxId: string, candidates: Iterable<string>): string | null {
-    const taken = new Set((this.db.prepare('SELECT value FROM leases WHERE kind = ?').all(kind) as { value: string }[]).map((r) => r.value));
+    const taken = new Set((this.sql('SELECT value FROM leases WHERE kind = ?').all(kind) as { value: string }[]).map((r) => r.value));
     for (const c of candidates) {
       if (!taken.has(c)) {
-        this.db.prepare('INSERT INTO leases (kind, value, sandbox_id) VALUES (?, ?, ?)').run(kind, c, sandboxId);
+        this.sql('INSERT INTO leases (kind, value, sandbox_id) VALUES (?, ?, ?)').run(kind, c, sandboxId);
         return c;
       }
     }
@@ -289,12 +300,12 @@ export class StateStore {
   }
 
   releaseLeases(sandboxId: string, kind?: string): void {
-    if (kind) this.db.prepare('DELETE FROM leases WHERE sandbox_id = ? AND kind = ?').run(sandboxId, kind);
-    else this.db.prepare('DELETE FROM leases WHERE sandbox_id = ?').run(sandboxId);
+    if (kind) this.sql('DELETE FROM leases WHERE sandbox_id = ? AND kind = ?').run(sandboxId, kind);
+    else this.sql('DELETE FROM leases WHERE sandbox_id = ?').run(sandboxId);
   }
 
   leases(kind?: string): { kind: string; value: string; sandboxId: string }[] {
-    const rows = (kind ? this.db.prepare('SELECT * FROM leases WHERE kind = ?').all(kind) : this.db.prepare('SELECT * FROM leases').all()) as { kind: string; value: string; sandbox_id: string }[];
+    const rows = (kind ? this.sql('SELECT * FROM leases WHERE kind = ?').all(kind) : this.sql('SELECT * FROM leases').all()) as { kind: string; value: string; sandbox_id: string }[];
     return rows.map((r) => ({ kind: r.kind, value: r.value, sandboxId: r.sandbox_id }));
   }
 
