@@ -3,6 +3,7 @@
 // raises one error class per failure a caller can handle. It imports no library code: only
 // types, which vanish at build time, so a remote CLI loads this file alone.
 import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { connect } from 'node:net';
 import type { JudgeRequestSchema, Run, RunRequestSchema } from '../service/schemas.js';
 import type * as z from 'zod/mini';
 
@@ -168,7 +169,11 @@ export class Client {
       const opts = unix
         ? { socketPath: this.host.slice('unix://'.length), path, method, headers: h }
         : { hostname: url!.hostname.replace(/^\[|\]$/g, ''), port: url!.port, path: url!.pathname + url!.search, method, headers: h, ...(this.ca ? { ca: this.ca } : {}) };
-      const req = (https ? https.request : httpRequest)({ ...opts, ...(signal ? { signal } : {}), ...(this.keepAlive ? {} : { agent: false }) }, resolve);
+      // Without keep-alive a plain connection needs no agent at all; a one-shot process (the
+      // remote CLI) then skips the agent's set-up, a few ms of its start on a small host.
+      const direct =
+        this.keepAlive || https ? null : unix ? () => connect(this.host.slice('unix://'.length)) : () => connect({ host: url!.hostname.replace(/^\[|\]$/g, ''), port: Number(url!.port) || 80 });
+      const req = (https ? https.request : httpRequest)({ ...opts, ...(signal ? { signal } : {}), ...(direct ? { createConnection: direct } : this.keepAlive ? {} : { agent: false }) }, resolve);
       if (timeoutMs) req.setTimeout(timeoutMs, () => req.destroy(new ConnectionError(`no answer from ${this.host} within ${timeoutMs} ms`)));
       req.on('error', (e: NodeJS.ErrnoException) =>
         reject(e instanceof ConnectionError || e.name === 'AbortError' ? e : new ConnectionError(`cannot reach the service at ${this.host}: ${e.code ?? e.message}`)),
