@@ -32,6 +32,20 @@ await build({
   sourcemap: 'linked',
   logLevel: 'warning',
 });
-execFileSync('chmod', ['+x', 'dist/cli.js']);
+// The installed command: one CommonJS file that serves remote calls without the ESM loader
+// (src/cli/launcher.ts) and hands everything else to dist/cli.js.
+await build({
+  entryPoints: ['src/cli/launcher.ts'],
+  outfile: 'dist/hybridbox.cjs',
+  bundle: true,
+  format: 'cjs',
+  platform: 'node',
+  target: 'node20',
+  banner: { js: '#!/usr/bin/env node' },
+  minify: true,
+  sourcemap: 'linked',
+  logLevel: 'warning',
+});
+execFileSync('chmod', ['+x', 'dist/cli.js', 'dist/hybridbox.cjs']);
 execFileSync('bash', ['src/runtimes/container/shim/build.sh', 'dist/hbx-shim'], { stdio: 'inherit' });
 execFileSync('sh', ['src/bench/probe/build.sh', 'dist/hbx-probe'], { stdio: 'inherit' });

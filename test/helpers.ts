@@ -12,6 +12,8 @@ import { pollUntil } from '../src/util/proc.js';
 
 export const REPO = new URL('..', import.meta.url).pathname.replace(/\/$/, '');
 export const CLI = join(REPO, 'dist', 'cli.js');
+/** The installed command (package.json bin): a CommonJS launcher that serves remote calls itself. */
+export const BIN = join(REPO, 'dist', 'hybridbox.cjs');
 
 /** Builds dist/ (CLI bundle + hbx-shim) once, if a previous step has not. */
 export function ensureBuilt(): void {

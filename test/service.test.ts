@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { AuthError, Client, type RunRequest, NotFoundError, QuotaError, RateLimitError, ValidationError } from '../src/client/index.js';
 import { createKey, type Service, ServiceStore, startService } from '../src/service/index.js';
 import { ensureRuntimeImages, type Hybridbox } from '../src/index.js';
-import { CLI, freshHybridbox, hostTraces } from './helpers.js';
+import { BIN, CLI, freshHybridbox, hostTraces } from './helpers.js';
 import { watchAnswers } from './support/answers.js';
 import { OpenApiChecker } from './support/openapi.js';
 import { readMountinfo } from '../src/util/mountinfo.js';
@@ -614,10 +614,21 @@ test.serial('a full queue answers 503 with Retry-After; TLS on TCP', async (t) =
 test.serial('the CLI through the service: run streams and exits with the code; judge prints a verdict table; a bad key is one line', async (t) => {
   const { execa } = await import('execa');
   const env = { ...process.env, HYBRIDBOX_API_KEY: keys.run };
-  const r = await execa(process.execPath, [CLI, '--host', base, 'run', '--isolation', 'container', '-e', 'A=b', 'busybox', 'sh', '-c', 'echo out $A; echo err >&2; exit 4'], { env, reject: false });
+  // The installed command answers remote calls itself; the ESM entry (dist/cli.js) does too.
+  const r = await execa(process.execPath, [BIN, '--host', base, 'run', '--isolation', 'container', '-e', 'A=b', 'busybox', 'sh', '-c', 'echo out $A; echo err >&2; exit 4'], { env, reject: false });
   t.is(r.exitCode, 4);
   t.is(r.stdout, 'out b');
   t.is(r.stderr, 'err');
+  // It exits as soon as the verdict is in: all of a large output still arrives, through a pipe.
+  const big = await execa(process.execPath, [BIN, '--host', base, 'run', '--isolation', 'container', 'busybox', 'seq', '1', '100000'], { env, reject: false, stripFinalNewline: false });
+  t.is(big.exitCode, 0, big.stderr);
+  t.is(big.stdout.length, 588895);
+  t.true(big.stdout.endsWith('99999\n100000\n'));
+  // Every other command goes on to the local CLI.
+  t.regex((await execa(process.execPath, [BIN, '--version'])).stdout, /^\d+\.\d+\.\d+$/);
+  const local = await execa(process.execPath, [BIN, '--host', base, 'ps'], { reject: false });
+  t.is(local.exitCode, 125);
+  t.regex(local.stderr, /--host works with run and judge; ps runs locally only/);
   const slow = await execa(process.execPath, [CLI, '--host', base, 'run', '--isolation', 'container', '--timeout', '300ms', 'busybox', 'sleep', '5'], { env, reject: false });
   t.is(slow.exitCode, 124);
   t.regex(slow.stderr, /wall-time-limit: still running after 300 ms/);
@@ -628,7 +639,7 @@ test.serial('the CLI through the service: run streams and exits with the code; j
   writeFileSync(join(dir, '2.in'), '2 2\n');
   writeFileSync(join(dir, '2.out'), '5\n');
   writeFileSync(join(dir, 'sum.sh'), 'read a b; echo $((a+b))\n');
-  const j = await execa(process.execPath, [CLI, '--host', base, 'judge', '--image', 'busybox', '--isolation', 'container', '--tests', dir, '--run', 'sh sum.sh', join(dir, 'sum.sh')], {
+  const j = await execa(process.execPath, [BIN, '--host', base, 'judge', '--image', 'busybox', '--isolation', 'container', '--tests', dir, '--run', 'sh sum.sh', join(dir, 'sum.sh')], {
     env,
     reject: false,
   });
@@ -636,7 +647,7 @@ test.serial('the CLI through the service: run streams and exits with the code; j
   t.regex(j.stdout, /^1\s+accepted/m);
   t.regex(j.stdout, /^2\s+wrong-answer/m);
   t.regex(j.stdout, /verdict: wrong-answer \(container\)/);
-  const bad = await execa(process.execPath, [CLI, '--host', base, 'run', 'busybox', 'true'], { env: { ...process.env, HYBRIDBOX_API_KEY: 'hbx_wrong' }, reject: false });
+  const bad = await execa(process.execPath, [BIN, '--host', base, 'run', 'busybox', 'true'], { env: { ...process.env, HYBRIDBOX_API_KEY: 'hbx_wrong' }, reject: false });
   t.is(bad.exitCode, 125);
   t.is(bad.stderr.split('\n').length, 1);
   t.regex(bad.stderr, /API key is not valid/);

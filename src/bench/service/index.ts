@@ -92,7 +92,8 @@ export async function runServiceBench(hb: Hybridbox, o: ServiceBenchOptions): Pr
     }
 
     log('bench service: the CLI through the service against node -e 0 plus a raw crun run');
-    const cli = join(packageRoot(), 'dist', 'cli.js');
+    // The installed command (package.json bin), as a user runs it.
+    const cli = join(packageRoot(), 'dist', 'hybridbox.cjs');
     const shim = process.env.HYBRIDBOX_SHIM ?? join(packageRoot(), 'dist', 'hbx-shim');
     if (!existsSync(shim)) throw new HybridboxError(`${shim} is missing; run \`npm run build\` first`);
     const crun = crunRawScenario({ hb, image, command: 'echo ok', work, shim });
