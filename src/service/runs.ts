@@ -191,16 +191,23 @@ export class RunManager {
     let verdictSent = false;
     let outcome: { status: 'completed' | 'internal-error'; result: unknown; reason: string | null };
     const workDir = join(this.o.workRoot, row.id);
+    let workMade = false;
     try {
       await admission.acquire(row.id, cost);
       admitted = true;
       store.transitionRun(row.id, 'queued', { status: 'running', startedAtMs: Date.now() });
       emit('status', { status: 'running' });
-      mkdirSync(workDir, { mode: 0o700 });
       let n = 0;
       const ctx: RequestContext = {
         runId: row.id,
-        workDir,
+        // Made on first use: a run with no files and no runtime needs none.
+        get workDir() {
+          if (!workMade) {
+            mkdirSync(workDir, { mode: 0o700 });
+            workMade = true;
+          }
+          return workDir;
+        },
         runtime: this.o.runtimes,
         stepName: (what) => `${SANDBOX_PREFIX}${row.id}-${n++}-${what}`.slice(0, 63),
         emit,
@@ -241,7 +248,7 @@ export class RunManager {
       outcome = { status: 'internal-error', result: { placement: live.placement }, reason };
     } finally {
       if (admitted) admission.release(cost);
-      rmSync(workDir, { recursive: true, force: true });
+      if (workMade) rmSync(workDir, { recursive: true, force: true });
     }
     emit('end', { status: outcome.status });
     store.saveEvents(row.id, live.events);
