@@ -4,13 +4,9 @@
 // command parser included) is loaded. The installed command is dist/hybridbox.cjs
 // (launcher.ts), which sends remote calls to the client without loading this at all.
 declare const __HYBRIDBOX_VERSION__: string | undefined;
-import { routeOf } from './route.js';
+import { exitOnClosedStdout, routeOf } from './route.js';
 
-// A closed pipe downstream (`hybridbox ps | head -1`) is not an error of ours.
-process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-  if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
-  throw e;
-});
+exitOnClosedStdout();
 
 const argv = process.argv.slice(2);
 const route = routeOf(argv, process.env);

@@ -5,14 +5,11 @@
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { remote } from './remote.js';
-import { routeOf } from './route.js';
+import { exitOnClosedStdout, routeOf } from './route.js';
 
 const route = routeOf(process.argv.slice(2), process.env);
 if (route.remote) {
-  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
-    throw e;
-  });
+  exitOnClosedStdout();
   // Everything is written (stdout and stderr are synchronous for files, pipes and terminals
   // on Linux): exit now rather than wait for the connection's teardown.
   void remote(route.host, route.argv).then(() => process.exit());

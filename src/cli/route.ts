@@ -1,5 +1,5 @@
 // Which way a command line goes: to a running service (the remote client) or to the local CLI.
-// Kept apart and free of imports: both entry points decide with it before loading anything.
+// Kept apart and free of imports: both entry points use it before loading anything.
 
 export type Route = { remote: true; host: string; argv: string[] } | { remote: false; error?: string };
 
@@ -11,4 +11,12 @@ export function routeOf(argv: string[], env: NodeJS.ProcessEnv): Route {
   if (host && (rest[0] === 'run' || rest[0] === 'judge')) return { remote: true, host, argv: rest };
   if (hostFlag) return { remote: false, error: `--host works with run and judge; ${rest[0] ?? 'no command'} runs locally only` };
   return { remote: false };
+}
+
+/** A closed pipe downstream (`hybridbox ps | head -1`) is not an error of ours. */
+export function exitOnClosedStdout(): void {
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw e;
+  });
 }

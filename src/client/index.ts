@@ -166,13 +166,12 @@ export class Client {
     // node:https (and TLS with it) loads only for an https host: a remote CLI call on the socket skips its cost.
     const https = url?.protocol === 'https:' ? await import('node:https') : null;
     return new Promise((resolve, reject) => {
-      const opts = unix
-        ? { socketPath: this.host.slice('unix://'.length), path, method, headers: h }
-        : { hostname: url!.hostname.replace(/^\[|\]$/g, ''), port: url!.port, path: url!.pathname + url!.search, method, headers: h, ...(this.ca ? { ca: this.ca } : {}) };
+      const socketPath = unix ? this.host.slice('unix://'.length) : null;
+      const hostname = url ? url.hostname.replace(/^\[|\]$/g, '') : '';
+      const opts = socketPath ? { socketPath, path, method, headers: h } : { hostname, port: url!.port, path: url!.pathname + url!.search, method, headers: h, ...(this.ca ? { ca: this.ca } : {}) };
       // Without keep-alive a plain connection needs no agent at all; a one-shot process (the
       // remote CLI) then skips the agent's set-up, a few ms of its start on a small host.
-      const direct =
-        this.keepAlive || https ? null : unix ? () => connect(this.host.slice('unix://'.length)) : () => connect({ host: url!.hostname.replace(/^\[|\]$/g, ''), port: Number(url!.port) || 80 });
+      const direct = this.keepAlive || https ? null : socketPath ? () => connect(socketPath) : () => connect({ host: hostname, port: Number(url!.port) || 80 });
       const req = (https ? https.request : httpRequest)({ ...opts, ...(signal ? { signal } : {}), ...(direct ? { createConnection: direct } : this.keepAlive ? {} : { agent: false }) }, resolve);
       if (timeoutMs) req.setTimeout(timeoutMs, () => req.destroy(new ConnectionError(`no answer from ${this.host} within ${timeoutMs} ms`)));
       req.on('error', (e: NodeJS.ErrnoException) =>

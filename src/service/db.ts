@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { StateStoreError } from '../errors.js';
 import { ensurePrivateFile } from '../store/private.js';
-import { Statements } from '../store/statements.js';
+import { preparedOnce } from '../store/statements.js';
 
 const SCHEMA_VERSION = 1;
 
@@ -126,20 +126,26 @@ const fromRaw = (r: RawRun): RunRow => ({
   finishedAtMs: r.finished_at_ms,
 });
 
+interface PendingCallback {
+  runId: string;
+  url: string;
+  attempts: number;
+}
+type RawCallback = { run_id: string; url: string; attempts: number };
+const fromRawCallback = (c: RawCallback): PendingCallback => ({ runId: c.run_id, url: c.url, attempts: c.attempts });
+const PENDING_CALLBACKS = "SELECT c.run_id, c.url, c.attempts FROM callbacks c JOIN runs r ON r.id = c.run_id WHERE c.delivered_at_ms IS NULL AND r.status IN ('completed', 'internal-error')";
+
 export class ServiceStore {
   readonly db: Database.Database;
-  private readonly statements: Statements;
   /** Each statement is prepared once (store/statements.ts). */
-  private sql(text: string): Database.Statement {
-    return this.statements.get(text);
-  }
+  private readonly sql: (text: string) => Database.Statement;
 
   constructor(root: string) {
     mkdirSync(root, { recursive: true, mode: 0o700 });
     const file = join(root, 'service.db');
     ensurePrivateFile(file);
     this.db = new Database(file, { nativeBinding: nativeBinding() });
-    this.statements = new Statements(this.db);
+    this.sql = preparedOnce(this.db);
     this.db.pragma('busy_timeout = 10000');
     this.db.pragma('journal_mode = WAL');
     // WAL with NORMAL: a committed row survives the service's own crash (kill -9, OOM), which
@@ -254,29 +260,14 @@ export class ServiceStore {
   }
 
   /** A finished run's callback, while it is not yet delivered. */
-  pendingCallback(runId: string): { runId: string; url: string; attempts: number } | undefined {
-    const c = this.sql(
-      "SELECT c.run_id, c.url, c.attempts FROM callbacks c JOIN runs r ON r.id = c.run_id WHERE c.run_id = ? AND c.delivered_at_ms IS NULL AND r.status IN ('completed', 'internal-error')",
-    ).get(runId) as { run_id: string; url: string; attempts: number } | undefined;
-    return c && { runId: c.run_id, url: c.url, attempts: c.attempts };
+  pendingCallback(runId: string): PendingCallback | undefined {
+    const c = this.sql(`${PENDING_CALLBACKS} AND c.run_id = ?`).get(runId) as RawCallback | undefined;
+    return c && fromRawCallback(c);
   }
 
   /** Callbacks of finished runs not yet delivered (a restart resumes them). */
-  pendingCallbacks(): { runId: string; url: string; attempts: number }[] {
-    return (
-      this.sql("SELECT c.run_id, c.url, c.attempts FROM callbacks c JOIN runs r ON r.id = c.run_id WHERE c.delivered_at_ms IS NULL AND r.status IN ('completed', 'internal-error')").all() as {
-        run_id: string;
-        url: string;
-        attempts: number;
-      }[]
-    ).map((c) => ({ runId: c.run_id, url: c.url, attempts: c.attempts }));
-  }
-
-  callbackState(runId: string): { attempts: number; deliveredAtMs: number | null; lastError: string | null } | undefined {
-    const r = this.sql('SELECT attempts, delivered_at_ms, last_error FROM callbacks WHERE run_id = ?').get(runId) as
-      | { attempts: number; delivered_at_ms: number | null; last_error: string | null }
-      | undefined;
-    return r && { attempts: r.attempts, deliveredAtMs: r.delivered_at_ms, lastError: r.last_error };
+  pendingCallbacks(): PendingCallback[] {
+    return (this.sql(PENDING_CALLBACKS).all() as RawCallback[]).map(fromRawCallback);
   }
 
   audit(e: { keyId: string | null; action: string; target: string | null; outcome: number; durationMs: number }): void {

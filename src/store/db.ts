@@ -4,7 +4,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { AmbiguousReferenceError, StateStoreError } from '../errors.js';
 import { ensurePrivateFile } from './private.js';
-import { Statements } from './statements.js';
+import { preparedOnce } from './statements.js';
 import type { BackendKind } from '../spec/schema.js';
 
 /**
@@ -171,19 +171,15 @@ function toColumnValue(key: keyof typeof COLUMN, v: unknown): unknown {
  */
 export class StateStore {
   readonly db: Database.Database;
-  private readonly statements: Statements;
-
-  /** Each statement is prepared once (statements.ts). */
-  private sql(text: string): Database.Statement {
-    return this.statements.get(text);
-  }
+  /** Each statement is prepared once (store/statements.ts). */
+  private readonly sql: (text: string) => Database.Statement;
 
   constructor(readonly root: string) {
     mkdirSync(root, { recursive: true, mode: 0o700 });
     // SQLite would make the file 0644 (less the umask), and its -wal and -shm take the file's mode.
     ensurePrivateFile(join(root, 'state.db'));
     this.db = new Database(join(root, 'state.db'), { nativeBinding: nativeBinding() });
-    this.statements = new Statements(this.db);
+    this.sql = preparedOnce(this.db);
     this.db.pragma('busy_timeout = 10000');
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');

@@ -308,8 +308,7 @@ export class ContainerBackend implements Backend {
    */
   private finish(rec: SandboxRecord, code: number | null, signal: string | null, stderr: string, timedOut: boolean, cpuExceeded: boolean): ExitStatus {
     const f = files(this.rt(rec).dir);
-    // A limit that ran out while the runtime was still setting up stopped it before the start.
-    if (!existsSync(f.pid) && !timedOut && !cpuExceeded) {
+    if (!began(f.pid, timedOut, cpuExceeded)) {
       const line = lastLine(stderr, `exit code ${code}`);
       throw new RuntimeError(`${this.runtimeOf(rec).name} could not start sandbox ${rec.id}: ${line}`, stderr);
     }
@@ -368,11 +367,9 @@ export class ContainerBackend implements Backend {
     if (!(await pollUntil(() => existsSync(f.pid) || existsSync(f.exit), { timeoutMs: START_LIMIT_MS, intervalMs: 2 }))) {
       throw new RuntimeError(`sandbox ${rec.id} did not start within 30 s`);
     }
-    // The monitor keeps its pid through the exit hook (sh, then `exec` of the reap). A limit
-    // that ran out during the runtime's set-up (CPU time counts the whole group, the runtime's
-    // work in it too: a slow, emulated host can spend it there) ends the run, as in the
-    // foreground; it is not a failure to start.
-    if (existsSync(f.pid) || endedByLimit(readExitFile(f.exit))) return { monitorPid: child.pid! };
+    // The monitor keeps its pid through the exit hook (sh, then `exec` of the reap).
+    const ended = readExitFile(f.exit);
+    if (began(f.pid, ended?.timedOut === true, ended?.cpuTimeLimitExceeded === true)) return { monitorPid: child.pid! };
     const err = existsSync(f.stderr) ? readFileSync(f.stderr, 'utf8') : '';
     throw new RuntimeError(`${this.runtimeOf(rec).name} could not start sandbox ${rec.id}: ${lastLine(err, 'no output')}`, err);
   }
@@ -460,7 +457,7 @@ export class ContainerBackend implements Backend {
   async collectExit(rec: SandboxRecord): Promise<ExitStatus | null> {
     const f = files(this.rt(rec).dir);
     const raw = readExitFile(f.exit);
-    if (raw === null || (!existsSync(f.pid) && !endedByLimit(raw))) return null;
+    if (raw === null || !began(f.pid, raw.timedOut === true, raw.cpuTimeLimitExceeded === true)) return null;
     // The monitor has already turned a timed-out end into 124 and the signal that ended it.
     return this.finish(rec, raw.exitCode, raw.signal, '', raw.timedOut === true, raw.cpuTimeLimitExceeded === true);
   }
@@ -648,4 +645,10 @@ function readExitFile(path: string): ShimExit | null {
   }
 }
 
-const endedByLimit = (e: ShimExit | null): boolean => e !== null && (e.timedOut === true || e.cpuTimeLimitExceeded === true);
+/**
+ * Whether the workload started: the runtime wrote its pid file, or a limit ended the run while
+ * the runtime was still setting it up (CPU time counts the whole group, the runtime's work in
+ * it too: a slow, emulated host can spend it there). Such a run ended by its limit; it is not
+ * a failure to start.
+ */
+const began = (pidFile: string, timedOut: boolean, cpuExceeded: boolean): boolean => existsSync(pidFile) || timedOut || cpuExceeded;
